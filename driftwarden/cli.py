@@ -1,0 +1,179 @@
+"""The ``driftwarden`` command.
+
+Every user error (a missing file, a bad flag, an invalid setting) ends with one readable line
+on stderr and exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from driftwarden import __version__
+from driftwarden.errors import DriftwardenError, InputError
+
+EXIT_USAGE = 2
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 1e6):
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}"
+
+
+def render_report(report: dict[str, Any], title: str = "driftwarden batch") -> None:
+    """Print a batch report as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    verdict = "[bold red]DRIFT[/]" if report["drift"] else "[bold green]no drift[/]"
+    n_drift = sum(f["drift"] for f in report["features"].values())
+    console.print(f"{title}: {verdict} — {n_drift} of {len(report['features'])} features drifted "
+                  f"(reference {report['n_reference']:,} rows, "
+                  f"current {report['n_current']:,} rows)")
+    table = Table(show_lines=False)
+    for col, justify in (("feature", "left"), ("type", "left"), ("drift", "center"),
+                         ("PSI", "right"), ("KS / χ²", "right"), ("p-value", "right"),
+                         ("JS", "right"), ("Hellinger", "right"), ("W₁ (σ)", "right"),
+                         ("missing", "right"), ("unseen / out of range", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, f in report["features"].items():
+        t = f["tests"]
+        test = t.get("ks") or t.get("chi2") or {}
+        q = f["quality"]
+        other = q["unseen_ratio"] if f["type"] == "categorical" else q["out_of_range_ratio"]
+        table.add_row(
+            name, f["type"], "[red]yes[/]" if f["drift"] else "no",
+            _fmt(t["psi"]["score"]), _fmt(test.get("statistic")), _fmt(test.get("pvalue")),
+            _fmt(t["jensenshannon"]["score"]), _fmt(t["hellinger"]["score"]),
+            _fmt(t.get("wasserstein", {}).get("normalized")),
+            f"{q['missing_ratio']:.1%}", f"{other:.1%}")
+    console.print(table)
+
+
+def _load_types(path: str | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    import orjson
+
+    from driftwarden.batch import check_types
+
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"types file not found: {p}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read types file {p}: {exc.strerror}") from None
+    try:
+        return check_types(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"types file {p} is not valid JSON: {exc}") from None
+
+
+def _batch(reference: str, current: str, types: str | None, as_json: bool, config: str | None,
+           budget: float | None, sims: int, title: str = "driftwarden batch") -> None:
+    from driftwarden.batch import run_batch
+    from driftwarden.config import load_settings
+    from driftwarden.tables import read_table
+
+    settings = load_settings(config)
+    det = settings.detection
+    policy = det.policy()
+    if budget is not None:
+        from dataclasses import replace
+
+        from driftwarden.errors import ValidationError
+
+        try:
+            policy = replace(policy, budget=budget)
+        except ValidationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--budget") from None
+    type_map = _load_types(types)
+    report = run_batch(read_table(reference), read_table(current), types=type_map,
+                       policy=policy, bins=det.bins, n_sim=sims, seed=det.seed)
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    else:
+        render_report(report, title)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="driftwarden")
+def cli() -> None:
+    """driftwarden — drift monitoring and observability for ML models in production."""
+
+
+@cli.command()
+@click.option("--reference", required=True, metavar="FILE",
+              help="Reference table (CSV, or Parquet by its .parquet suffix).")
+@click.option("--current", required=True, metavar="FILE", help="Current table to test.")
+@click.option("--types", metavar="TYPES.json",
+              help='Column types: {"column": "numeric" | "categorical"}; others are inferred.')
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--config", metavar="FILE", help="driftwarden TOML config (detection settings).")
+@click.option("--budget", type=float, default=None,
+              help="False-alarm budget: chance that a no-drift table is flagged (default 1e-4).")
+@click.option("--sims", type=click.IntRange(10, 100_000), default=200, show_default=True,
+              help="Simulated no-drift windows used to calibrate PSI.")
+def batch(reference: str, current: str, types: str | None, as_json: bool, config: str | None,
+          budget: float | None, sims: int) -> None:
+    """Test a current table against a reference table for drift.
+
+    Exit code 0 whether or not drift was found; 2 on bad input.
+    """
+    _batch(reference, current, types, as_json, config, budget, sims)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def demo(as_json: bool) -> None:
+    """Run driftwarden on its bundled example, with no external service.
+
+    Compares a bundled reference table of a fraud model's inputs with a later table in which
+    the transaction amount and the country mix have drifted.
+    """
+    folder = resources.files("driftwarden") / "examples"
+    with resources.as_file(folder / "reference.csv") as ref, \
+            resources.as_file(folder / "current.csv") as cur:
+        _batch(str(ref), str(cur), None, as_json, None, None, 200,
+               title="driftwarden demo (bundled example)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning every user error into one line and exit code 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="driftwarden", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see 'driftwarden {exc.ctx.command_path.partition(' ')[2]} --help')".replace(
+            "  ", " ") if exc.ctx else ""
+        click.echo(f"driftwarden: error: {exc.format_message()}{hint}", err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"driftwarden: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except DriftwardenError as exc:
+        click.echo(f"driftwarden: error: {exc}", err=True)
+        return EXIT_USAGE
+    except click.Abort:
+        click.echo("driftwarden: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

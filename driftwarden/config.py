@@ -1,0 +1,186 @@
+"""One settings object: defaults, then a TOML file, then ``DRIFTWARDEN_`` environment variables.
+
+Environment variables name a top-level setting (``DRIFTWARDEN_DATA_DIR``,
+``DRIFTWARDEN_DATABASE_URL``) or, with a double underscore, a setting of a section
+(``DRIFTWARDEN_DETECTION__BUDGET=1e-5``, ``DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS=…``). Values
+are converted to the setting's type; anything wrong raises :class:`~driftwarden.errors.ConfigError`
+with the offending key, when the settings are loaded — never mid-stream.
+
+Read only by the application's entry points (the CLI, the worker factory) and passed down:
+library code never reads the environment.
+
+>>> s = load_settings(env={"DRIFTWARDEN_DETECTION__BUDGET": "1e-5"})
+>>> s.detection.budget, s.topics.dlq
+(1e-05, 'driftwarden.dlq')
+>>> try:
+...     load_settings(env={"DRIFTWARDEN_DETECTION__HYSTERESIS": "often"})
+... except ConfigError as exc:
+...     print(exc)
+invalid setting: Expected `int`, got `str` - at `$.detection.hysteresis`
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from driftwarden.errors import ConfigError
+
+ENV_PREFIX = "DRIFTWARDEN_"
+SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+class Topics(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Kafka topic names (see the README's message formats)."""
+
+    predictions: str = "driftwarden.predictions"
+    features: str = "driftwarden.features"
+    labels: str = "driftwarden.labels"
+    summaries: str = "driftwarden.summaries"
+    drift: str = "driftwarden.drift"
+    actions: str = "driftwarden.actions"
+    dlq: str = "driftwarden.dlq"
+    late: str = "driftwarden.late"
+
+
+class Kafka(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Broker address and extra librdkafka / aiokafka client settings (SASL, TLS).
+
+    ``client`` values whose key mentions a password, secret, token or key are redacted by
+    :meth:`Settings.redacted`, which is what logs print.
+    """
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    partitions: int = 4
+    client: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Summaries, windows and the decision policy (see ``detectors.decide``)."""
+
+    bins: int = 10
+    max_categories: int = 200
+    categorical_max_distinct: int = 10
+    reservoir_size: int = 1024
+    reference_sample: int = 4096
+    sample_rows: int = 10_000
+    slices: int = 12
+    slice_seconds: float = 5.0
+    allowed_lateness: float = 10.0
+    budget: float = 1e-4
+    correction: str = "holm"
+    numeric_tests: list[str] = msgspec.field(default_factory=lambda: ["ks", "psi"])
+    categorical_tests: list[str] = msgspec.field(default_factory=lambda: ["chi2", "psi"])
+    thresholds: dict[str, float] = msgspec.field(default_factory=dict)
+    min_psi: float = 0.01
+    critical_psi: float = 0.25
+    hysteresis: int = 2
+    recovery: int = 2
+    cooldown: int = 0
+    calibration_sims: int = 200
+    seed: int = 0
+
+    def policy(self) -> Any:
+        """The :class:`~driftwarden.detectors.decide.DecisionPolicy` these settings describe."""
+        from driftwarden.detectors.decide import DecisionPolicy
+        from driftwarden.errors import ValidationError
+
+        try:
+            return DecisionPolicy(
+                budget=self.budget, correction=self.correction,
+                numeric_tests=tuple(self.numeric_tests),
+                categorical_tests=tuple(self.categorical_tests),
+                thresholds=dict(self.thresholds), min_psi=self.min_psi,
+                critical_psi=self.critical_psi, hysteresis=self.hysteresis,
+                recovery=self.recovery, cooldown=self.cooldown)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid detection setting: {exc}") from None
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Everything configurable, in one object."""
+
+    data_dir: str = ".driftwarden"
+    database_url: str | None = None
+    log_level: str = "INFO"
+    kafka: Kafka = msgspec.field(default_factory=Kafka)
+    topics: Topics = msgspec.field(default_factory=Topics)
+    detection: Detection = msgspec.field(default_factory=Detection)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked (safe to log)."""
+        return _redact(msgspec.to_builtins(self))
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items()}
+    if value and any(w in key.lower() for w in SECRET_WORDS):
+        return "***"
+    if key == "database_url" and isinstance(value, str) and "@" in value:
+        scheme, _, rest = value.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} conflicts with another")
+        leaf = path[-1]
+        if value.startswith("[") or value.startswith("{"):
+            try:
+                node[leaf] = msgspec.json.decode(value)
+                continue
+            except msgspec.DecodeError:
+                pass
+        node[leaf] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None
+                  ) -> Settings:
+    """Defaults, overridden by the TOML file at ``path`` (if any), then by ``env``.
+
+    ``env`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    data = _deep_merge(data, _env_overrides(os.environ if env is None else env))
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+    settings.detection.policy()  # validate the decision policy now, not mid-stream
+    return settings

@@ -1,0 +1,281 @@
+"""Sliding and tumbling windows as rings of sub-window summaries.
+
+A :class:`SlidingWindow` cuts the stream into slices — by **event time** (``slice_seconds``,
+e.g. 12 × 5 s) or by **count** (``slice_rows``) — and keeps the last ``slices`` closed slices.
+Sliding is O(bins): a slice that closes is merged into the window total, the slice that falls
+out of the ring is subtracted. The parts of a summary that cannot be subtracted (reservoir,
+min / max, unseen top-k) are rebuilt from the live slices when :meth:`SlidingWindow.summary`
+is read.
+
+Event time, not the wall clock: the **watermark** is the largest event time seen minus
+``allowed_lateness``. A slice closes when the watermark passes its end; an event older than
+the watermark (or whose slice has already closed or left the ring) is *late*: it is counted
+in ``late_rows`` and returned to the caller, never merged silently. Replaying a day of logs
+therefore gives the same windows as living through it.
+
+:func:`tumbling_window` is a ring of one slice.
+
+>>> import numpy as np
+>>> from driftwarden.detectors.summary import NumericSpec, Summary
+>>> spec = {"x": NumericSpec.fit("x", np.arange(100.0))}
+>>> w = SlidingWindow(lambda: Summary.empty(spec), slices=3, slice_seconds=5.0)
+>>> for t in range(0, 30, 1):
+...     closed = w.add({"x": np.array([float(t)])}, ts=np.array([float(t)])).closed
+...     if closed:
+...         print(t, closed, w.summary().n_rows)
+5 [0] 5
+10 [1] 10
+15 [2] 15
+20 [3] 15
+25 [4] 15
+>>> w.add({"x": np.array([1.0])}, ts=np.array([3.0])).late, w.late_rows
+(1, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from driftwarden.detectors.summary import NumericSummary, Summary, TopK
+from driftwarden.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What one :meth:`SlidingWindow.add` did: rows accepted, rows late (not merged), and the
+    ids of the slices that closed — evaluate the window once per closed slice."""
+
+    accepted: int
+    late: int
+    closed: list[int] = field(default_factory=list)
+
+
+def take_rows(columns: Mapping[str, Any], index: np.ndarray) -> dict[str, Any]:
+    """The rows ``index`` (a boolean mask or positions) of every column."""
+    out = {}
+    for name, col in columns.items():
+        arr = col if isinstance(col, np.ndarray) else np.asarray(col, dtype=object)
+        out[name] = arr[index]
+    return out
+
+
+class SlidingWindow:
+    """A ring of ``slices`` sub-window summaries; see the module docstring.
+
+    ``factory`` returns an empty :class:`Summary` (e.g. ``baseline.new_summary``). Exactly one
+    of ``slice_seconds`` (event time) and ``slice_rows`` (count) must be given.
+    """
+
+    def __init__(self, factory: Callable[[], Summary], *, slices: int = 12,
+                 slice_seconds: float | None = None, slice_rows: int | None = None,
+                 allowed_lateness: float = 0.0) -> None:
+        if slices < 1:
+            raise ValidationError(f"slices must be >= 1, got {slices}")
+        if (slice_seconds is None) == (slice_rows is None):
+            raise ValidationError("give exactly one of slice_seconds and slice_rows")
+        if slice_seconds is not None and not slice_seconds > 0:
+            raise ValidationError(f"slice_seconds must be > 0, got {slice_seconds}")
+        if slice_rows is not None and slice_rows < 1:
+            raise ValidationError(f"slice_rows must be >= 1, got {slice_rows}")
+        if allowed_lateness < 0:
+            raise ValidationError(f"allowed_lateness must be >= 0, got {allowed_lateness}")
+        self.factory = factory
+        self.slices = int(slices)
+        self.slice_seconds = slice_seconds
+        self.slice_rows = slice_rows
+        self.allowed_lateness = float(allowed_lateness)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._open: dict[int, Summary] = {}     # slices still receiving events
+        self._closed: dict[int, Summary] = {}   # closed slices inside the ring, oldest first
+        self._total: Summary | None = None      # merge of the closed slices (counts exact)
+        self.max_ts = -math.inf
+        self.rows_seen = 0                      # count mode: rows placed so far
+        self.late_rows = 0
+        self.last_closed: int | None = None     # id of the newest slice closed so far
+
+    def __repr__(self) -> str:
+        unit = (f"slice_seconds={self.slice_seconds}" if self.slice_seconds is not None
+                else f"slice_rows={self.slice_rows}")
+        return f"SlidingWindow(slices={self.slices}, {unit}, closed={len(self._closed)})"
+
+    @property
+    def watermark(self) -> float:
+        return self.max_ts - self.allowed_lateness
+
+    @property
+    def fill_ratio(self) -> float:
+        """Closed slices in the ring over the ring's size (1.0 once the window is full)."""
+        return len(self._closed) / self.slices
+
+    # -- adding -----------------------------------------------------------------------------
+    def add(self, columns: Mapping[str, Any], ts: np.ndarray | None = None,
+            n_rows: int | None = None) -> AddResult:
+        """Add a batch of rows (columns); ``ts`` (seconds) is required in event-time mode."""
+        if n_rows is None:
+            n_rows = len(next(iter(columns.values()))) if columns else 0
+        if self.slice_rows is not None:
+            return self._add_by_count(columns, n_rows, ts)
+        if ts is None:
+            raise ValidationError("an event-time window needs ts for every row")
+        t = np.asarray(ts, dtype=np.float64)
+        if len(t) != n_rows:
+            raise ValidationError("ts must have one value per row")
+        ids = np.floor(t / self.slice_seconds).astype(np.int64, copy=False) if len(t) else t
+        old_wm = self.watermark
+        late = ~np.isfinite(t) | (t < old_wm)
+        if self.last_closed is not None:
+            late |= ids <= self.last_closed
+        n_late = int(late.sum())
+        self.late_rows += n_late
+        ok = ~late
+        if ok.any():
+            t_ok, ids_ok = t[ok], ids[ok]
+            sub = take_rows(columns, ok) if n_late else dict(columns)
+            uniq = np.unique(ids_ok)
+            for sid in uniq.tolist():
+                sel = ids_ok == sid
+                part = take_rows(sub, sel) if len(uniq) > 1 else sub
+                s = self._open.get(sid)
+                if s is None:
+                    s = self._open[sid] = self.factory()
+                s.update_columns(part, n_rows=int(sel.sum()), ts=t_ok[sel])
+            self.max_ts = max(self.max_ts, float(t_ok.max()))
+        closed = self._close_through(math.floor(self.watermark / self.slice_seconds) - 1
+                                     if math.isfinite(self.watermark) else -1)
+        return AddResult(n_rows - n_late, n_late, closed)
+
+    def _add_by_count(self, columns: Mapping[str, Any], n_rows: int,
+                      ts: np.ndarray | None) -> AddResult:
+        assert self.slice_rows is not None
+        closed: list[int] = []
+        start = 0
+        while start < n_rows:
+            sid = self.rows_seen // self.slice_rows
+            room = self.slice_rows - self.rows_seen % self.slice_rows
+            stop = min(n_rows, start + room)
+            idx = np.arange(start, stop)
+            part = take_rows(columns, idx) if (start, stop) != (0, n_rows) else dict(columns)
+            s = self._open.get(sid)
+            if s is None:
+                s = self._open[sid] = self.factory()
+            s.update_columns(part, n_rows=stop - start,
+                             ts=None if ts is None else np.asarray(ts)[start:stop])
+            self.rows_seen += stop - start
+            start = stop
+            if self.rows_seen % self.slice_rows == 0:
+                closed += self._close_through(sid)
+        return AddResult(n_rows, 0, closed)
+
+    def _close_through(self, last: int) -> list[int]:
+        """Close every open slice with id <= ``last`` (and empty ones in between)."""
+        if self.last_closed is not None and last <= self.last_closed:
+            return []
+        closed = []
+        pending = sorted(sid for sid in self._open if sid <= last)
+        for sid in pending:
+            s = self._open.pop(sid)
+            self._closed[sid] = s
+            self._total = s.copy() if self._total is None else self._total.merge(s)
+            closed.append(sid)
+        self.last_closed = last
+        # slide: drop what left the ring
+        for sid in [k for k in self._closed if k <= last - self.slices]:
+            gone = self._closed.pop(sid)
+            assert self._total is not None
+            self._total = self._total.subtract(gone)
+        return closed
+
+    # -- reading ----------------------------------------------------------------------------
+    def summary(self) -> Summary:
+        """The summary of the closed slices in the ring (empty before the first close)."""
+        if self._total is None or not self._closed:
+            return self.factory()
+        parts = list(self._closed.values())
+        out = self._total.copy()
+        rebuild_unsubtractable(out, parts)
+        return out
+
+    def recompute(self) -> Summary:
+        """The same summary by merging the live slices from scratch (for checks and tests)."""
+        out = self.factory()
+        for s in self._closed.values():
+            out = out.merge(s)
+        return out
+
+    # -- state -------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "slices": self.slices, "slice_seconds": self.slice_seconds,
+            "slice_rows": self.slice_rows, "allowed_lateness": self.allowed_lateness,
+            "max_ts": self.max_ts if math.isfinite(self.max_ts) else None,
+            "rows_seen": self.rows_seen, "late_rows": self.late_rows,
+            "last_closed": self.last_closed,
+            "open": {str(k): v.to_state() for k, v in self._open.items()},
+            "closed": {str(k): v.to_state() for k, v in self._closed.items()},
+        }
+
+    @classmethod
+    def from_state(cls, factory: Callable[[], Summary], state: Mapping[str, Any],
+                   loader: Callable[[Mapping[str, Any]], Summary]) -> SlidingWindow:
+        """Restore a window; ``loader`` turns a slice's state back into a Summary
+        (e.g. ``lambda s: Summary.from_state(baseline.specs, s, baseline.prediction)``)."""
+        w = cls(factory, slices=state["slices"], slice_seconds=state["slice_seconds"],
+                slice_rows=state["slice_rows"], allowed_lateness=state["allowed_lateness"])
+        w.max_ts = -math.inf if state["max_ts"] is None else state["max_ts"]
+        w.rows_seen, w.late_rows = state["rows_seen"], state["late_rows"]
+        w.last_closed = state["last_closed"]
+        w._open = {int(k): loader(v) for k, v in state["open"].items()}
+        w._closed = {int(k): loader(v) for k, v in sorted(state["closed"].items(),
+                                                           key=lambda kv: int(kv[0]))}
+        w._total = w.recompute() if w._closed else None
+        return w
+
+
+def rebuild_unsubtractable(total: Summary, parts: list[Summary]) -> None:
+    """Replace min / max, reservoirs, unseen top-k and time span of ``total`` by those merged
+    from ``parts`` (what ``subtract`` cannot undo)."""
+    for name, fs in total.features.items():
+        pieces = [p.features[name] for p in parts]
+        _rebuild_feature(fs, pieces)
+    if total.prediction is not None:
+        _rebuild_feature(total.prediction, [p.prediction for p in parts if p.prediction])
+    total.t_min = min(p.t_min for p in parts)
+    total.t_max = max(p.t_max for p in parts)
+
+
+def _rebuild_feature(fs: Any, pieces: list[Any]) -> None:
+    if isinstance(fs, NumericSummary):
+        fs.min = min(p.min for p in pieces)
+        fs.max = max(p.max for p in pieces)
+        res = pieces[0].reservoir
+        for p in pieces[1:]:
+            res = res.merge(p.reservoir)
+        fs.reservoir = res
+    else:
+        top = TopK(fs.unseen_top.k)
+        for p in pieces:
+            top = top.merge(p.unseen_top)
+        fs.unseen_top = top
+
+
+def tumbling_window(factory: Callable[[], Summary], *, size_seconds: float | None = None,
+                    size_rows: int | None = None, allowed_lateness: float = 0.0
+                    ) -> SlidingWindow:
+    """A tumbling window: non-overlapping windows, each evaluated once when it closes.
+
+    >>> import numpy as np
+    >>> from driftwarden.detectors.summary import NumericSpec, Summary
+    >>> w = tumbling_window(lambda: Summary.empty({"x": NumericSpec.fit("x", [0.0, 1.0])}),
+    ...                     size_rows=4)
+    >>> [w.add({"x": np.zeros(3)}).closed for _ in range(3)]
+    [[], [0], [1]]
+    """
+    return SlidingWindow(factory, slices=1, slice_seconds=size_seconds, slice_rows=size_rows,
+                         allowed_lateness=allowed_lateness)
