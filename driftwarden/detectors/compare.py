@@ -21,6 +21,7 @@ p-values far too small in the tail, i.e. false alarms).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -126,7 +127,9 @@ def compare_feature(base: Baseline, name: str, current: FeatureSummary, *,
             if presorted:
                 r = stats.ks(ref_x, cur_x, presorted=True, current_sorted=True)
             elif len(ref_x) and len(cur_x):
-                res = _st.ks_2samp(ref_x, cur_x)
+                with warnings.catch_warnings():  # "exact calculation unsuccessful" on ties
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    res = _st.ks_2samp(ref_x, cur_x)
                 r = stats.TestResult(float(res.statistic), float(res.pvalue))
             else:
                 r = stats.TestResult(0.0, 1.0)

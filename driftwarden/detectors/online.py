@@ -240,7 +240,7 @@ def _decode(v: Any) -> Any:
         return obj
     if "__object__" in v:
         cls = _load_class(v["__object__"])
-        obj = cls.__new__(cls)
+        obj = object.__new__(cls)
         _restore_object(obj, v["attrs"])
         return obj
     raise ValidationError("unrecognised detector state")

@@ -71,11 +71,12 @@ def category_key(value: Any) -> str | None:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
+        fv = float(value)
+        if math.isnan(fv):
             return None
-        if math.isfinite(value) and float(value).is_integer() and abs(value) < 2**63:
-            return str(int(value))
-        return repr(float(value))
+        if math.isfinite(fv) and fv.is_integer() and abs(fv) < 2.0**63:
+            return str(int(fv))
+        return repr(fv)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, (list, dict, tuple, set)):
@@ -228,7 +229,7 @@ class Reservoir:
             "seed": self.seed,
             "n_seen": self.n_seen,
             "values": self.values.tolist(),
-            "rng": self._rng.bit_generator.state,
+            "rng": _rng_state_to_json(self._rng.bit_generator.state),
         }
 
     @classmethod
@@ -236,8 +237,20 @@ class Reservoir:
         out = cls(state["capacity"], state["seed"])
         out.n_seen = int(state["n_seen"])
         out.values = np.asarray(state["values"], dtype=np.float64)
-        out._rng.bit_generator.state = state["rng"]
+        out._rng.bit_generator.state = _rng_state_from_json(state["rng"])
         return out
+
+
+def _rng_state_to_json(state: Mapping[str, Any]) -> dict[str, Any]:
+    """numpy's PCG64 state holds 128-bit integers; JSON encoders stop at 64 bits."""
+    inner = state["state"]
+    return {**state, "state": {k: hex(v) for k, v in inner.items()}}
+
+
+def _rng_state_from_json(state: Mapping[str, Any]) -> dict[str, Any]:
+    inner = state["state"]
+    return {**state, "state": {k: int(v, 16) if isinstance(v, str) else v
+                               for k, v in inner.items()}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -792,7 +805,7 @@ class Summary:
               task: str = "classification") -> Summary:
         feats = {name: new_feature_summary(spec, reservoir_size, seed + i, top_k)
                  for i, (name, spec) in enumerate(specs.items())}
-        pred = (new_feature_summary(prediction, reservoir_size, seed - 1, top_k)
+        pred = (new_feature_summary(prediction, reservoir_size, seed + len(feats), top_k)
                 if prediction is not None else None)
         return cls(feats, pred, OutcomeSummary(task))
 
@@ -820,9 +833,10 @@ class Summary:
                 self.prediction.n_missing += n_rows
             else:
                 self.prediction.update(col)
-        for name in columns:
+        for name, col in columns.items():
             if name not in self.features and name != PREDICTION:
-                self._count_new_field(name, n_rows)
+                mask = None if missing is None else missing.get(name)
+                self._count_new_field(name, _present_count(col, mask))
         if ts is not None and len(ts):
             self.t_min = min(self.t_min, float(np.min(ts)))
             self.t_max = max(self.t_max, float(np.max(ts)))
@@ -901,6 +915,15 @@ class Summary:
         out.t_min = math.inf if state["t_min"] is None else state["t_min"]
         out.t_max = -math.inf if state["t_max"] is None else state["t_max"]
         return out
+
+
+def _present_count(col: Any, missing: np.ndarray | None) -> int:
+    """Rows of a column that carry a value (not None, not masked as null)."""
+    if missing is not None:
+        return int(len(missing) - missing.sum())
+    if isinstance(col, np.ndarray) and col.dtype.kind != "O":
+        return len(col)
+    return sum(v is not None for v in col)
 
 
 def _empty_like(fs: FeatureSummary) -> FeatureSummary:

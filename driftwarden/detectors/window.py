@@ -124,10 +124,12 @@ class SlidingWindow:
             return self._add_by_count(columns, n_rows, ts)
         if ts is None:
             raise ValidationError("an event-time window needs ts for every row")
+        width = self.slice_seconds
+        assert width is not None
         t = np.asarray(ts, dtype=np.float64)
         if len(t) != n_rows:
             raise ValidationError("ts must have one value per row")
-        ids = np.floor(t / self.slice_seconds).astype(np.int64, copy=False) if len(t) else t
+        ids = np.floor(t / width).astype(np.int64, copy=False) if len(t) else t
         old_wm = self.watermark
         late = ~np.isfinite(t) | (t < old_wm)
         if self.last_closed is not None:
@@ -147,7 +149,7 @@ class SlidingWindow:
                     s = self._open[sid] = self.factory()
                 s.update_columns(part, n_rows=int(sel.sum()), ts=t_ok[sel])
             self.max_ts = max(self.max_ts, float(t_ok.max()))
-        closed = self._close_through(math.floor(self.watermark / self.slice_seconds) - 1
+        closed = self._close_through(math.floor(self.watermark / width) - 1
                                      if math.isfinite(self.watermark) else -1)
         return AddResult(n_rows - n_late, n_late, closed)
 

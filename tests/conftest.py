@@ -1,0 +1,34 @@
+"""Shared fixtures: seeded data generators (no randomness without a seed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=60, deadline=None)
+settings.load_profile("ci")
+
+CATEGORIES = np.array(["a", "b", "c", "d", "e", "f"])
+
+
+def correlated_table(rng: np.random.Generator, n: int, shift: dict[int, float] | None = None,
+                     n_numeric: int = 20, n_categorical: int = 5, rho: float = 0.6
+                     ) -> dict[str, np.ndarray]:
+    """25 correlated features: 20 numeric on different scales, 5 categorical cut from the
+    same latent Gaussians. ``shift`` moves latent dimension i by that many standard
+    deviations."""
+    cov = np.full((n_numeric, n_numeric), rho) + np.eye(n_numeric) * (1 - rho)
+    z = rng.multivariate_normal(np.zeros(n_numeric), cov, size=n)
+    for i, s in (shift or {}).items():
+        z[:, i] += s
+    cols: dict[str, np.ndarray] = {f"n{i}": z[:, i] * (i + 1) + 10 * i for i in range(n_numeric)}
+    for j in range(n_categorical):
+        idx = np.clip(np.floor((z[:, n_numeric - 1 - j] + 2.5) * 1.2), 0, 5).astype(int)
+        cols[f"c{j}"] = CATEGORIES[idx]
+    return cols
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)

@@ -1,0 +1,42 @@
+"""Settings: TOML file, environment overrides, errors raised when loading, secrets redacted."""
+
+from __future__ import annotations
+
+import pytest
+
+from driftwarden.config import load_settings
+from driftwarden.errors import ConfigError
+
+
+def test_file_then_environment(tmp_path):
+    p = tmp_path / "dw.toml"
+    p.write_text('[detection]\nbudget = 0.001\nslices = 6\n[topics]\ndlq = "my.dlq"\n'
+                 '[kafka]\nclient = { "sasl.password" = "hunter2" }\n')
+    s = load_settings(p, env={"DRIFTWARDEN_DETECTION__SLICES": "24",
+                              "DRIFTWARDEN_DATABASE_URL": "postgresql://u:pw@db:5432/x",
+                              "DRIFTWARDEN_DETECTION__NUMERIC_TESTS": '["ks"]'})
+    assert s.detection.budget == 0.001 and s.detection.slices == 24
+    assert s.detection.numeric_tests == ["ks"] and s.topics.dlq == "my.dlq"
+    red = s.redacted()
+    assert red["kafka"]["client"]["sasl.password"] == "***"
+    assert red["database_url"] == "postgresql://***@db:5432/x"
+    assert "hunter2" not in repr(red) and "pw@" not in repr(red)
+    assert s.detection.policy().budget == 0.001
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[detection]\nbudget = 2.0\n", "budget"),
+    ("[detection]\nnope = 1\n", "nope"),
+    ("[detection\n", "not valid TOML"),
+    ('[detection]\ncorrection = "bonferroni"\n', "correction"),
+])
+def test_bad_files_raise_config_errors(tmp_path, text, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings(p, env={})
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings("/nonexistent/dw.toml", env={})
