@@ -76,6 +76,7 @@ class Baseline:
         self.bins = bins
         self.seed = seed
         self._sorted: dict[str, np.ndarray] = {}
+        self._matrices: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 
     @property
     def types(self) -> dict[str, str]:
@@ -93,6 +94,18 @@ class Baseline:
             fs = self.reference.prediction if name == PREDICTION else self.reference.features[name]
             out = fs.counts / max(int(fs.counts.sum()), 1)  # type: ignore[union-attr]
             self._sorted[key] = out
+        return out
+
+    def reference_matrix(self, names: tuple[str, ...]) -> np.ndarray:
+        """Reference proportions of several features as rows of one zero-padded matrix."""
+        key = ("matrix", names)
+        out = self._matrices.get(key)
+        if out is None:
+            rows = [self.reference_proportions(n) for n in names]
+            out = np.zeros((len(rows), max(len(r) for r in rows)))
+            for i, r in enumerate(rows):
+                out[i, :len(r)] = r
+            self._matrices[key] = out
         return out
 
     def sorted_reference(self, name: str) -> np.ndarray:

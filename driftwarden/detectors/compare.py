@@ -96,11 +96,15 @@ def pooled_counts(reference: np.ndarray, current: np.ndarray, min_expected: floa
 def compare_feature(base: Baseline, name: str, current: FeatureSummary, *,
                     tests: Collection[str] | None = None,
                     raw_reference: np.ndarray | None = None,
-                    raw_current: np.ndarray | None = None) -> FeatureComparison:
+                    raw_current: np.ndarray | None = None,
+                    histogram_tests: tuple[float, float, float] | None = None
+                    ) -> FeatureComparison:
     """Compare one feature's window summary with the baseline's reference summary.
 
     ``raw_reference`` / ``raw_current`` (finite float arrays) make KS and Wasserstein exact
     on whole columns (batch mode); otherwise they run on the reservoirs.
+    ``histogram_tests`` passes (PSI, JS, Hellinger) already computed for all features at once
+    by :func:`compare`.
     """
     ref = base.reference.prediction if name == PREDICTION else base.reference.features[name]
     assert ref is not None
@@ -108,15 +112,13 @@ def compare_feature(base: Baseline, name: str, current: FeatureSummary, *,
     out: dict[str, TestValue] = {}
     want = set(tests) if tests is not None else set(ALL_TESTS)
     n_r, n_c = int(r_counts.sum()), int(c_counts.sum())
-    r_p, c_p = base.reference_proportions(name), stats.proportions(c_counts)
-    if "psi" in want:
-        out["psi"] = TestValue(stats.psi_p(r_p, c_p), n_reference=n_r, n_current=n_c)
-    if "jensenshannon" in want:
-        out["jensenshannon"] = TestValue(stats.jensen_shannon_p(r_p, c_p), n_reference=n_r,
-                                         n_current=n_c)
-    if "hellinger" in want:
-        out["hellinger"] = TestValue(stats.hellinger_p(r_p, c_p), n_reference=n_r,
-                                     n_current=n_c)
+    if histogram_tests is None:
+        r_p, c_p = base.reference_proportions(name), stats.proportions(c_counts)
+        histogram_tests = (stats.psi_p(r_p, c_p), stats.jensen_shannon_p(r_p, c_p),
+                           stats.hellinger_p(r_p, c_p))
+    for test, value in zip(("psi", "jensenshannon", "hellinger"), histogram_tests):
+        if test in want:
+            out[test] = TestValue(float(value), n_reference=n_r, n_current=n_c)
     if isinstance(current, NumericSummary):
         assert isinstance(ref, NumericSummary)
         if raw_current is not None and raw_reference is not None:
@@ -152,13 +154,27 @@ def compare(base: Baseline, window: Summary, *, tests: Collection[str] | None = 
             raw_reference: Mapping[str, np.ndarray] | None = None,
             raw_current: Mapping[str, np.ndarray] | None = None
             ) -> dict[str, FeatureComparison]:
-    """:func:`compare_feature` for every feature (and the prediction, as ``__prediction__``)."""
+    """:func:`compare_feature` for every feature (and the prediction, as ``__prediction__``).
+
+    PSI, Jensen-Shannon and Hellinger run for all features in one vectorised pass over a
+    zero-padded matrix of proportions (a cell empty on both sides adds nothing to any of
+    them).
+    """
+    items: list[tuple[str, FeatureSummary]] = list(window.features.items())
+    if window.prediction is not None and base.reference.prediction is not None:
+        items.append((PREDICTION, window.prediction))
+    if not items:
+        return {}
+    r_mat = base.reference_matrix(tuple(name for name, _ in items))
+    c_mat = np.zeros_like(r_mat)
+    for i, (_, fs) in enumerate(items):
+        c_mat[i, :len(fs.counts)] = stats.proportions(fs.counts)
+    hist = np.column_stack([stats.psi_rows(r_mat, c_mat), stats.jensen_shannon_rows(r_mat, c_mat),
+                            stats.hellinger_rows(r_mat, c_mat)])
     out = {}
-    for name, fs in window.features.items():
+    for i, (name, fs) in enumerate(items):
         out[name] = compare_feature(
-            base, name, fs, tests=tests,
+            base, name, fs, tests=tests, histogram_tests=tuple(hist[i].tolist()),
             raw_reference=None if raw_reference is None else raw_reference.get(name),
             raw_current=None if raw_current is None else raw_current.get(name))
-    if window.prediction is not None and base.reference.prediction is not None:
-        out[PREDICTION] = compare_feature(base, PREDICTION, window.prediction, tests=tests)
     return out

@@ -64,11 +64,21 @@ def psi(reference: np.ndarray | list[int], current: np.ndarray | list[int],
 
 def psi_p(r: np.ndarray, c: np.ndarray, floor: float = PSI_FLOOR) -> float:
     """:func:`psi` of two proportion vectors (each summing to 1, or all zero)."""
-    if not r.any() or not c.any():
-        return 0.0
-    r = np.maximum(r, floor)
-    c = np.maximum(c, floor)
-    return float(np.dot(c - r, np.log(c / r)))
+    return float(psi_rows(r[None, :], c[None, :], floor)[0])
+
+
+def _empty_rows(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return ~(r.any(axis=1) & c.any(axis=1))
+
+
+def psi_rows(r: np.ndarray, c: np.ndarray, floor: float = PSI_FLOOR) -> np.ndarray:
+    """PSI of each row pair of two proportion matrices (rows padded with zeros are fine:
+    a cell empty on both sides contributes nothing). One call for all features of a model."""
+    rf = np.maximum(r, floor)
+    cf = np.maximum(c, floor)
+    out = np.sum((cf - rf) * np.log(cf / rf), axis=1)
+    out[_empty_rows(r, c)] = 0.0
+    return out
 
 
 def jensen_shannon(reference: np.ndarray | list[int], current: np.ndarray | list[int]) -> float:
@@ -82,18 +92,21 @@ def jensen_shannon(reference: np.ndarray | list[int], current: np.ndarray | list
     return jensen_shannon_p(proportions(reference), proportions(current))
 
 
-def _kl2(p: np.ndarray, m: np.ndarray) -> float:
-    nz = p > 0
-    return float(np.dot(p[nz], np.log2(p[nz] / m[nz])))
-
-
 def jensen_shannon_p(r: np.ndarray, c: np.ndarray) -> float:
     """:func:`jensen_shannon` of two proportion vectors."""
-    if not r.any() or not c.any():
-        return 0.0
+    return float(jensen_shannon_rows(r[None, :], c[None, :])[0])
+
+
+def jensen_shannon_rows(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon distance (base 2) of each row pair of two proportion matrices."""
     m = 0.5 * (r + c)
-    jsd = 0.5 * _kl2(r, m) + 0.5 * _kl2(c, m)
-    return min(math.sqrt(max(jsd, 0.0)), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0·log 0 = 0, selected away below
+        kl_r = np.where(r > 0, r * np.log2(r / m), 0.0)
+        kl_c = np.where(c > 0, c * np.log2(c / m), 0.0)
+    jsd = 0.5 * kl_r.sum(axis=1) + 0.5 * kl_c.sum(axis=1)
+    out = np.minimum(np.sqrt(np.maximum(jsd, 0.0)), 1.0)
+    out[_empty_rows(r, c)] = 0.0
+    return out
 
 
 def hellinger(reference: np.ndarray | list[int], current: np.ndarray | list[int]) -> float:
@@ -107,10 +120,14 @@ def hellinger(reference: np.ndarray | list[int], current: np.ndarray | list[int]
 
 def hellinger_p(r: np.ndarray, c: np.ndarray) -> float:
     """:func:`hellinger` of two proportion vectors."""
-    if not r.any() or not c.any():
-        return 0.0
-    bc = float(np.sqrt(r * c).sum())
-    return math.sqrt(max(0.0, 1.0 - bc))
+    return float(hellinger_rows(r[None, :], c[None, :])[0])
+
+
+def hellinger_rows(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Hellinger distance of each row pair of two proportion matrices."""
+    out = np.sqrt(np.maximum(0.0, 1.0 - np.sqrt(r * c).sum(axis=1)))
+    out[_empty_rows(r, c)] = 0.0
+    return out
 
 
 @dataclass(frozen=True)

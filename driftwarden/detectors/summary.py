@@ -158,8 +158,10 @@ def to_category_keys(values: Any) -> tuple[np.ndarray, int, int]:
 class Reservoir:
     """A bounded, seeded uniform sample of a stream (Vitter's algorithm R, vectorised).
 
-    Two reservoirs merge into a uniform sample of the union (the number taken from each side
-    is hypergeometric), which is what lets partitions and sub-windows be combined.
+    Reservoirs merge into a uniform sample of the union (how many values come from each side
+    is multivariate-hypergeometric), which is what lets partitions and sub-windows be
+    combined. The random generator is created lazily, from ``(seed, n_seen)``, so copies and
+    merges that are never updated cost no generator construction.
 
     >>> r = Reservoir(capacity=5, seed=7)
     >>> r.update(np.arange(1000.0))
@@ -176,7 +178,12 @@ class Reservoir:
         self.seed = int(seed)
         self.values = np.empty(0, dtype=np.float64)
         self.n_seen = 0
-        self._rng = np.random.default_rng(self.seed)
+        self._rng: np.random.Generator | None = None
+
+    def _generator(self) -> np.random.Generator:
+        if self._rng is None:
+            self._rng = np.random.default_rng([self.seed, self.n_seen])
+        return self._rng
 
     def update(self, x: np.ndarray) -> None:
         """Offer a batch of values; each is kept with probability ``capacity / n_seen``."""
@@ -193,7 +200,7 @@ class Reservoir:
             if m == 0:
                 return
         t = self.n_seen + 1 + np.arange(m)  # 1-based position of each value in the stream
-        j = np.floor(self._rng.random(m) * t).astype(np.int64)
+        j = np.floor(self._generator().random(m) * t).astype(np.int64)
         accept = j < self.capacity
         # Later values overwrite earlier ones at the same slot, as the sequential algorithm does.
         self.values[j[accept]] = x[accept]
@@ -201,26 +208,48 @@ class Reservoir:
 
     def merge(self, other: Reservoir) -> Reservoir:
         """A uniform sample of both streams (deterministic for the same operands)."""
-        out = Reservoir(max(self.capacity, other.capacity), self.seed)
-        out.n_seen = self.n_seen + other.n_seen
-        if len(self.values) + len(other.values) <= out.capacity:
-            out.values = np.concatenate([self.values, other.values])
-        else:
-            rng = np.random.default_rng([self.seed, other.seed, self.n_seen, other.n_seen])
-            k = out.capacity
-            from_a = int(rng.hypergeometric(self.n_seen, other.n_seen, k))
-            from_a = min(max(from_a, k - len(other.values)), len(self.values))
-            ia = rng.choice(len(self.values), size=from_a, replace=False)
-            ib = rng.choice(len(other.values), size=k - from_a, replace=False)
-            out.values = np.concatenate([self.values[np.sort(ia)], other.values[np.sort(ib)]])
-        out._rng = np.random.default_rng([out.seed, out.n_seen])
+        return Reservoir.merge_all([self, other])
+
+    @staticmethod
+    def merge_all(parts: Sequence[Reservoir]) -> Reservoir:
+        """One uniform sample of all the streams, in one pass (used to read a window).
+
+        >>> parts = [Reservoir(4, seed=i) for i in range(3)]
+        >>> for i, p in enumerate(parts): p.update(np.full(100, float(i)))
+        >>> m = Reservoir.merge_all(parts); (len(m.values), m.n_seen)
+        (4, 300)
+        """
+        first = parts[0]
+        out = Reservoir(max(p.capacity for p in parts), first.seed)
+        out.n_seen = sum(p.n_seen for p in parts)
+        held = [len(p.values) for p in parts]
+        if sum(held) <= out.capacity:
+            out.values = np.concatenate([p.values for p in parts])
+            return out
+        rng = np.random.default_rng([first.seed, out.n_seen, *held])
+        # how many of the k draws without replacement fall in each part; no part can give
+        # more than it holds (a full reservoir holds capacity >= k values)
+        take = rng.multivariate_hypergeometric(np.array([p.n_seen for p in parts]), out.capacity)
+        take = np.minimum(take, held)
+        short = out.capacity - int(take.sum())
+        for i in np.argsort(-np.asarray(held)):
+            if short <= 0:
+                break
+            extra = min(short, held[i] - int(take[i]))
+            take[i] += extra
+            short -= extra
+        chunks = []
+        for p, k in zip(parts, take.tolist()):
+            if k:
+                idx = rng.choice(len(p.values), size=k, replace=False)
+                chunks.append(p.values[np.sort(idx)])
+        out.values = np.concatenate(chunks)
         return out
 
     def copy(self) -> Reservoir:
         out = Reservoir(self.capacity, self.seed)
         out.values = self.values.copy()
         out.n_seen = self.n_seen
-        out._rng = np.random.default_rng([self.seed, self.n_seen])
         return out
 
     def to_state(self) -> dict[str, Any]:
@@ -229,7 +258,8 @@ class Reservoir:
             "seed": self.seed,
             "n_seen": self.n_seen,
             "values": self.values.tolist(),
-            "rng": _rng_state_to_json(self._rng.bit_generator.state),
+            "rng": None if self._rng is None else _rng_state_to_json(
+                self._rng.bit_generator.state),
         }
 
     @classmethod
@@ -237,7 +267,8 @@ class Reservoir:
         out = cls(state["capacity"], state["seed"])
         out.n_seen = int(state["n_seen"])
         out.values = np.asarray(state["values"], dtype=np.float64)
-        out._rng.bit_generator.state = _rng_state_from_json(state["rng"])
+        if state.get("rng") is not None:
+            out._generator().bit_generator.state = _rng_state_from_json(state["rng"])
         return out
 
 
@@ -456,21 +487,25 @@ class NumericSummary:
         if not isinstance(other, NumericSummary) or other.spec.edges != self.spec.edges:
             raise ValidationError(f"cannot combine summaries of different specs ({self.spec.name})")
 
-    def merge(self, other: NumericSummary) -> NumericSummary:
-        """The summary of both sets of rows (a new object; operands are unchanged)."""
+    def merge(self, other: NumericSummary, *, samples: bool = True) -> NumericSummary:
+        """The summary of both sets of rows (a new object; operands are unchanged).
+
+        ``samples=False`` skips merging the reservoirs (the result keeps this one's): for a
+        window total whose reservoir is rebuilt from its slices anyway.
+        """
         self._check(other)
         out = self._copy_scalars(self, 1, other)
         out.min = min(self.min, other.min)
         out.max = max(self.max, other.max)
-        out.reservoir = self.reservoir.merge(other.reservoir)
+        out.reservoir = self.reservoir.merge(other.reservoir) if samples else self.reservoir
         return out
 
-    def subtract(self, other: NumericSummary) -> NumericSummary:
+    def subtract(self, other: NumericSummary, *, samples: bool = True) -> NumericSummary:
         """Undo ``merge(other)`` for counts and moments (min/max/reservoir are kept)."""
         self._check(other)
         out = self._copy_scalars(self, -1, other)
         out.min, out.max = self.min, self.max
-        out.reservoir = self.reservoir.copy()
+        out.reservoir = self.reservoir.copy() if samples else self.reservoir
         return out
 
     @staticmethod
@@ -613,15 +648,16 @@ class CategoricalSummary:
         out.n_invalid = self.n_invalid + sign * other.n_invalid
         return out
 
-    def merge(self, other: CategoricalSummary) -> CategoricalSummary:
+    def merge(self, other: CategoricalSummary, *, samples: bool = True) -> CategoricalSummary:
         out = self._combine(other, 1)
-        out.unseen_top = self.unseen_top.merge(other.unseen_top)
+        out.unseen_top = self.unseen_top.merge(other.unseen_top) if samples else self.unseen_top
         return out
 
-    def subtract(self, other: CategoricalSummary) -> CategoricalSummary:
+    def subtract(self, other: CategoricalSummary, *, samples: bool = True) -> CategoricalSummary:
         """Undo ``merge(other)`` for counts (the unseen top-k is kept)."""
         out = self._combine(other, -1)
-        out.unseen_top = self.unseen_top.merge(TopK(self.unseen_top.k))
+        out.unseen_top = (self.unseen_top.merge(TopK(self.unseen_top.k)) if samples
+                          else self.unseen_top)
         return out
 
     def copy(self) -> CategoricalSummary:
@@ -851,13 +887,14 @@ class Summary:
         self.new_fields[name] = self.new_fields.get(name, 0) + n
 
     # -- algebra ----------------------------------------------------------------------------
-    def _combine(self, other: Summary, op: str) -> Summary:
+    def _combine(self, other: Summary, op: str, samples: bool = True) -> Summary:
         if self.features.keys() != other.features.keys():
             raise ValidationError("cannot combine summaries of different feature sets")
-        feats = {k: getattr(v, op)(other.features[k]) for k, v in self.features.items()}
+        feats = {k: getattr(v, op)(other.features[k], samples=samples)
+                 for k, v in self.features.items()}
         pred = None
         if self.prediction is not None and other.prediction is not None:
-            pred = getattr(self.prediction, op)(other.prediction)
+            pred = getattr(self.prediction, op)(other.prediction, samples=samples)
         out = Summary(feats, pred, getattr(self.outcome, op)(other.outcome))
         sign = 1 if op == "merge" else -1
         out.n_rows = self.n_rows + sign * other.n_rows
@@ -871,13 +908,14 @@ class Summary:
             out.t_min, out.t_max = self.t_min, self.t_max
         return out
 
-    def merge(self, other: Summary) -> Summary:
-        """The summary of both sets of rows."""
-        return self._combine(other, "merge")
+    def merge(self, other: Summary, *, samples: bool = True) -> Summary:
+        """The summary of both sets of rows (``samples=False``: counts and moments only,
+        reservoirs and top-k are left as this summary's)."""
+        return self._combine(other, "merge", samples)
 
-    def subtract(self, other: Summary) -> Summary:
+    def subtract(self, other: Summary, *, samples: bool = True) -> Summary:
         """Undo ``merge(other)``; see the module docstring for what cannot be subtracted."""
-        return self._combine(other, "subtract")
+        return self._combine(other, "subtract", samples)
 
     def copy(self) -> Summary:
         return self._combine(self.empty_like(), "merge")

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from driftwarden.detectors.summary import NumericSummary, Summary, TopK
+from driftwarden.detectors.summary import NumericSummary, Reservoir, Summary, TopK
 from driftwarden.errors import ValidationError
 
 
@@ -184,14 +184,16 @@ class SlidingWindow:
         for sid in pending:
             s = self._open.pop(sid)
             self._closed[sid] = s
-            self._total = s.copy() if self._total is None else self._total.merge(s)
+            # counts and moments only: reservoirs and top-k are rebuilt by summary()
+            self._total = (s.copy() if self._total is None
+                           else self._total.merge(s, samples=False))
             closed.append(sid)
         self.last_closed = last
         # slide: drop what left the ring
         for sid in [k for k in self._closed if k <= last - self.slices]:
             gone = self._closed.pop(sid)
             assert self._total is not None
-            self._total = self._total.subtract(gone)
+            self._total = self._total.subtract(gone, samples=False)
         return closed
 
     # -- reading ----------------------------------------------------------------------------
@@ -256,10 +258,7 @@ def _rebuild_feature(fs: Any, pieces: list[Any]) -> None:
     if isinstance(fs, NumericSummary):
         fs.min = min(p.min for p in pieces)
         fs.max = max(p.max for p in pieces)
-        res = pieces[0].reservoir
-        for p in pieces[1:]:
-            res = res.merge(p.reservoir)
-        fs.reservoir = res
+        fs.reservoir = Reservoir.merge_all([p.reservoir for p in pieces])
     else:
         top = TopK(fs.unseen_top.k)
         for p in pieces:
