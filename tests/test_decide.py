@@ -134,6 +134,24 @@ def test_calibrated_psi_p_values_are_valid_on_fresh_no_drift_windows(setting):
     assert (p <= 0.5).mean() > 0.2  # and not absurdly conservative
 
 
+def test_calibration_rescales_to_windows_of_other_sizes(setting):
+    """A window still filling up (300 rows) against the 1,000-row calibration: p-values
+    stay valid instead of flagging the small window's larger sampling noise."""
+    base, cal, _, rng = setting
+    p, unscaled = [], []
+    for k in range(120):
+        w = base.new_summary(seed=5000 + k)
+        w.update_columns(correlated_table(rng, 300))
+        for name, c in compare(base, w).items():
+            psi = c.tests["psi"]
+            p.append(cal.pvalue(name, "psi", psi.statistic, psi.n_current))
+            unscaled.append(cal.pvalue(name, "psi", psi.statistic))
+    p, unscaled = np.array(p), np.array(unscaled)
+    for a in (0.01, 0.05):
+        assert (p <= a).mean() <= a * 1.5 + 0.005
+    assert (unscaled <= 0.01).mean() > 0.05  # without rescaling: a flood of false alarms
+
+
 @pytest.mark.parametrize("budget", [1e-2, 1e-4])
 def test_false_alarms_stay_within_budget_on_correlated_no_drift_data(setting, budget):
     base, cal, nulls, _ = setting
@@ -159,6 +177,7 @@ def test_half_sigma_shift_in_one_feature_is_found_within_two_windows(setting, fe
         w = base.new_summary(seed=1000 + k)
         w.update_columns(correlated_table(rng, WINDOW, shift={feature: 0.5}))
         verdicts.append(decider.update(evaluate(compare(base, w), decider.policy, cal)))
+    assert verdicts[0].evaluation.drift and verdicts[0].state is None  # flagged, held back once
     assert verdicts[-1].state == "onset" and verdicts[-1].drift
     assert f"n{feature}" in verdicts[-1].features
     evidence = [e for e in verdicts[-1].evaluation.evidence

@@ -125,6 +125,11 @@ def adjust(pvalues: np.ndarray | list[float], correction: str) -> np.ndarray:
 class NullModel:
     """The no-drift law of one statistic: ``statistic ** power ~ Gamma(shape, scale)``.
 
+    ``scale`` holds for windows of ``n_current`` values against ``n_reference``. Under no
+    drift these statistics scale like ``1/n_current + 1/n_reference``, so a window of another
+    size (a window still filling up, values missing, a batch table) gets the scale rescaled
+    by that ratio instead of p-values meant for a different size.
+
     >>> m = NullModel.fit(np.random.default_rng(0).chisquare(9, 4000) / 1000, power=1.0)
     >>> round(2 * m.shape), 0.0005 < m.pvalue(0.0277) < 0.005   # chi2(9) = Gamma(4.5, 2)
     (9, True)
@@ -134,34 +139,49 @@ class NullModel:
     scale: float
     power: float = 1.0
     location: float = 0.0  # used when the simulated statistic never varied
+    n_current: int = 0     # sizes the scale refers to (0: no rescaling)
+    n_reference: int = 0
 
     @classmethod
-    def fit(cls, samples: np.ndarray, power: float = 1.0, inflate: float = 1.0) -> NullModel:
+    def fit(cls, samples: np.ndarray, power: float = 1.0, inflate: float = 1.0, *,
+            n_current: int = 0, n_reference: int = 0) -> NullModel:
         y = np.asarray(samples, dtype=np.float64) ** power
         y = y[np.isfinite(y)]
         mean = float(y.mean()) if len(y) else 0.0
         var = float(y.var(ddof=1)) if len(y) > 1 else 0.0
         if mean <= 0 or var <= 0:
-            return cls(0.0, 0.0, power, mean)
-        return cls(mean * mean / var, var / mean * inflate, power)
+            return cls(0.0, 0.0, power, mean, n_current, n_reference)
+        return cls(mean * mean / var, var / mean * inflate, power, 0.0, n_current, n_reference)
 
-    def pvalue(self, statistic: float) -> float:
+    def _factor(self, n_current: int | None) -> float:
+        if not n_current or not self.n_current or n_current == self.n_current:
+            return 1.0
+        inv_ref = 1.0 / self.n_reference if self.n_reference else 0.0
+        return (1.0 / n_current + inv_ref) / (1.0 / self.n_current + inv_ref)
+
+    def pvalue(self, statistic: float, n_current: int | None = None) -> float:
+        """Upper-tail probability of ``statistic`` under no drift, for a window of
+        ``n_current`` values (default: the calibrated size)."""
         if not math.isfinite(statistic):
             return 0.0 if statistic > 0 else 1.0
         y = max(statistic, 0.0) ** self.power
+        f = self._factor(n_current)
         if self.shape == 0.0:
-            return 1.0 if y <= self.location * (1 + 1e-9) + 1e-12 else 0.0
-        return float(_sp.gammaincc(self.shape, y / self.scale))
+            return 1.0 if y <= self.location * f * (1 + 1e-9) + 1e-12 else 0.0
+        return float(_sp.gammaincc(self.shape, y / (self.scale * f)))
 
-    def threshold(self, level: float) -> float:
+    def threshold(self, level: float, n_current: int | None = None) -> float:
         """The statistic whose p-value is ``level``."""
+        f = self._factor(n_current)
         if self.shape == 0.0:
-            return (self.location * (1 + 1e-9) + 1e-12) ** (1 / self.power)
-        return float(_sp.gammainccinv(self.shape, level) * self.scale) ** (1 / self.power)
+            return (self.location * f * (1 + 1e-9) + 1e-12) ** (1 / self.power)
+        y = float(_sp.gammainccinv(self.shape, level) * self.scale * f)
+        return y ** (1 / self.power)
 
     def to_state(self) -> dict[str, float]:
         return {"shape": self.shape, "scale": self.scale, "power": self.power,
-                "location": self.location}
+                "location": self.location, "n_current": self.n_current,
+                "n_reference": self.n_reference}
 
 
 @dataclass(frozen=True)
@@ -172,19 +192,23 @@ class Calibration:
     n_sim: int
     seed: int
     nulls: dict[str, dict[str, NullModel]]
-    _thresholds: dict[tuple[str, str, float], float] = field(
+    _thresholds: dict[tuple[str, str, float, int | None], float] = field(
         default_factory=dict, repr=False, compare=False)
 
-    def pvalue(self, feature: str, test: str, statistic: float) -> float:
+    def pvalue(self, feature: str, test: str, statistic: float,
+               n_current: int | None = None) -> float:
         model = self.nulls.get(feature, {}).get(test)
-        return math.nan if model is None else model.pvalue(statistic)
+        return math.nan if model is None else model.pvalue(statistic, n_current)
 
-    def threshold(self, feature: str, test: str, level: float) -> float:
-        key = (feature, test, level)
+    def threshold(self, feature: str, test: str, level: float,
+                  n_current: int | None = None) -> float:
+        key = (feature, test, level, n_current)
         out = self._thresholds.get(key)
         if out is None:
             model = self.nulls.get(feature, {}).get(test)
-            out = math.nan if model is None else model.threshold(level)
+            out = math.nan if model is None else model.threshold(level, n_current)
+            if len(self._thresholds) > 100_000:
+                self._thresholds.clear()
             self._thresholds[key] = out
         return out
 
@@ -245,7 +269,8 @@ def calibrate(base: Baseline, window_size: int, *, n_sim: int = 200, seed: int =
                 n_sim_cur, n_cur = sim_rows, window_size
             # bootstrap variance ~ 1/n_sim_cur; wanted: 1/n_cur + 1/n_ref (two samples)
             inflate = n_sim_cur * (1.0 / n_cur + 1.0 / n_ref)
-            nulls[name][test] = NullModel.fit(np.asarray(values), POWER[test], inflate)
+            nulls[name][test] = NullModel.fit(np.asarray(values), POWER[test], inflate,
+                                              n_current=n_cur, n_reference=n_ref)
     return Calibration(window_size, n_sim, seed, nulls)
 
 
@@ -354,7 +379,7 @@ def evaluate(comparisons: Mapping[str, FeatureComparison], policy: DecisionPolic
                 continue
             p = value.pvalue
             if not math.isfinite(p) and calibration is not None:
-                p = calibration.pvalue(name, test, value.statistic)
+                p = calibration.pvalue(name, test, value.statistic, value.n_current)
             in_family = test in decision_tests and math.isfinite(p)
             rows.append((name, test, value, p, in_family))
     family = [i for i, r in enumerate(rows) if r[4]]
@@ -375,7 +400,7 @@ def evaluate(comparisons: Mapping[str, FeatureComparison], policy: DecisionPolic
                 threshold = _analytic_threshold(test, value.n_reference, value.n_current,
                                                 value.dof, level)
             elif calibration is not None:
-                threshold = calibration.threshold(name, test, level)
+                threshold = calibration.threshold(name, test, level, value.n_current)
             else:
                 threshold = math.nan
             rejected = bool(in_family and adjusted[i] <= policy.budget)

@@ -68,7 +68,7 @@ def psi_p(r: np.ndarray, c: np.ndarray, floor: float = PSI_FLOOR) -> float:
 
 
 def _empty_rows(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return ~(r.any(axis=1) & c.any(axis=1))
+    return np.asarray(~(r.any(axis=1) & c.any(axis=1)), dtype=bool)
 
 
 def psi_rows(r: np.ndarray, c: np.ndarray, floor: float = PSI_FLOOR) -> np.ndarray:
