@@ -87,17 +87,18 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     def policy(self) -> Any:
         """The :class:`~driftwarden.detectors.decide.DecisionPolicy` these settings describe."""
+        import dataclasses
+
         from driftwarden.detectors.decide import DecisionPolicy
         from driftwarden.errors import ValidationError
 
+        values = {}
+        for f in dataclasses.fields(DecisionPolicy):  # every policy field has a setting here
+            v = getattr(self, f.name)
+            values[f.name] = tuple(v) if isinstance(v, list) else (
+                dict(v) if isinstance(v, dict) else v)
         try:
-            return DecisionPolicy(
-                budget=self.budget, correction=self.correction,
-                numeric_tests=tuple(self.numeric_tests),
-                categorical_tests=tuple(self.categorical_tests),
-                thresholds=dict(self.thresholds), min_psi=self.min_psi,
-                critical_psi=self.critical_psi, hysteresis=self.hysteresis,
-                recovery=self.recovery, cooldown=self.cooldown)
+            return DecisionPolicy(**values)
         except ValidationError as exc:
             raise ConfigError(f"invalid detection setting: {exc}") from None
 

@@ -40,3 +40,10 @@ def test_bad_files_raise_config_errors(tmp_path, text, match):
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         load_settings("/nonexistent/dw.toml", env={})
+
+
+def test_detection_defaults_are_the_decision_policy_defaults():
+    from driftwarden.config import Detection
+    from driftwarden.detectors.decide import DecisionPolicy
+
+    assert Detection().policy() == DecisionPolicy()
