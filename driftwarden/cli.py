@@ -80,7 +80,7 @@ def _load_types(path: str | None) -> dict[str, str] | None:
 
 
 def _batch(reference: str, current: str, types: str | None, as_json: bool, config: str | None,
-           budget: float | None, sims: int, title: str = "driftwarden batch") -> None:
+           budget: float | None, sims: int | None, title: str = "driftwarden batch") -> None:
     from driftwarden.batch import run_batch
     from driftwarden.config import load_settings
     from driftwarden.tables import read_table
@@ -99,7 +99,8 @@ def _batch(reference: str, current: str, types: str | None, as_json: bool, confi
             raise click.BadParameter(str(exc), param_hint="--budget") from None
     type_map = _load_types(types)
     report = run_batch(read_table(reference), read_table(current), types=type_map,
-                       policy=policy, bins=det.bins, n_sim=sims, seed=det.seed)
+                       policy=policy, bins=det.bins, n_sim=sims or det.calibration_sims,
+                       seed=det.seed)
     if as_json:
         import orjson
 
@@ -124,10 +125,11 @@ def cli() -> None:
 @click.option("--config", metavar="FILE", help="driftwarden TOML config (detection settings).")
 @click.option("--budget", type=float, default=None,
               help="False-alarm budget: chance that a no-drift table is flagged (default 1e-4).")
-@click.option("--sims", type=click.IntRange(10, 100_000), default=200, show_default=True,
-              help="Simulated no-drift windows used to calibrate PSI.")
+@click.option("--sims", type=click.IntRange(10, 100_000), default=None,
+              help="Simulated no-drift windows used to calibrate PSI (default 200, or the "
+                   "config's detection.calibration_sims).")
 def batch(reference: str, current: str, types: str | None, as_json: bool, config: str | None,
-          budget: float | None, sims: int) -> None:
+          budget: float | None, sims: int | None) -> None:
     """Test a current table against a reference table for drift.
 
     Exit code 0 whether or not drift was found; 2 on bad input.
@@ -146,7 +148,7 @@ def demo(as_json: bool) -> None:
     folder = resources.files("driftwarden") / "examples"
     with resources.as_file(folder / "reference.csv") as ref, \
             resources.as_file(folder / "current.csv") as cur:
-        _batch(str(ref), str(cur), None, as_json, None, None, 200,
+        _batch(str(ref), str(cur), None, as_json, None, None, None,
                title="driftwarden demo (bundled example)")
 
 
