@@ -84,6 +84,11 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cooldown: int = 0
     calibration_sims: int = 200
     seed: int = 0
+    warmup: int = 5000               # records of a (model, version) that become its baseline
+    quality_tolerance: float = 0.05  # missing / unseen / invalid ratio above the baseline's
+    concept_detector: str = "adwin"  # online detector on the error stream of joined labels
+    label_ttl: float = 86_400.0      # seconds a prediction waits for its label (event time)
+    max_pending_labels: int = 1_000_000
 
     def policy(self) -> Any:
         """The :class:`~driftwarden.detectors.decide.DecisionPolicy` these settings describe."""

@@ -53,6 +53,8 @@ class TestValue:
     ``pvalue`` (NaN when the test has no analytic p-value), ``raw`` (Wasserstein in the
     feature's units), ``dof`` (chi-square degrees of freedom) and the sample sizes used."""
 
+    __test__ = False  # not a pytest test class
+
     statistic: float
     pvalue: float = math.nan
     raw: float = math.nan

@@ -330,6 +330,8 @@ class DecisionPolicy:
 class TestEvidence:
     """One test on one feature, as it entered the decision."""
 
+    __test__ = False  # not a pytest test class
+
     feature: str
     test: str
     statistic: float

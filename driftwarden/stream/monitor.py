@@ -1,0 +1,340 @@
+"""The monitor of one (model, version): the plain-Python core a stream agent hands batches to.
+
+A :class:`ModelMonitor` owns everything stateful about one model version — its baseline
+(fitted from its first ``warmup`` records, or given), an event-time sliding window, the
+calibration, one :class:`~driftwarden.detectors.decide.Decider` per verdict kind and an online
+detector on the error stream — and turns batches of records into **drift events**: one per
+change of a verdict (``onset``, ``escalation``, ``recovery``) of kind
+
+* ``data`` — the input features' distributions (the decision layer's family over all features);
+* ``prediction`` — the distribution of the model's output;
+* ``quality`` — missing, invalid or unseen values above the baseline's by more than
+  ``quality_tolerance``, or fields appearing, disappearing or changing type;
+* ``concept`` — the error stream of joined labels (river's ADWIN by default).
+
+No Kafka, no clock: time is the event time carried by the records, so a replay gives the
+same events. The whole state round-trips through JSON (:meth:`to_state`), for a Faust table.
+
+>>> import numpy as np
+>>> from driftwarden.config import Detection
+>>> from driftwarden.schema import PredictionRecord
+>>> rng = np.random.default_rng(0)
+>>> def batch(t0, n, shift=0.0):
+...     return [PredictionRecord("fraud", "1", f"r{t0}-{i}", t0 + i / n,
+...                              {"amount": float(rng.normal(shift, 1)), "country": "DE"},
+...                              float(rng.random())) for i in range(n)]
+>>> m = ModelMonitor("fraud", "1", Detection(warmup=2000, slices=3, slice_seconds=1.0,
+...                  allowed_lateness=0.0, calibration_sims=50))
+>>> events = [e for t in range(0, 12) for e in m.add(batch(t, 500, 0.0 if t < 8 else 1.0))]
+>>> [(e["kind"], e["state"], e["features"]) for e in events]
+[('data', 'onset', ['amount'])]
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from driftwarden.config import Detection
+from driftwarden.detectors.baseline import Baseline
+from driftwarden.detectors.compare import compare
+from driftwarden.detectors.decide import (
+    Calibration,
+    Decider,
+    Evaluation,
+    TestEvidence,
+    Verdict,
+    calibrate,
+    evaluate,
+)
+from driftwarden.detectors.online import OnlineDetector
+from driftwarden.detectors.quality import feature_quality, schema_change
+from driftwarden.detectors.summary import PREDICTION, Summary, records_to_columns
+from driftwarden.detectors.window import SlidingWindow
+from driftwarden.schema import PredictionRecord
+
+KINDS = ("data", "prediction", "quality", "concept")
+EVENT_NAMESPACE = uuid.UUID("6f7c1f2e-3b9a-4c55-9d1e-0d2f8a5b7c31")
+MAX_CALIBRATION_ROWS = 5000  # larger windows are rescaled (see decide.NullModel)
+
+
+def event_id(*parts: Any) -> str:
+    """Deterministic id: the same incident and state always give the same id.
+
+    >>> event_id("fraud", "1", "data", 17, "onset") == event_id("fraud", "1", "data", 17, "onset")
+    True
+    """
+    return str(uuid.uuid5(EVENT_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def _clean(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+class ModelMonitor:
+    """Windows, tests and verdicts of one model version; see the module docstring."""
+
+    def __init__(self, model: str, version: str, detection: Detection | None = None, *,
+                 baseline: Baseline | None = None, task: str = "classification") -> None:
+        self.model = model
+        self.version = version
+        self.detection = detection or Detection()
+        self.policy = self.detection.policy()
+        self.task = task
+        self.baseline: Baseline | None = None
+        self.calibration: Calibration | None = None
+        self.window: SlidingWindow | None = None
+        self.deciders = {kind: Decider(self.policy) for kind in KINDS}
+        self.incidents: dict[str, int] = {}   # kind -> slice id of the open incident's onset
+        self.concept = OnlineDetector(self.detection.concept_detector,
+                                      seed=self.detection.seed)
+        self.error_baseline: list[float] = [0.0, 0.0]  # errors, outcomes during warm-up
+        self._warm: list[PredictionRecord] = []
+        self.n_records = 0
+        self.n_late = 0
+        self.n_outcomes = 0
+        self.last_verdicts: dict[str, dict[str, Any]] = {}
+        if baseline is not None:
+            self._install(baseline, None)
+
+    def __repr__(self) -> str:
+        phase = "warming up" if self.baseline is None else "monitoring"
+        return f"ModelMonitor({self.model!r}, {self.version!r}, {phase}, n={self.n_records})"
+
+    # -- baseline ---------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.baseline is not None
+
+    def _install(self, baseline: Baseline, rows_per_window: int | None) -> None:
+        d = self.detection
+        self.baseline = baseline
+        rows = rows_per_window or MAX_CALIBRATION_ROWS
+        self.calibration = calibrate(baseline, max(50, min(rows, MAX_CALIBRATION_ROWS)),
+                                     n_sim=d.calibration_sims, seed=d.seed,
+                                     tests=_score_tests(self.policy),
+                                     reservoir_size=d.reservoir_size)
+        self.window = SlidingWindow(self._new_summary, slices=d.slices,
+                                    slice_seconds=d.slice_seconds,
+                                    allowed_lateness=d.allowed_lateness)
+
+    def _new_summary(self) -> Summary:
+        assert self.baseline is not None
+        return self.baseline.new_summary(reservoir_size=self.detection.reservoir_size,
+                                         seed=self.detection.seed, task=self.task)
+
+    def _fit_from_warmup(self) -> None:
+        d = self.detection
+        cols = _columns(self._warm)
+        base = Baseline.fit(cols, bins=d.bins, max_categories=d.max_categories,
+                            categorical_max_distinct=d.categorical_max_distinct,
+                            sample_rows=d.sample_rows, reference_sample=d.reference_sample,
+                            prediction=PREDICTION if PREDICTION in cols else None, seed=d.seed)
+        ts = np.array([r.ts for r in self._warm])
+        span = float(ts.max() - ts.min()) if len(ts) > 1 else 0.0
+        rate = len(ts) / span if span > 0 else float(len(ts))
+        self._install(base, int(rate * d.slices * d.slice_seconds))
+        self._warm = []
+
+    # -- the stream ---------------------------------------------------------------------------
+    def add(self, records: Sequence[PredictionRecord]) -> list[dict[str, Any]]:
+        """Feed a batch of records of this model version; returns the drift events it caused."""
+        if not records:
+            return []
+        self.n_records += len(records)
+        if self.baseline is None:
+            need = self.detection.warmup - len(self._warm)
+            self._warm.extend(records[:need])
+            records = records[need:]
+            if len(self._warm) >= self.detection.warmup:
+                self._fit_from_warmup()
+            if not records:
+                return []
+        assert self.window is not None
+        cols = _columns(records)
+        ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=len(records))
+        result = self.window.add(cols, ts=ts, n_rows=len(records))
+        self.n_late += result.late
+        events: list[dict[str, Any]] = []
+        for slice_id in result.closed:
+            events += self._evaluate(slice_id)
+        return events
+
+    def _evaluate(self, slice_id: int) -> list[dict[str, Any]]:
+        assert self.baseline is not None and self.window is not None
+        window = self.window.summary()
+        comps = compare(self.baseline, window)
+        pred = comps.pop(PREDICTION, None)
+        ts = (slice_id + 1) * self.detection.slice_seconds
+        evaluations = {"data": evaluate(comps, self.policy, self.calibration)}
+        if pred is not None:
+            evaluations["prediction"] = evaluate({PREDICTION: pred}, self.policy,
+                                                 self.calibration)
+        evaluations["quality"] = self._quality(window)
+        events = []
+        for kind, ev in evaluations.items():
+            verdict = self.deciders[kind].update(ev)
+            self.last_verdicts[kind] = self._verdict_dict(kind, verdict, ts)
+            if verdict.state is not None:
+                events.append(self._event(kind, verdict, slice_id, ts))
+        return events
+
+    def _quality(self, window: Summary) -> Evaluation:
+        assert self.baseline is not None
+        tol = self.detection.quality_tolerance
+        evidence = []
+        flagged = []
+        for name, fs in window.features.items():
+            q = feature_quality(fs)
+            ref = feature_quality(self.baseline.reference.features[name])
+            for measure in ("missing_ratio", "invalid_ratio", "unseen_ratio", "nan_ratio"):
+                now, before = getattr(q, measure), getattr(ref, measure)
+                bad = q.n_rows > 0 and now - before > tol
+                evidence.append(TestEvidence(name, measure, now, math.nan, math.nan, before + tol,
+                                             ref.n_rows, q.n_rows, True, bad))
+                if bad and name not in flagged:
+                    flagged.append(name)
+        sc = schema_change(window)
+        for name in sc.new_fields + sc.missing_fields + sc.retyped_fields:
+            if name not in flagged:
+                flagged.append(name)
+        severity = "critical" if (sc.missing_fields or sc.retyped_fields) else (
+            "warning" if flagged else "none")
+        return Evaluation(bool(flagged), severity, tuple(flagged), tuple(evidence),
+                          len(evidence))
+
+    # -- outcomes (joined labels) ---------------------------------------------------------------
+    def add_outcomes(self, predictions: Sequence[Any], labels: Sequence[Any],
+                     ts: float) -> list[dict[str, Any]]:
+        """Feed joined (prediction, label) pairs to the error-stream detector."""
+        errors = [_error(p, y, self.task) for p, y in zip(predictions, labels)]
+        errors = [e for e in errors if e is not None]
+        self.n_outcomes += len(errors)
+        if self.error_baseline[1] < 500:  # the first outcomes set the reference error rate
+            self.error_baseline[0] += sum(errors)
+            self.error_baseline[1] += len(errors)
+        result = self.concept.update_many(errors)
+        drifting = result.drift and result.statistic > self._reference_error()
+        before = self._reference_error()
+        severity = "none"
+        if drifting:
+            severity = "critical" if result.statistic > 2 * max(before, 1e-9) else "warning"
+        ev = Evaluation(drifting, severity, ("__error__",) if drifting else (), (
+            TestEvidence("__error__", self.detection.concept_detector, result.statistic,
+                         math.nan, math.nan, before, int(self.error_baseline[1]),
+                         result.n_seen, True, drifting),), 1)
+        # the error stream is an evaluation of its own: no hysteresis beyond the detector's
+        decider = self.deciders["concept"]
+        if drifting:
+            decider.drift_streak = max(decider.drift_streak, self.policy.hysteresis - 1)
+        verdict = decider.update(ev)
+        self.last_verdicts["concept"] = self._verdict_dict("concept", verdict, ts)
+        if verdict.state is None:
+            return []
+        return [self._event("concept", verdict, int(self.n_outcomes), ts)]
+
+    def _reference_error(self) -> float:
+        n = self.error_baseline[1]
+        return self.error_baseline[0] / n if n else 0.0
+
+    # -- events ---------------------------------------------------------------------------------
+    def _verdict_dict(self, kind: str, v: Verdict, ts: float) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "kind": kind, "drift": v.drift,
+                "severity": v.severity, "features": list(v.features), "ts": ts}
+
+    def _event(self, kind: str, v: Verdict, at: int, ts: float) -> dict[str, Any]:
+        if v.state == "onset":
+            self.incidents[kind] = at
+        incident = self.incidents.get(kind, at)
+        if v.state == "recovery":
+            self.incidents.pop(kind, None)
+        incident_id = event_id(self.model, self.version, kind, incident)
+        evidence = [e.to_dict() for e in v.evaluation.evidence if e.decision and (
+            e.rejected or e.feature in v.features)]
+        return {
+            "event_id": event_id(incident_id, v.state, at),
+            "incident_id": incident_id,
+            "model": self.model, "version": self.version, "kind": kind, "state": v.state,
+            "severity": v.severity if v.state != "recovery" else "none",
+            "features": list(v.features), "evidence": evidence, "ts": ts,
+        }
+
+    # -- state ----------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "version": self.version, "task": self.task,
+            "baseline": None if self.baseline is None else self.baseline.to_state(),
+            "calibration": None if self.calibration is None else self.calibration.to_state(),
+            "window": None if self.window is None else self.window.to_state(),
+            "deciders": {k: d.to_state() for k, d in self.deciders.items()},
+            "incidents": dict(self.incidents),
+            "concept": self.concept.to_state(),
+            "error_baseline": list(self.error_baseline),
+            "warm": [_record_state(r) for r in self._warm],
+            "n_records": self.n_records, "n_late": self.n_late, "n_outcomes": self.n_outcomes,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], detection: Detection | None = None
+                   ) -> ModelMonitor:
+        m = cls(state["model"], state["version"], detection, task=state["task"])
+        if state["baseline"] is not None:
+            m.baseline = Baseline.from_state(state["baseline"])
+            m.calibration = Calibration.from_state(state["calibration"])
+            base = m.baseline
+            m.window = SlidingWindow.from_state(
+                m._new_summary, state["window"],
+                lambda s: Summary.from_state(base.specs, s, base.prediction))
+        m.deciders = {k: Decider.from_state(v, m.policy) for k, v in state["deciders"].items()}
+        m.incidents = dict(state["incidents"])
+        m.concept = OnlineDetector.from_state(state["concept"])
+        m.error_baseline = list(state["error_baseline"])
+        m._warm = [PredictionRecord(**r) for r in state["warm"]]
+        m.n_records, m.n_late = state["n_records"], state["n_late"]
+        m.n_outcomes = state["n_outcomes"]
+        return m
+
+
+def _score_tests(policy: Any) -> list[str]:
+    from driftwarden.detectors.decide import SCORE_TESTS
+
+    wanted = set(policy.numeric_tests) | set(policy.categorical_tests)
+    return sorted((wanted & set(SCORE_TESTS)) - set(policy.thresholds))
+
+
+def _columns(records: Sequence[PredictionRecord]) -> dict[str, Any]:
+    cols: dict[str, Any] = records_to_columns([r.features for r in records])
+    if any(r.prediction is not None for r in records):
+        cols[PREDICTION] = [r.prediction for r in records]
+    return cols
+
+
+def _record_state(r: PredictionRecord) -> dict[str, Any]:
+    return {"model": r.model, "version": r.version, "id": r.id, "ts": r.ts,
+            "features": r.features, "prediction": r.prediction, "latency_ms": r.latency_ms,
+            "segment": r.segment}
+
+
+def _error(prediction: Any, label: Any, task: str) -> float | None:
+    """0/1 mistake of a classifier (scores are thresholded at 0.5), or absolute error."""
+    try:
+        if task == "regression":
+            e = abs(float(prediction) - float(label))
+            return e if math.isfinite(e) else None
+        if isinstance(prediction, (int, float)) and isinstance(label, (int, float)) and (
+                0.0 <= float(prediction) <= 1.0 and float(label) in (0.0, 1.0)):
+            return float((float(prediction) >= 0.5) != (float(label) == 1.0))
+        return float(str(prediction) != str(label) and _num(prediction) != _num(label))
+    except (TypeError, ValueError):
+        return None
+
+
+def _num(x: Any) -> Any:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return x
