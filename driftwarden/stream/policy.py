@@ -1,0 +1,111 @@
+"""Response policy: from drift events to action events for automated responders.
+
+Per model (from the config, with defaults):
+
+* ``rollback`` to the previous version when **concept** drift is **critical** on a version
+  deployed less than ``rollback_window`` seconds ago (and a previous version is known);
+* ``retrain`` when **data** drift persists: an incident still open ``retrain_after`` seconds
+  after its onset, or escalated to critical;
+* ``review`` for any other onset worth a human (warning data / prediction / quality / concept).
+
+Every action has an ``event_id`` that is a function of (incident, action) only, so a retry —
+or a restarted worker replaying the same events — never produces a second id, and a
+responder can drop duplicates. A ``cooldown`` per (model, action) keeps one incident storm
+from issuing the same action over and over.
+
+>>> p = ResponsePolicy()
+>>> onset = {"event_id": "e1", "incident_id": "i1", "model": "fraud", "version": "7",
+...          "kind": "data", "state": "onset", "severity": "warning", "features": ["amount"],
+...          "evidence": [], "ts": 1000.0}
+>>> [a["action"] for a in p.decide(onset)]
+['review']
+>>> [a["action"] for a in p.decide({**onset, "state": "escalation", "severity": "critical"})]
+['retrain']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from driftwarden.errors import ValidationError
+from driftwarden.stream.monitor import event_id
+
+ACTIONS = ("rollback", "retrain", "review", "promote")
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """The response rules of one model."""
+
+    rollback_window: float = 86_400.0
+    retrain_after: float = 3_600.0
+    cooldown: float = 3_600.0
+    review: bool = True
+    runbook_url: str = "README.md#runbook"  # base of the runbook links, per action
+
+    def __post_init__(self) -> None:
+        for name in ("rollback_window", "retrain_after", "cooldown"):
+            if getattr(self, name) < 0:
+                raise ValidationError(f"{name} must be >= 0")
+
+
+@dataclass
+class ResponsePolicy:
+    """Turns drift events into action events; see the module docstring."""
+
+    default: ModelPolicy = field(default_factory=ModelPolicy)
+    models: dict[str, ModelPolicy] = field(default_factory=dict)
+    # model -> version -> (deployed_at, previous version); from the registry or the config
+    deployments: dict[str, dict[str, tuple[float, str | None]]] = field(default_factory=dict)
+    _last: dict[tuple[str, str], float] = field(default_factory=dict)
+    _open: dict[str, float] = field(default_factory=dict)  # incident -> onset time
+
+    def register_version(self, model: str, version: str, deployed_at: float,
+                         previous: str | None) -> None:
+        self.deployments.setdefault(model, {})[version] = (deployed_at, previous)
+
+    def decide(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The action events one drift event calls for (often none)."""
+        model, version, kind = event["model"], event["version"], event["kind"]
+        state, severity, ts = event["state"], event["severity"], float(event["ts"])
+        incident = event["incident_id"]
+        rules = self.models.get(model, self.default)
+        if state == "onset":
+            self._open[incident] = ts
+        if state == "recovery":
+            self._open.pop(incident, None)
+            return []
+        actions: list[tuple[str, str | None, str]] = []
+        deployed = self.deployments.get(model, {}).get(version)
+        if kind == "concept" and severity == "critical" and deployed is not None:
+            deployed_at, previous = deployed
+            if previous is not None and ts - deployed_at <= rules.rollback_window:
+                actions.append(("rollback", previous,
+                                f"critical concept drift on version {version}, deployed "
+                                f"{ts - deployed_at:.0f} s ago"))
+        if kind == "data" and (severity == "critical" or
+                               ts - self._open.get(incident, ts) >= rules.retrain_after):
+            actions.append(("retrain", None, f"data drift ({severity}) in "
+                                             f"{', '.join(event['features']) or 'the inputs'}"))
+        if not actions and state == "onset" and rules.review:
+            actions.append(("review", None, f"{kind} drift ({severity}) in "
+                                            f"{', '.join(event['features']) or 'the model'}"))
+        out = []
+        for action, target, reason in actions:
+            key = (model, action)
+            last = self._last.get(key)
+            if last is not None and ts - last < rules.cooldown:
+                continue
+            self._last[key] = ts
+            out.append({
+                "event_id": event_id(incident, action),
+                "action": action, "model": model, "version": version,
+                "target_version": target, "incident_id": incident, "reason": reason,
+                "evidence": {"drift_event_id": event["event_id"], "kind": kind,
+                             "severity": severity, "features": list(event["features"]),
+                             "tests": list(event.get("evidence", []))[:20]},
+                "runbook_url": f"{rules.runbook_url}-{action}", "ts": ts,
+            })
+        return out

@@ -1,0 +1,85 @@
+"""Plain-Python cores of the stream: label join, response policy, dead-letter records."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from driftwarden.schema import Rejection, decode_predictions
+from driftwarden.stream.dlq import dead_letter
+from driftwarden.stream.labels import LabelJoiner
+from driftwarden.stream.policy import ModelPolicy, ResponsePolicy
+
+
+def test_label_join_ttl_bounds_and_state():
+    j = LabelJoiner(ttl=100.0, max_pending=3)
+    for i in range(4):
+        j.add_prediction("m", f"r{i}", "1", float(i % 2), ts=float(i))
+    assert len(j) == 3 and j.expired == 1            # r0 pushed out by the bound
+    assert j.add_label("m", "r0", 1, ts=5.0) is None and j.late == 1
+    out = j.add_label("m", "r2", 0, ts=50.0)
+    assert (out.version, out.prediction, out.label, out.delay) == ("1", 0.0, 0, 48.0)
+    back = LabelJoiner.from_state(orjson.loads(orjson.dumps(j.to_state())))
+    assert back.to_state() == j.to_state()
+    assert j.add_label("m", "r3", 1, ts=200.0) is None  # r3 (ts 3) expired at 200
+    assert j.expired == 3 and j.joined == 1 and j.join_ratio() == pytest.approx(1 / 3)
+    assert back.add_label("m", "r3", 1, ts=60.0).delay == 57.0
+
+
+def drift_event(**kw):
+    e = {"event_id": "e", "incident_id": "inc-1", "model": "fraud", "version": "8",
+         "kind": "data", "state": "onset", "severity": "warning", "features": ["amount"],
+         "evidence": [{"feature": "amount", "test": "ks"}], "ts": 1000.0}
+    e.update(kw)
+    return e
+
+
+def test_rollback_on_critical_concept_drift_of_a_fresh_version():
+    p = ResponsePolicy()
+    p.register_version("fraud", "8", deployed_at=900.0, previous="7")
+    acts = p.decide(drift_event(kind="concept", severity="critical"))
+    assert [(a["action"], a["target_version"]) for a in acts] == [("rollback", "7")]
+    a = acts[0]
+    assert set(a) == {"event_id", "action", "model", "version", "target_version",
+                      "incident_id", "reason", "evidence", "runbook_url", "ts"}
+    # an old version is not rolled back: a human reviews
+    p2 = ResponsePolicy()
+    p2.register_version("fraud", "8", deployed_at=0.0, previous="7")
+    p2.default = ModelPolicy(rollback_window=100.0)
+    assert [a["action"] for a in p2.decide(drift_event(kind="concept", severity="critical"))
+            ] == ["review"]
+
+
+def test_retrain_when_data_drift_persists_and_ids_are_stable():
+    p = ResponsePolicy(default=ModelPolicy(retrain_after=600.0, cooldown=0.0))
+    assert [a["action"] for a in p.decide(drift_event())] == ["review"]
+    assert p.decide(drift_event(state="escalation", severity="warning", ts=1300.0)) == []
+    retrain = p.decide(drift_event(state="escalation", severity="warning", ts=1700.0))
+    assert [a["action"] for a in retrain] == ["retrain"]
+    again = ResponsePolicy(default=ModelPolicy(retrain_after=600.0, cooldown=0.0))
+    again.decide(drift_event())
+    assert again.decide(drift_event(state="escalation", ts=1700.0))[0]["event_id"] == \
+        retrain[0]["event_id"]  # same incident and action: same id, on any worker
+    assert p.decide(drift_event(state="recovery", severity="none", ts=1800.0)) == []
+
+
+def test_cooldown_per_model_and_action():
+    p = ResponsePolicy(default=ModelPolicy(cooldown=500.0))
+    assert len(p.decide(drift_event(incident_id="a", ts=0.0))) == 1
+    assert p.decide(drift_event(incident_id="b", ts=100.0)) == []
+    assert len(p.decide(drift_event(incident_id="c", ts=600.0))) == 1
+
+
+def test_dead_letters_keep_bytes_reason_source_and_headers():
+    body = orjson.dumps({"model": "m", "records": [{"features": {"x": 1}},
+                                                   {"features": 5}]})
+    decoded = decode_predictions(body, now=1.0)
+    rej = decoded.rejections[0]
+    value, headers = dead_letter(body, [("Trace-Id", b"abc")], rej, "driftwarden.predictions",
+                                 3, 77, record={"features": 5})
+    h = dict(headers)
+    assert orjson.loads(value) == {"features": 5}
+    assert h["dw.reason"] == b"invalid_record" and h["dw.source.index"] == b"1"
+    assert h["dw.source.partition"] == b"3" and h["original.trace-id"] == b"abc"
+    value, headers = dead_letter(b"\xff", None, Rejection("bad_utf8", "x" * 2000), "t", 0, 1)
+    assert value == b"\xff" and len(dict(headers)["dw.detail"]) == 500
