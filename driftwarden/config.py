@@ -97,7 +97,7 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         from driftwarden.detectors.decide import DecisionPolicy
         from driftwarden.errors import ValidationError
 
-        values = {}
+        values: dict[str, Any] = {}
         for f in dataclasses.fields(DecisionPolicy):  # every policy field has a setting here
             v = getattr(self, f.name)
             values[f.name] = tuple(v) if isinstance(v, list) else (

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from driftwarden.errors import DriftwardenError
 
@@ -57,7 +58,7 @@ class EmbeddedBroker:
         self.log_path = Path(log_path) if log_path else None
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     @property
     def bootstrap_servers(self) -> str:

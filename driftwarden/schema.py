@@ -180,6 +180,13 @@ def _record(obj: Any, default_model: str | None, default_version: str | None, no
                             r.segment or {})
 
 
+def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:
+    if isinstance(r, Rejection):
+        out.rejections.append(r)
+    else:
+        out.records.append(r)
+
+
 def decode_predictions(value: bytes, headers: Headers = None, *,
                        max_bytes: int = MAX_MESSAGE_BYTES, now: float | None = None,
                        feature_names: Mapping[str, Sequence[str]] | None = None,
@@ -217,8 +224,7 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
             out.rejections.append(Rejection("invalid_record", "`model` is not a string"))
             return out
         for i, rec in enumerate(records):
-            r = _record(rec, model, None if version is None else str(version), now, i)
-            (out.rejections if isinstance(r, Rejection) else out.records).append(r)
+            _sort(out, _record(rec, model, None if version is None else str(version), now, i))
         return out
     if "inputs" in obj or "outputs" in obj:
         model = obj.get("model_name")
@@ -228,8 +234,7 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
         return _oip_records(obj, obj if "outputs" in obj else None, model,
                             str(obj.get("model_version", "")), obj.get("id"), now, names)
     if "features" in obj:
-        r = _record(obj, None, None, now, None)
-        (out.rejections if isinstance(r, Rejection) else out.records).append(r)
+        _sort(out, _record(obj, None, None, now, None))
         return out
     out.rejections.append(Rejection("unknown_format", "no `features`, `records`, `inputs` or "
                                                       "`outputs` field"))

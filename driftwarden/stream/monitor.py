@@ -211,8 +211,8 @@ class ModelMonitor:
     def add_outcomes(self, predictions: Sequence[Any], labels: Sequence[Any],
                      ts: float) -> list[dict[str, Any]]:
         """Feed joined (prediction, label) pairs to the error-stream detector."""
-        errors = [_error(p, y, self.task) for p, y in zip(predictions, labels)]
-        errors = [e for e in errors if e is not None]
+        errors = [e for p, y in zip(predictions, labels)
+                  if (e := _error(p, y, self.task)) is not None]
         self.n_outcomes += len(errors)
         if self.error_baseline[1] < 500:  # the first outcomes set the reference error rate
             self.error_baseline[0] += sum(errors)
