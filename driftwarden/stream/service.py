@@ -1,0 +1,194 @@
+"""The stream service's core: raw Kafka messages in, messages to produce out. No Kafka here.
+
+:class:`StreamService` is what the Faust agents hand their batches to (STYLE: thin agents over
+a plain-Python core). It decodes, dead-letters what cannot be used, routes records to one
+:class:`~driftwarden.stream.monitor.ModelMonitor` per (model, version) — discovered from the
+stream up to ``max_models``, or only the configured ones — joins labels, applies the response
+policy, and returns the :class:`Output` messages to produce (drift events, action events, dead
+letters, late labels) in order.
+
+>>> from driftwarden.config import load_settings
+>>> svc = StreamService(load_settings(env={}))
+>>> outs = svc.handle_predictions([RawMessage(b"not json", [], "driftwarden.predictions", 0, 7, 1.0)])
+>>> [(o.topic, dict(o.headers)["dw.reason"]) for o in outs]
+[('driftwarden.dlq', b'bad_json')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from driftwarden.config import Settings
+from driftwarden.schema import (
+    CloudEventJoiner,
+    Decoded,
+    PredictionRecord,
+    Rejection,
+    decode_label,
+    decode_predictions,
+)
+from driftwarden.stream.dlq import dead_letter
+from driftwarden.stream.labels import LabelJoiner
+from driftwarden.stream.monitor import ModelMonitor
+from driftwarden.stream.policy import ResponsePolicy
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One consumed Kafka message (value, headers, where it came from, its timestamp in s)."""
+
+    value: bytes
+    headers: Sequence[tuple[str, bytes | None]]
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Output:
+    """One message to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class StreamService:
+    """Decoding, monitors, label join and response policy; see the module docstring."""
+
+    def __init__(self, settings: Settings, *, discovery: bool = True, max_models: int = 100,
+                 models: dict[str, dict[str, Any]] | None = None,
+                 policy: ResponsePolicy | None = None) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.discovery = discovery
+        self.max_models = max_models
+        self.models = dict(models or {})  # model -> {"feature_names": [...], "task": ...}
+        self.monitors: dict[tuple[str, str], ModelMonitor] = {}
+        self.labels = LabelJoiner(settings.detection.label_ttl,
+                                  settings.detection.max_pending_labels)
+        self.cloudevents = CloudEventJoiner()
+        self.policy = policy or ResponsePolicy()
+        self.counts: Counter[str] = Counter()        # events by model/version/kind
+        self.invalid: Counter[str] = Counter()       # rejections by reason
+        self.actions: Counter[str] = Counter()
+        self.feature_names = {m: c["feature_names"] for m, c in self.models.items()
+                              if c.get("feature_names")}
+
+    # -- predictions ----------------------------------------------------------------------------
+    def handle_predictions(self, messages: Sequence[RawMessage]) -> list[Output]:
+        out: list[Output] = []
+        by_monitor: dict[tuple[str, str], list[PredictionRecord]] = {}
+        for msg in messages:
+            decoded = decode_predictions(msg.value, msg.headers, now=msg.timestamp,
+                                         feature_names=self.feature_names,
+                                         joiner=self.cloudevents)
+            self._dead_letters(msg, decoded, out)
+            for rec in decoded.records:
+                key = (rec.model, rec.version)
+                if key not in self.monitors and not self._admit(rec, msg, out):
+                    continue
+                by_monitor.setdefault(key, []).append(rec)
+                if rec.id is not None and rec.prediction is not None:
+                    self.labels.add_prediction(rec.model, rec.id, rec.version, rec.prediction,
+                                               rec.ts)
+        for (model, version), records in by_monitor.items():
+            self.counts[f"{model}\x1f{version}\x1fprediction"] += len(records)
+            events = self.monitors[(model, version)].add(records)
+            out += self._events(events)
+        return out
+
+    def _admit(self, rec: PredictionRecord, msg: RawMessage, out: list[Output]) -> bool:
+        known = rec.model in self.models
+        if not known and (not self.discovery or len(self.monitors) >= self.max_models):
+            why = ("discovery is off" if not self.discovery
+                   else f"the cap of {self.max_models} models is reached")
+            self._reject(msg, Rejection("unknown_model", f"model {rec.model!r}: {why}"), out,
+                         record=_record_json(rec))
+            return False
+        task = self.models.get(rec.model, {}).get("task", "classification")
+        self.monitors[(rec.model, rec.version)] = ModelMonitor(
+            rec.model, rec.version, self.settings.detection, task=task)
+        return True
+
+    # -- labels -----------------------------------------------------------------------------------
+    def handle_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
+        out: list[Output] = []
+        joined: dict[tuple[str, str], tuple[list[Any], list[Any], float]] = {}
+        for msg in messages:
+            decoded = decode_label(msg.value, now=msg.timestamp)
+            self._dead_letters(msg, decoded, out)
+            for lab in decoded.records:
+                outcome = self.labels.add_label(lab.model, lab.id, lab.label, lab.ts)
+                if outcome is None:
+                    out.append(Output(self.topics.late, lab.model.encode(), msg.value,
+                                      [("dw.reason", b"no_pending_prediction")]))
+                    continue
+                preds, labs, ts = joined.setdefault((outcome.model, outcome.version),
+                                                    ([], [], lab.ts))
+                preds.append(outcome.prediction)
+                labs.append(outcome.label)
+                joined[(outcome.model, outcome.version)] = (preds, labs, max(ts, lab.ts))
+        for key, (preds, labs, ts) in joined.items():
+            monitor = self.monitors.get(key)
+            if monitor is not None:
+                out += self._events(monitor.add_outcomes(preds, labs, ts))
+        return out
+
+    # -- shared -------------------------------------------------------------------------------------
+    def _events(self, events: list[dict[str, Any]]) -> list[Output]:
+        out = []
+        for ev in events:
+            out.append(Output(self.topics.drift, ev["model"].encode(), _dumps(ev)))
+            for action in self.policy.decide(ev):
+                self.actions[f"{action['model']}\x1f{action['action']}"] += 1
+                out.append(Output(self.topics.actions, action["model"].encode(), _dumps(action),
+                                  [("dw.event_id", action["event_id"].encode())]))
+        return out
+
+    def _dead_letters(self, msg: RawMessage, decoded: Decoded, out: list[Output]) -> None:
+        for rej in decoded.rejections:
+            self._reject(msg, rej, out)
+
+    def _reject(self, msg: RawMessage, rej: Rejection, out: list[Output],
+                record: Any = None) -> None:
+        self.invalid[rej.reason] += 1
+        if record is None and rej.index is not None:
+            record = _batch_record(msg.value, rej.index)
+        value, headers = dead_letter(msg.value, msg.headers, rej, msg.topic, msg.partition,
+                                     msg.offset, record)
+        out.append(Output(self.topics.dlq, None, value, headers))
+
+    def verdicts(self) -> list[dict[str, Any]]:
+        """The current verdict of every monitored model version and kind."""
+        return [v for m in self.monitors.values() for v in m.last_verdicts.values()]
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _default(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(type(x).__name__)
+
+
+def _record_json(rec: PredictionRecord) -> dict[str, Any]:
+    return {"model": rec.model, "version": rec.version, "id": rec.id, "ts": rec.ts,
+            "features": rec.features, "prediction": rec.prediction}
+
+
+def _batch_record(value: bytes, index: int) -> Any:
+    try:
+        return orjson.loads(value)["records"][index]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None

@@ -1,0 +1,74 @@
+"""The stream service core, end to end without Kafka: raw messages in, messages out."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from driftwarden.config import load_settings
+from driftwarden.stream.service import RawMessage, StreamService
+
+SETTINGS = load_settings(env={"DRIFTWARDEN_DETECTION__WARMUP": "2000",
+                              "DRIFTWARDEN_DETECTION__SLICES": "3",
+                              "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
+                              "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0.2",
+                              "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "60"})
+
+
+def messages(rng, t0, n, shift=0.0, offset0=0):
+    out = []
+    for i in range(n):
+        rec = {"model": "fraud", "version": "3", "id": f"r{t0}-{i}", "ts": t0 + i / n,
+               "features": {"amount": float(rng.normal(shift, 1)),
+                            "country": str(rng.choice(["DE", "FR"]))},
+               "prediction": float(rng.random())}
+        out.append(RawMessage(orjson.dumps(rec), [], "driftwarden.predictions", 0,
+                              offset0 + i, t0))
+    return out
+
+
+def test_drift_injected_at_a_known_time_gives_events_and_actions_and_dlq_keeps_bad_ones():
+    rng = np.random.default_rng(0)
+    svc = StreamService(SETTINGS)
+    outs = []
+    bad = [b"{nope", b"\xff\xfe", b'{"model": "fraud", "features": 3}', b"[]"]
+    for t in range(20):
+        batch = messages(rng, t, 500, shift=1.0 if t >= 12 else 0.0, offset0=t * 1000)
+        if t == 5:
+            batch += [RawMessage(b, [("trace", b"x")], "driftwarden.predictions", 1, 99 + k, 5.0)
+                      for k, b in enumerate(bad)]
+        outs += svc.handle_predictions(batch)
+    dlq = [o for o in outs if o.topic == "driftwarden.dlq"]
+    assert [dict(o.headers)["dw.reason"] for o in dlq] == [
+        b"bad_json", b"bad_utf8", b"invalid_record", b"unknown_format"]
+    assert [o.value for o in dlq] == bad
+    assert svc.counts["fraud\x1f3\x1fprediction"] == 20 * 500  # the good ones around them
+    drift = [orjson.loads(o.value) for o in outs if o.topic == "driftwarden.drift"]
+    assert drift and drift[0]["kind"] == "data" and drift[0]["state"] == "onset"
+    assert 12 <= drift[0]["ts"] <= 15 and drift[0]["features"] == ["amount"]
+    actions = [orjson.loads(o.value) for o in outs if o.topic == "driftwarden.actions"]
+    assert actions and actions[0]["incident_id"] == drift[0]["incident_id"]
+    assert {a["action"] for a in actions} <= {"review", "retrain"}
+
+
+def test_labels_join_and_late_labels():
+    rng = np.random.default_rng(1)
+    svc = StreamService(SETTINGS)
+    for t in range(8):
+        svc.handle_predictions(messages(rng, t, 300))
+    labels = [RawMessage(orjson.dumps({"model": "fraud", "id": f"r7-{i}", "label": 1}), [],
+                         "driftwarden.labels", 0, i, 9.0) for i in range(100)]
+    labels.append(RawMessage(b'{"model": "fraud", "id": "never", "label": 0}', [],
+                             "driftwarden.labels", 0, 100, 9.0))
+    labels.append(RawMessage(b'{"model": "fraud", "id": "x"}', [], "driftwarden.labels", 0,
+                             101, 9.0))
+    outs = svc.handle_labels(labels)
+    assert svc.labels.joined == 100 and svc.monitors[("fraud", "3")].n_outcomes == 100
+    assert [o.topic for o in outs] == ["driftwarden.late", "driftwarden.dlq"]
+
+
+def test_unknown_models_are_dead_lettered_when_discovery_is_off():
+    svc = StreamService(SETTINGS, discovery=False, models={"known": {}})
+    outs = svc.handle_predictions(messages(np.random.default_rng(2), 0, 3))
+    assert [dict(o.headers)["dw.reason"] for o in outs] == [b"unknown_model"] * 3
+    assert svc.invalid["unknown_model"] == 3 and not svc.monitors
