@@ -9,7 +9,8 @@ letters, late labels) in order.
 
 >>> from driftwarden.config import load_settings
 >>> svc = StreamService(load_settings(env={}))
->>> outs = svc.handle_predictions([RawMessage(b"not json", [], "driftwarden.predictions", 0, 7, 1.0)])
+>>> msg = RawMessage(b"not json", [], "driftwarden.predictions", 0, 7, 1.0)
+>>> outs = svc.handle_predictions([msg])
 >>> [(o.topic, dict(o.headers)["dw.reason"]) for o in outs]
 [('driftwarden.dlq', b'bad_json')]
 """
@@ -150,8 +151,8 @@ class StreamService:
             out.append(Output(self.topics.drift, ev["model"].encode(), _dumps(ev)))
             for action in self.policy.decide(ev):
                 self.actions[f"{action['model']}\x1f{action['action']}"] += 1
-                out.append(Output(self.topics.actions, action["model"].encode(), _dumps(action),
-                                  [("dw.event_id", action["event_id"].encode())]))
+                out.append(Output(self.topics.actions, action["model"].encode(),
+                                  _dumps(action), [("dw.event_id", action["event_id"].encode())]))
         return out
 
     def _dead_letters(self, msg: RawMessage, decoded: Decoded, out: list[Output]) -> None:
