@@ -84,7 +84,7 @@ class StreamService:
         self.feature_names = {m: c["feature_names"] for m, c in self.models.items()
                               if c.get("feature_names")}
 
-    # -- predictions ----------------------------------------------------------------------------
+    # -- predictions ---------------------------------------------------------------------------
     def handle_predictions(self, messages: Sequence[RawMessage]) -> list[Output]:
         out: list[Output] = []
         by_monitor: dict[tuple[str, str], list[PredictionRecord]] = {}
@@ -120,7 +120,7 @@ class StreamService:
             rec.model, rec.version, self.settings.detection, task=task)
         return True
 
-    # -- labels -----------------------------------------------------------------------------------
+    # -- labels ---------------------------------------------------------------------------
     def handle_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
         out: list[Output] = []
         joined: dict[tuple[str, str], tuple[list[Any], list[Any], float]] = {}
@@ -144,7 +144,7 @@ class StreamService:
                 out += self._events(monitor.add_outcomes(preds, labs, ts))
         return out
 
-    # -- shared -------------------------------------------------------------------------------------
+    # -- shared ---------------------------------------------------------------------------
     def _events(self, events: list[dict[str, Any]]) -> list[Output]:
         out = []
         for ev in events:
