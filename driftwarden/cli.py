@@ -152,6 +152,48 @@ def demo(as_json: bool) -> None:
                title="driftwarden demo (bundled example)")
 
 
+@cli.command()
+@click.option("--config", metavar="FILE", help="driftwarden TOML config.")
+@click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
+@click.option("--warmup", type=click.IntRange(100, 10_000_000), default=None,
+              help="Records of a new (model, version) that become its baseline (default 5000).")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True,
+              help="Port of the health / verdicts endpoints (bound to 127.0.0.1).")
+@click.option("--session-timeout", type=click.FloatRange(1, 300), default=10.0,
+              show_default=True, help="Kafka consumer-group session timeout, seconds.")
+def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None,
+           web_port: int, session_timeout: float) -> None:
+    """Run a stream worker: consume predictions and labels, publish drift and action events."""
+    import logging
+
+    import msgspec
+
+    from driftwarden.config import load_settings
+    from driftwarden.stream.app import create_app, ensure_topics
+
+    settings = load_settings(config)
+    if bootstrap_servers or warmup:
+        data = msgspec.to_builtins(settings)
+        if bootstrap_servers:
+            data["kafka"]["bootstrap_servers"] = bootstrap_servers
+        if warmup:
+            data["detection"]["warmup"] = warmup
+        from driftwarden.config import Settings
+
+        settings = msgspec.convert(data, Settings)
+    logging.basicConfig(level=settings.log_level)
+    logging.getLogger("driftwarden").info("settings: %s", settings.redacted())
+    try:
+        ensure_topics(settings)
+    except Exception as exc:  # noqa: BLE001 - report the broker problem in one line
+        raise InputError(f"cannot reach the broker at {settings.kafka.bootstrap_servers}: "
+                         f"{exc}") from None
+    app = create_app(settings, web_port=web_port, session_timeout=session_timeout)
+    from faust.worker import Worker
+
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every user error into one line and exit code 2."""
     try:

@@ -57,6 +57,7 @@ class Kafka(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     partitions: int = 4
+    max_message_bytes: int = 1_048_576  # larger bodies go to the DLQ as "oversized"
     client: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -89,6 +90,7 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     concept_detector: str = "adwin"  # online detector on the error stream of joined labels
     label_ttl: float = 86_400.0      # seconds a prediction waits for its label (event time)
     max_pending_labels: int = 1_000_000
+    label_grace: float = 60.0        # seconds a label waits for a prediction not yet seen
 
     def policy(self) -> Any:
         """The :class:`~driftwarden.detectors.decide.DecisionPolicy` these settings describe."""

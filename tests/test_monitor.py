@@ -83,6 +83,7 @@ def test_concept_drift_from_the_error_stream():
     assert [(e["kind"], e["state"]) for e in events][:1] == [("concept", "onset")]
     assert events[0]["severity"] == "critical" and m.n_outcomes == 8000
     assert events[0]["ts"] >= 25
+    assert m.status()["accuracy"] == pytest.approx(1 - (25 * 0.1 + 15 * 0.5) / 40, abs=0.03)
 
 
 def test_state_round_trips_mid_stream():

@@ -64,7 +64,10 @@ def test_labels_join_and_late_labels():
                              101, 9.0))
     outs = svc.handle_labels(labels)
     assert svc.labels.joined == 100 and svc.monitors[("fraud", "3")].n_outcomes == 100
-    assert [o.topic for o in outs] == ["driftwarden.late", "driftwarden.dlq"]
+    assert [o.topic for o in outs] == ["driftwarden.dlq"]  # "never" waits for its grace
+    outs = svc.handle_predictions(messages(rng, 100, 10))  # event time moves on by 92 s
+    late = [o for o in outs if o.topic == "driftwarden.late"]
+    assert [orjson.loads(o.value)["id"] for o in late] == ["never"]
 
 
 def test_unknown_models_are_dead_lettered_when_discovery_is_off():

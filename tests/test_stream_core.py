@@ -11,19 +11,29 @@ from driftwarden.stream.labels import LabelJoiner
 from driftwarden.stream.policy import ModelPolicy, ResponsePolicy
 
 
-def test_label_join_ttl_bounds_and_state():
-    j = LabelJoiner(ttl=100.0, max_pending=3)
+def test_label_join_ttl_bounds_grace_and_state():
+    j = LabelJoiner(ttl=100.0, max_pending=3, grace=10.0)
     for i in range(4):
         j.add_prediction("m", f"r{i}", "1", float(i % 2), ts=float(i))
     assert len(j) == 3 and j.expired == 1            # r0 pushed out by the bound
-    assert j.add_label("m", "r0", 1, ts=5.0) is None and j.late == 1
+    assert j.add_label("m", "r0", 1, ts=5.0, raw=b"r0") is None  # waits for its grace
     out = j.add_label("m", "r2", 0, ts=50.0)
     assert (out.version, out.prediction, out.label, out.delay) == ("1", 0.0, 0, 48.0)
+    assert [lab.raw for lab in j.take_late()] == [b"r0"] and j.take_late() == []
     back = LabelJoiner.from_state(orjson.loads(orjson.dumps(j.to_state())))
     assert back.to_state() == j.to_state()
     assert j.add_label("m", "r3", 1, ts=200.0) is None  # r3 (ts 3) expired at 200
-    assert j.expired == 3 and j.joined == 1 and j.join_ratio() == pytest.approx(1 / 3)
+    assert j.expired == 3 and j.joined == 1
     assert back.add_label("m", "r3", 1, ts=60.0).delay == 57.0
+    # a label before its prediction: joined when the prediction comes within the grace
+    k = LabelJoiner(grace=30.0)
+    assert k.add_label("m", "early", 1, ts=10.0) is None
+    hit = k.add_prediction("m", "early", "2", 0.8, ts=9.0)
+    assert (hit.version, hit.label, hit.prediction) == ("2", 1, 0.8) and k.take_late() == []
+    k.add_label("m", "orphan", 0, ts=11.0)
+    k.add_prediction("m", "other", "2", 0.1, ts=45.0)
+    assert [lab.id for lab in k.take_late()] == ["orphan"]
+    assert k.join_ratio() == pytest.approx(0.5)
 
 
 def drift_event(**kw):

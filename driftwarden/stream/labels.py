@@ -3,16 +3,21 @@
 Ground truth arrives minutes to weeks after a prediction. :class:`LabelJoiner` keeps the
 pending predictions of each model (id → version, prediction, event time) for ``ttl`` seconds
 of event time and at most ``max_pending`` of them (the oldest go first, counted as
-``expired``). A label that finds its prediction yields an :class:`Outcome`; a label whose
-prediction is unknown — expired, never seen, or not yet seen — is returned as *late* so the
-stream routes it to the late topic: counted, never lost.
+``expired``). A label that finds its prediction yields an :class:`Outcome`. A label whose
+prediction is not there waits ``grace`` seconds of event time (its prediction may still be in
+flight on another partition or agent); if the prediction arrives meanwhile they are joined,
+otherwise the label is handed back by :meth:`LabelJoiner.take_late` so the stream routes it to
+the late topic: counted, never lost.
 
 >>> j = LabelJoiner(ttl=60.0)
 >>> j.add_prediction("fraud", "r1", "7", 0.9, ts=100.0)
 >>> j.add_label("fraud", "r1", 1.0, ts=130.0)
 Outcome(model='fraud', version='7', id='r1', prediction=0.9, label=1.0, delay=30.0)
->>> j.add_label("fraud", "r1", 1.0, ts=131.0) is None     # already joined: late
+>>> j.add_label("fraud", "r1", 1.0, ts=131.0) is None     # already joined: waits, then late
 True
+>>> j.add_prediction("fraud", "r2", "7", 0.1, ts=500.0)   # the watermark passes the grace
+>>> [lab.id for lab in j.take_late()]
+['r1']
 """
 
 from __future__ import annotations
@@ -37,45 +42,90 @@ class Outcome:
     delay: float
 
 
+@dataclass(frozen=True)
+class PendingLabel:
+    """A label waiting for its prediction (``raw``: the original message, for the late topic)."""
+
+    model: str
+    id: str
+    label: Any
+    ts: float
+    raw: bytes = b""
+
+
 class LabelJoiner:
     """Pending predictions with an event-time TTL; see the module docstring."""
 
-    def __init__(self, ttl: float = 86_400.0, max_pending: int = 1_000_000) -> None:
-        if ttl <= 0 or max_pending < 1:
-            raise ValidationError("ttl must be > 0 and max_pending >= 1")
+    def __init__(self, ttl: float = 86_400.0, max_pending: int = 1_000_000,
+                 grace: float = 60.0) -> None:
+        if ttl <= 0 or max_pending < 1 or grace < 0:
+            raise ValidationError("ttl must be > 0, max_pending >= 1 and grace >= 0")
         self.ttl = float(ttl)
         self.max_pending = int(max_pending)
+        self.grace = float(grace)
         self._pending: OrderedDict[tuple[str, str], tuple[str, Any, float]] = OrderedDict()
+        self._waiting: OrderedDict[tuple[str, str], PendingLabel] = OrderedDict()
+        self._late: list[PendingLabel] = []
         self.joined = 0
         self.late = 0
         self.expired = 0
-        self.watermark = float("-inf")
+        self.watermark = float("-inf")        # newest prediction event time
+        self.label_watermark = float("-inf")  # newest label event time
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def add_prediction(self, model: str, id: str, version: str, prediction: Any,
-                       ts: float) -> None:
-        """Remember a prediction until its label arrives or it expires."""
+                       ts: float) -> Outcome | None:
+        """Remember a prediction until its label arrives; the outcome if it was waiting."""
         key = (model, id)
-        self._pending.pop(key, None)
-        self._pending[key] = (version, prediction, ts)
         if ts > self.watermark:
             self.watermark = ts
+        waiting = self._waiting.pop(key, None)
+        self._expire_waiting()
+        if waiting is not None:
+            self.joined += 1
+            return Outcome(model, version, id, prediction, waiting.label,
+                           max(0.0, waiting.ts - ts))
+        self._pending.pop(key, None)
+        self._pending[key] = (version, prediction, ts)
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.expired += 1
+        return None
 
-    def add_label(self, model: str, id: str, label: Any, ts: float) -> Outcome | None:
-        """The joined outcome, or None when the label is late (no pending prediction)."""
+    def add_label(self, model: str, id: str, label: Any, ts: float,
+                  raw: bytes = b"") -> Outcome | None:
+        """The joined outcome, or None while the label waits for its prediction."""
+        self.label_watermark = max(self.label_watermark, ts)
+        self._expire_waiting()
         self.expire(max(self.watermark, ts))
         hit = self._pending.pop((model, id), None)
         if hit is None:
-            self.late += 1
+            self._waiting[(model, id)] = PendingLabel(model, id, label, ts, raw)
+            while len(self._waiting) > self.max_pending:
+                self._late.append(self._waiting.popitem(last=False)[1])
+                self.late += 1
+            self._expire_waiting()
             return None
         version, prediction, pred_ts = hit
         self.joined += 1
         return Outcome(model, version, id, prediction, label, max(0.0, ts - pred_ts))
+
+    def _expire_waiting(self) -> None:
+        now = max(self.watermark, self.label_watermark)
+        while self._waiting:
+            lab = next(iter(self._waiting.values()))
+            if now - lab.ts <= self.grace:
+                break
+            self._waiting.popitem(last=False)
+            self._late.append(lab)
+            self.late += 1
+
+    def take_late(self) -> list[PendingLabel]:
+        """Labels whose prediction did not come within the grace period (handed over once)."""
+        out, self._late = self._late, []
+        return out
 
     def expire(self, now: float) -> int:
         """Drop predictions older than ``ttl`` at event time ``now``; returns how many.
@@ -99,16 +149,29 @@ class LabelJoiner:
         return self.joined / total if total else 1.0
 
     def to_state(self) -> dict[str, Any]:
-        return {"ttl": self.ttl, "max_pending": self.max_pending,
+        return {"ttl": self.ttl, "max_pending": self.max_pending, "grace": self.grace,
                 "pending": [[m, i, v, p, t] for (m, i), (v, p, t) in self._pending.items()],
+                "waiting": [[w.model, w.id, w.label, w.ts, w.raw.decode("utf-8", "replace")]
+                            for w in list(self._waiting.values()) + self._late],
+                "n_late_undelivered": len(self._late),
                 "joined": self.joined, "late": self.late, "expired": self.expired,
-                "watermark": None if self.watermark == float("-inf") else self.watermark}
+                "watermark": None if self.watermark == float("-inf") else self.watermark,
+                "label_watermark": None if self.label_watermark == float("-inf")
+                else self.label_watermark}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> LabelJoiner:
-        j = cls(state["ttl"], state["max_pending"])
+        j = cls(state["ttl"], state["max_pending"], state["grace"])
         for m, i, v, p, t in state["pending"]:
             j._pending[(m, i)] = (v, p, t)
+        waiting = [PendingLabel(m, i, lab, t, raw.encode()) for m, i, lab, t, raw in
+                   state["waiting"]]
+        n_late = state["n_late_undelivered"]
+        j._late = waiting[len(waiting) - n_late:] if n_late else []
+        for w in waiting[:len(waiting) - n_late]:
+            j._waiting[(w.model, w.id)] = w
         j.joined, j.late, j.expired = state["joined"], state["late"], state["expired"]
         j.watermark = float("-inf") if state["watermark"] is None else state["watermark"]
+        lw = state["label_watermark"]
+        j.label_watermark = float("-inf") if lw is None else lw
         return j

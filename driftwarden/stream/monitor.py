@@ -53,7 +53,12 @@ from driftwarden.detectors.decide import (
 )
 from driftwarden.detectors.online import OnlineDetector
 from driftwarden.detectors.quality import feature_quality, schema_change
-from driftwarden.detectors.summary import PREDICTION, Summary, records_to_columns
+from driftwarden.detectors.summary import (
+    PREDICTION,
+    OutcomeSummary,
+    Summary,
+    records_to_columns,
+)
 from driftwarden.detectors.window import SlidingWindow
 from driftwarden.schema import PredictionRecord
 
@@ -97,6 +102,8 @@ class ModelMonitor:
         self.n_records = 0
         self.n_late = 0
         self.n_outcomes = 0
+        self.outcomes = OutcomeSummary("regression" if task == "regression" else
+                                       "classification")  # realized performance, cumulative
         self.last_verdicts: dict[str, dict[str, Any]] = {}
         if baseline is not None:
             self._install(baseline, None)
@@ -213,6 +220,11 @@ class ModelMonitor:
         """Feed joined (prediction, label) pairs to the error-stream detector."""
         errors = [e for p, y in zip(predictions, labels)
                   if (e := _error(p, y, self.task)) is not None]
+        numeric = [(p, y) for p, y in zip(predictions, labels)
+                   if isinstance(p, (int, float)) and isinstance(y, (int, float))]
+        if numeric:
+            self.outcomes.update(np.array([p for p, _ in numeric], dtype=float),
+                                 np.array([y for _, y in numeric], dtype=float))
         self.n_outcomes += len(errors)
         if self.error_baseline[1] < 500:  # the first outcomes set the reference error rate
             self.error_baseline[0] += sum(errors)
@@ -240,6 +252,15 @@ class ModelMonitor:
     def _reference_error(self) -> float:
         n = self.error_baseline[1]
         return self.error_baseline[0] / n if n else 0.0
+
+    def status(self) -> dict[str, Any]:
+        """Counters and realized performance (for the admin endpoint and metrics)."""
+        o = self.outcomes
+        return {"model": self.model, "version": self.version, "ready": self.ready,
+                "records": self.n_records, "late": self.n_late, "outcomes": self.n_outcomes,
+                "accuracy": _clean(o.accuracy()), "auc": _clean(o.auc()),
+                "mae": _clean(o.mae()) if o.task == "regression" else None,
+                "window_fill": None if self.window is None else self.window.fill_ratio}
 
     # -- events ---------------------------------------------------------------------------------
     def _verdict_dict(self, kind: str, v: Verdict, ts: float) -> dict[str, Any]:
@@ -276,6 +297,7 @@ class ModelMonitor:
             "error_baseline": list(self.error_baseline),
             "warm": [_record_state(r) for r in self._warm],
             "n_records": self.n_records, "n_late": self.n_late, "n_outcomes": self.n_outcomes,
+            "outcomes": self.outcomes.to_state(),
         }
 
     @classmethod
@@ -296,6 +318,7 @@ class ModelMonitor:
         m._warm = [PredictionRecord(**r) for r in state["warm"]]
         m.n_records, m.n_late = state["n_records"], state["n_late"]
         m.n_outcomes = state["n_outcomes"]
+        m.outcomes = OutcomeSummary.from_state(state["outcomes"])
         return m
 
 

@@ -35,7 +35,7 @@ from driftwarden.schema import (
     decode_predictions,
 )
 from driftwarden.stream.dlq import dead_letter
-from driftwarden.stream.labels import LabelJoiner
+from driftwarden.stream.labels import LabelJoiner, Outcome
 from driftwarden.stream.monitor import ModelMonitor
 from driftwarden.stream.policy import ResponsePolicy
 
@@ -75,7 +75,8 @@ class StreamService:
         self.models = dict(models or {})  # model -> {"feature_names": [...], "task": ...}
         self.monitors: dict[tuple[str, str], ModelMonitor] = {}
         self.labels = LabelJoiner(settings.detection.label_ttl,
-                                  settings.detection.max_pending_labels)
+                                  settings.detection.max_pending_labels,
+                                  settings.detection.label_grace)
         self.cloudevents = CloudEventJoiner()
         self.policy = policy or ResponsePolicy()
         self.counts: Counter[str] = Counter()        # events by model/version/kind
@@ -88,8 +89,10 @@ class StreamService:
     def handle_predictions(self, messages: Sequence[RawMessage]) -> list[Output]:
         out: list[Output] = []
         by_monitor: dict[tuple[str, str], list[PredictionRecord]] = {}
+        joined: dict[tuple[str, str], list[Outcome]] = {}
         for msg in messages:
             decoded = decode_predictions(msg.value, msg.headers, now=msg.timestamp,
+                                         max_bytes=self.settings.kafka.max_message_bytes,
                                          feature_names=self.feature_names,
                                          joiner=self.cloudevents)
             self._dead_letters(msg, decoded, out)
@@ -99,12 +102,15 @@ class StreamService:
                     continue
                 by_monitor.setdefault(key, []).append(rec)
                 if rec.id is not None and rec.prediction is not None:
-                    self.labels.add_prediction(rec.model, rec.id, rec.version, rec.prediction,
-                                               rec.ts)
+                    outcome = self.labels.add_prediction(rec.model, rec.id, rec.version,
+                                                         rec.prediction, rec.ts)
+                    if outcome is not None:  # its label had arrived first
+                        joined.setdefault(key, []).append(outcome)
         for (model, version), records in by_monitor.items():
             self.counts[f"{model}\x1f{version}\x1fprediction"] += len(records)
             events = self.monitors[(model, version)].add(records)
             out += self._events(events)
+        out += self._outcomes(joined)
         return out
 
     def _admit(self, rec: PredictionRecord, msg: RawMessage, out: list[Output]) -> bool:
@@ -123,25 +129,32 @@ class StreamService:
     # -- labels ---------------------------------------------------------------------------
     def handle_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
         out: list[Output] = []
-        joined: dict[tuple[str, str], tuple[list[Any], list[Any], float]] = {}
+        joined: dict[tuple[str, str], list[Outcome]] = {}
         for msg in messages:
-            decoded = decode_label(msg.value, now=msg.timestamp)
+            decoded = decode_label(msg.value, now=msg.timestamp,
+                                   max_bytes=self.settings.kafka.max_message_bytes)
             self._dead_letters(msg, decoded, out)
             for lab in decoded.records:
-                outcome = self.labels.add_label(lab.model, lab.id, lab.label, lab.ts)
-                if outcome is None:
-                    out.append(Output(self.topics.late, lab.model.encode(), msg.value,
-                                      [("dw.reason", b"no_pending_prediction")]))
-                    continue
-                preds, labs, ts = joined.setdefault((outcome.model, outcome.version),
-                                                    ([], [], lab.ts))
-                preds.append(outcome.prediction)
-                labs.append(outcome.label)
-                joined[(outcome.model, outcome.version)] = (preds, labs, max(ts, lab.ts))
-        for key, (preds, labs, ts) in joined.items():
+                outcome = self.labels.add_label(lab.model, lab.id, lab.label, lab.ts,
+                                                raw=msg.value)
+                if outcome is not None:
+                    joined.setdefault((outcome.model, outcome.version), []).append(outcome)
+        out += self._outcomes(joined)
+        return out
+
+    def _outcomes(self, joined: dict[tuple[str, str], list[Outcome]]) -> list[Output]:
+        out: list[Output] = []
+        for key, outcomes in joined.items():
             monitor = self.monitors.get(key)
             if monitor is not None:
-                out += self._events(monitor.add_outcomes(preds, labs, ts))
+                events = monitor.add_outcomes([o.prediction for o in outcomes],
+                                              [o.label for o in outcomes],
+                                              self.labels.watermark)
+                out += self._events(events)
+        for lab in self.labels.take_late():
+            out.append(Output(self.topics.late, lab.model.encode(), lab.raw or _dumps(
+                {"model": lab.model, "id": lab.id, "label": lab.label, "ts": lab.ts}),
+                [("dw.reason", b"no_pending_prediction")]))
         return out
 
     # -- shared ---------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""A real worker process against the real broker: drift at a known record becomes a drift
+event and an action event; malformed messages land in the DLQ with their reason while the
+good ones around them are counted; a label join feeds the concept detector."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from driftwarden.embedded import free_port
+
+SHIFT_AT = 12  # seconds of event time; one record every 2 ms
+
+
+@pytest.fixture(scope="module")
+def worker(broker, tmp_path_factory):
+    port = free_port()
+    env = dict(os.environ, DRIFTWARDEN_DETECTION__SLICES="3",
+               DRIFTWARDEN_DETECTION__SLICE_SECONDS="1",
+               DRIFTWARDEN_DETECTION__ALLOWED_LATENESS="0.2",
+               DRIFTWARDEN_DETECTION__CALIBRATION_SIMS="50",
+               DRIFTWARDEN_KAFKA__MAX_MESSAGE_BYTES="100000",
+               DRIFTWARDEN_DATA_DIR=str(tmp_path_factory.mktemp("dw")))
+    log = tmp_path_factory.mktemp("log") / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "driftwarden.cli", "worker", "--bootstrap-servers",
+         broker.bootstrap_servers, "--warmup", "2000", "--web-port", str(port),
+         "--session-timeout", "6"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("worker did not become healthy:\n" + log.read_text()[-3000:])
+    yield broker, port, proc, log
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def consume(bootstrap, topics, until, timeout=60.0):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{time.monotonic_ns()}",
+                  "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    c.subscribe(topics)
+    got = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(got):
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append((m.topic(), m.value(), dict(m.headers() or [])))
+    c.close()
+    return got
+
+
+def test_drift_events_actions_dlq_and_labels(worker):
+    broker, port, proc, log = worker
+    p = Producer({"bootstrap.servers": broker.bootstrap_servers})
+    rng = np.random.default_rng(0)
+    bad = {b"{bad json": b"bad_json", b"\xff\xfe": b"bad_utf8",
+           b'{"model": "fraud", "features": [1]}': b"invalid_record",
+           b'{"nothing": 1}': b"unknown_format",
+           b'{"model": "fraud", "features": {}, "ts": "noon"}': b"bad_timestamp",
+           b'{"model_name": "fraud", "inputs": [{"name": "x", "shape": [2], "data": [1]}]}':
+               b"shape_mismatch"}
+    n = 0
+    for t in range(20):
+        for i in range(500):
+            rec = {"model": "fraud", "version": "1", "id": f"{t}-{i}", "ts": 1000 + t + i / 500,
+                   "features": {"amount": float(rng.normal(1.0 if t >= SHIFT_AT else 0.0, 1))},
+                   "prediction": float(rng.random())}
+            p.produce("driftwarden.predictions", key=b"fraud", value=orjson.dumps(rec))
+            n += 1
+        if t == 4:
+            for body in bad:
+                p.produce("driftwarden.predictions", key=b"fraud", value=body)
+        p.poll(0)
+    big = b'{"model": "fraud", "features": {"x": "' + b"a" * 200_000 + b'"}}'
+    p.produce("driftwarden.predictions", key=b"fraud", value=big)
+    # labels for the last second: the model's scores are random, so ~half are errors
+    for i in range(500):
+        p.produce("driftwarden.labels", key=b"fraud",
+                  value=orjson.dumps({"model": "fraud", "id": f"19-{i}", "label": 1}))
+    p.produce("driftwarden.labels", key=b"fraud",
+              value=b'{"model":"fraud","id":"zz","label":1,"ts":900}')  # grace long passed
+    assert p.flush(30) == 0
+
+    got = consume(broker.bootstrap_servers,
+                  ["driftwarden.drift", "driftwarden.actions", "driftwarden.dlq",
+                   "driftwarden.late"],
+                  lambda g: sum(t == "driftwarden.dlq" for t, _, _ in g) >= len(bad) + 1
+                  and any(t == "driftwarden.actions" for t, _, _ in g)
+                  and any(t == "driftwarden.late" for t, _, _ in g))
+    dlq = {v: h for t, v, h in got if t == "driftwarden.dlq"}
+    for body, reason in bad.items():
+        assert dlq[body]["dw.reason"] == reason
+        assert dlq[body]["dw.source.topic"] == b"driftwarden.predictions"
+    assert dlq[big]["dw.reason"] == b"oversized"
+    drift = [json.loads(v) for t, v, _ in got if t == "driftwarden.drift"]
+    onset = next(e for e in drift if e["state"] == "onset" and e["kind"] == "data")
+    assert onset["features"] == ["amount"] and 1000 + SHIFT_AT <= onset["ts"] <= 1000 + 15
+    actions = [json.loads(v) for t, v, _ in got if t == "driftwarden.actions"]
+    assert actions[0]["incident_id"] == onset["incident_id"]
+    assert [json.loads(v)["id"] for t, v, _ in got if t == "driftwarden.late"] == ["zz"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/verdicts", timeout=5) as r:
+        verdicts = json.loads(r.read())
+    assert any(v["kind"] == "data" and v["drift"] for v in verdicts)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=5) as r:
+        status = json.loads(r.read())[0]
+    assert status["records"] == n and status["outcomes"] == 500
+    assert 0.4 < status["accuracy"] < 0.6  # random scores against label 1: about half right
+    assert proc.poll() is None, log.read_text()[-2000:]
