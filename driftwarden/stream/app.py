@@ -30,7 +30,8 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
     """Create every topic of the settings that does not exist yet (idempotent)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    conf = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.client}
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap_servers,
+                            **settings.kafka.client}
     admin = AdminClient(conf)
     existing = set(admin.list_topics(timeout=timeout).topics)
     names = [getattr(settings.topics, f) for f in settings.topics.__struct_fields__]
@@ -70,7 +71,8 @@ class OutputProducer:
             while True:
                 try:
                     self._producer.produce(o.topic, key=o.key, value=o.value,
-                                           headers=o.headers, on_delivery=self._delivered)
+                                           headers=list(o.headers),  # type: ignore[arg-type]
+                                           on_delivery=self._delivered)
                     break
                 except BufferError:  # local queue full: let librdkafka drain it
                     self._producer.poll(0.1)
@@ -82,7 +84,7 @@ class OutputProducer:
 
 def create_app(settings: Settings, *, web_port: int = 6066, service: StreamService | None = None,
                session_timeout: float = 10.0, batch: int = 2000, within: float = 0.2) -> Any:
-    """Build the Faust app of one worker (``app.service`` is its :class:`StreamService`)."""
+    """Build the Faust app of one worker (``app.dw_service`` is its :class:`StreamService`)."""
     import faust
 
     service = service or StreamService(settings)
@@ -98,8 +100,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
         datadir=f"{settings.data_dir}/faust", store="memory://",
     )
     producer = OutputProducer(settings)
-    app.service = service
-    app.output_producer = producer
+    # not `app.service`: that is Faust's own decorator
+    app.dw_service = service  # type: ignore[attr-defined]
+    app.dw_producer = producer  # type: ignore[attr-defined]
     state = {"last_progress": time.monotonic(), "batches": 0}
 
     def _raw(events: Any) -> list[RawMessage]:
@@ -137,9 +140,10 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
     async def verdicts(web: Any, request: Any) -> Any:
         return web.json(service.verdicts())
 
-    @app.on_before_shutdown.connect
     async def _flush(sender: Any, **kwargs: Any) -> None:  # noqa: ARG001
         producer.flush()
+
+    app.on_before_shutdown.connect(_flush)  # type: ignore[arg-type]
 
     return app
 
