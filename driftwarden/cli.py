@@ -138,18 +138,52 @@ def batch(reference: str, current: str, types: str | None, as_json: bool, config
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def demo(as_json: bool) -> None:
-    """Run driftwarden on its bundled example, with no external service.
+@click.option("--duration", type=click.FloatRange(10, 86_400), default=75.0, show_default=True,
+              help="Seconds of traffic before the demo ends.")
+@click.option("--rate", type=click.IntRange(10, 100_000), default=1000, show_default=True,
+              help="Prediction records per second and model.")
+@click.option("--batch", "batch_mode", is_flag=True,
+              help="Run the batch mode on a bundled example instead (no broker, a few seconds).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+def demo(duration: float, rate: int, batch_mode: bool, as_json: bool) -> None:
+    """Run driftwarden end to end on this machine, with no service and no configuration.
 
-    Compares a bundled reference table of a fraud model's inputs with a later table in which
-    the transaction amount and the country mix have drifted.
+    Starts an embedded Kafka-compatible broker, a worker and a traffic generator for two
+    models; a data drift and, later, a concept drift begin at known times, and the verdicts
+    and action events are shown as they are published. Ctrl-C ends it cleanly.
     """
-    folder = resources.files("driftwarden") / "examples"
-    with resources.as_file(folder / "reference.csv") as ref, \
-            resources.as_file(folder / "current.csv") as cur:
-        _batch(str(ref), str(cur), None, as_json, None, None, None,
-               title="driftwarden demo (bundled example)")
+    if batch_mode:
+        folder = resources.files("driftwarden") / "examples"
+        with resources.as_file(folder / "reference.csv") as ref, \
+                resources.as_file(folder / "current.csv") as cur:
+            _batch(str(ref), str(cur), None, as_json, None, None, None,
+                   title="driftwarden demo --batch (bundled example)")
+        return
+    from rich.console import Console
+
+    from driftwarden.demo import run_demo
+
+    console = Console()
+
+    def echo(line: str) -> None:
+        style = ("bold red" if "ACTION" in line else "yellow" if "ONSET" in line or
+                 "ESCALATION" in line else "green" if "RECOVERY" in line else None)
+        console.print(line, style=style, highlight=False, markup=False)
+
+    try:
+        result = run_demo(duration, rate, as_json=as_json, echo=echo)
+    except RuntimeError as exc:
+        raise DriftwardenError(str(exc)) from None
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        return
+    kinds = sorted({(e["model"], e["kind"]) for e in result["drift_events"]
+                    if e["state"] == "onset"})
+    actions = [f"{a['action']} {a['model']}" for a in result["actions"]]
+    click.echo(f"done: produced {result['produced']}; drift onsets {kinds}; "
+               f"actions {actions}; logs in {result['logs']}")
 
 
 @cli.command()

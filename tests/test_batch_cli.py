@@ -160,7 +160,8 @@ def test_every_error_is_one_line_and_exit_2(capsys, tables, tmp_path):
 def test_installed_command_end_to_end(tables, tmp_path):
     """The real console script: the README's demo command, and an error path."""
     exe = [sys.executable, "-m", "driftwarden.cli"]
-    demo = subprocess.run([*exe, "demo", "--json"], capture_output=True, text=True, timeout=120)
+    demo = subprocess.run([*exe, "demo", "--batch", "--json"], capture_output=True, text=True,
+                          timeout=120)
     assert demo.returncode == 0, demo.stderr
     report = json.loads(demo.stdout)
     assert report["drift"] and report["features"]["amount"]["drift"]

@@ -58,7 +58,7 @@ class OutputProducer:
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
             "message.timeout.ms": 0,  # never give up on an action: retry until delivered
-            **settings.kafka.client})
+            "log.connection.close": False, **settings.kafka.client})
         self.failed = 0
 
     def _delivered(self, err: Any, msg: Any) -> None:

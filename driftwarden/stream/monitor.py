@@ -230,11 +230,15 @@ class ModelMonitor:
             self.error_baseline[0] += sum(errors)
             self.error_baseline[1] += len(errors)
         result = self.concept.update_many(errors)
-        drifting = result.drift and result.statistic > self._reference_error()
         before = self._reference_error()
+        # onset: the detector found a change to a higher error rate; the incident stays open
+        # while the error rate since that change stays a quarter above the reference
+        drifting = (result.drift and result.statistic > before) or (
+            self.deciders["concept"].active and result.statistic > 1.25 * before)
         severity = "none"
         if drifting:
-            severity = "critical" if result.statistic > 2 * max(before, 1e-9) else "warning"
+            # critical: the error rate grew by half or more of its reference value
+            severity = "critical" if result.statistic >= 1.5 * max(before, 1e-9) else "warning"
         ev = Evaluation(drifting, severity, ("__error__",) if drifting else (), (
             TestEvidence("__error__", self.detection.concept_detector, result.statistic,
                          math.nan, math.nan, before, int(self.error_baseline[1]),

@@ -122,6 +122,11 @@ class StreamService:
                          record=_record_json(rec))
             return False
         task = self.models.get(rec.model, {}).get("task", "classification")
+        # a new version of a known model counts as deployed now (event time), replacing the
+        # newest version seen before it: what a rollback would go back to
+        earlier = [v for (m, v) in self.monitors if m == rec.model]
+        self.policy.register_version(rec.model, rec.version, rec.ts,
+                                     earlier[-1] if earlier else None)
         self.monitors[(rec.model, rec.version)] = ModelMonitor(
             rec.model, rec.version, self.settings.detection, task=task)
         return True

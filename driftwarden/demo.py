@@ -1,0 +1,254 @@
+"""``driftwarden demo``: the whole service on one machine, with no configuration.
+
+Starts an embedded Tansu broker on a free loopback port, creates the topics, starts a worker
+(``driftwarden worker`` in a child process) and a traffic generator for two models:
+
+* ``fraud`` v1 — inputs ``amount``, ``country``, ``hour``; from 40 % of the duration on, the
+  amount grows by 1.2 standard deviations and a new country appears (**data drift** → a drift
+  event, then ``review`` / ``retrain`` actions);
+* ``churn`` — v1 first, then v2 deployed; labels follow each prediction two seconds later, and
+  from 60 % of the duration on the relation between inputs and outcome flips for half of the
+  customers (**concept drift** on a freshly deployed version → a ``rollback`` action to v1).
+
+A live view (rich) shows the verdicts and action events as the worker publishes them.
+``--duration`` ends it; Ctrl-C ends it cleanly. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from driftwarden.embedded import EmbeddedBroker, free_port
+
+CHURN_V2_AT = 6.0
+QUIET = {"log.connection.close": False}  # the broker stopping at the end is not news
+SETTINGS_ENV = {
+    "DRIFTWARDEN_DETECTION__SLICES": "5",
+    "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "2",
+    "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "1",
+    "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "100",
+    "DRIFTWARDEN_DETECTION__LABEL_GRACE": "10",
+}
+
+
+class Generator(threading.Thread):
+    """Produces the two models' traffic in event time that follows the wall clock."""
+
+    def __init__(self, bootstrap: str, rate: int, t0: float, data_drift_at: float,
+                 concept_drift_at: float, seed: int = 7) -> None:
+        super().__init__(daemon=True, name="traffic")
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, **QUIET})
+        self.data_drift_at = data_drift_at
+        self.concept_drift_at = concept_drift_at
+        self.rate = rate
+        self.t0 = t0
+        self.rng = np.random.default_rng(seed)
+        self.stop_event = threading.Event()
+        self.sent = {"fraud": 0, "churn": 0, "labels": 0}
+        self._labels: list[tuple[float, bytes]] = []
+
+    def run(self) -> None:
+        step = 0.1
+        n = max(1, int(self.rate * step))
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            now = time.time()
+            elapsed = now - self.t0
+            for i in range(n):
+                ts = now + i * step / n
+                self._fraud(ts, elapsed)
+                self._churn(ts, elapsed)
+            due = [v for at, v in self._labels if at <= now]
+            self._labels = [(at, v) for at, v in self._labels if at > now]
+            for v in due:
+                self.producer.produce("driftwarden.labels", key=b"churn", value=v)
+                self.sent["labels"] += 1
+            self.producer.poll(0)
+            next_at += step
+            self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+        self.producer.flush(10)
+
+    def _send(self, model: str, rec: dict[str, Any]) -> None:
+        self.producer.produce("driftwarden.predictions", key=model.encode(),
+                              value=orjson.dumps(rec))
+        self.sent[model] += 1
+
+    def _fraud(self, ts: float, elapsed: float) -> None:
+        drift = elapsed >= self.data_drift_at
+        amount = float(self.rng.lognormal(3.0 + (0.8 if drift else 0.0), 0.7))
+        country = str(self.rng.choice(["DE", "FR", "ES", "IT", "PL"],
+                                      p=[0.2, 0.2, 0.2, 0.2, 0.2] if drift
+                                      else [0.3, 0.3, 0.2, 0.2, 0.0]))
+        score = float(1 / (1 + np.exp(-(0.03 * (amount - 30) - 2))))
+        self._send("fraud", {"model": "fraud", "version": "1",
+                             "id": f"f{self.sent['fraud']}", "ts": ts,
+                             "features": {"amount": round(amount, 2), "country": country,
+                                          "hour": int(self.rng.integers(0, 24))},
+                             "prediction": round(score, 4)})
+
+    def _churn(self, ts: float, elapsed: float) -> None:
+        version = "2" if elapsed >= CHURN_V2_AT else "1"
+        tenure = float(self.rng.exponential(24))
+        calls = int(self.rng.poisson(2))
+        p = float(1 / (1 + np.exp(-(1.5 - 0.08 * tenure + 0.4 * calls))))
+        rid = f"c{self.sent['churn']}"
+        self._send("churn", {"model": "churn", "version": version, "id": rid, "ts": ts,
+                             "features": {"tenure_months": round(tenure, 1),
+                                          "support_calls": calls},
+                             "prediction": round(p, 4)})
+        churned = self.rng.random() < p
+        if elapsed >= self.concept_drift_at and self.rng.random() < 0.5:
+            churned = not churned  # the world changed: the model's relation no longer holds
+        label = {"model": "churn", "id": rid, "label": int(churned), "ts": ts + 2.0}
+        self._labels.append((ts + 2.0, orjson.dumps(label)))
+
+
+class EventReader(threading.Thread):
+    """Reads drift and action events as the worker publishes them."""
+
+    def __init__(self, bootstrap: str, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+        super().__init__(daemon=True, name="events")
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "driftwarden-demo",
+                                  "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                                  **QUIET})
+        self.consumer.subscribe(["driftwarden.drift", "driftwarden.actions"])
+        self.on_event = on_event
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            m = self.consumer.poll(0.3)
+            if m is not None and m.error() is None:
+                self.on_event(m.topic(), orjson.loads(m.value()))
+        self.consumer.close()
+
+
+def _describe(topic: str, e: dict[str, Any], t0: float) -> str:
+    at = f"t={e['ts'] - t0:5.1f}s"
+    if topic == "driftwarden.actions":
+        target = f" → v{e['target_version']}" if e.get("target_version") else ""
+        return (f"{at}  ACTION {e['action'].upper()}{target}  {e['model']} v{e['version']}: "
+                f"{e['reason']}")
+    feats = ", ".join(e["features"])
+    return (f"{at}  {e['kind']} drift {e['state'].upper()} ({e['severity']})  "
+            f"{e['model']} v{e['version']}" + (f": {feats}" if feats else ""))
+
+
+def run_demo(duration: float = 75.0, rate: int = 1000, *, as_json: bool = False,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo; returns what happened (events, actions, counts)."""
+    from driftwarden.config import load_settings
+    from driftwarden.stream.app import ensure_topics
+
+    data_dir = Path(tempfile.mkdtemp(prefix="driftwarden-demo-"))
+    events: list[tuple[str, dict[str, Any]]] = []
+    lock = threading.Lock()
+    with EmbeddedBroker(log_path=data_dir / "broker.log") as broker:
+        env = {**os.environ, **SETTINGS_ENV, "DRIFTWARDEN_DATA_DIR": str(data_dir),
+               "DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        ensure_topics(load_settings(env={k: v for k, v in env.items()
+                                         if k.startswith("DRIFTWARDEN_")}))
+        port = free_port()
+        log = (data_dir / "worker.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "driftwarden.cli", "worker", "--warmup", "3000",
+             "--web-port", str(port), "--session-timeout", "6"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        gen = reader = None
+        t0 = time.time()
+        try:
+            _wait_healthy(port, worker, 60.0)
+            t0 = time.time()
+            data_at, concept_at = 0.4 * duration, 0.6 * duration
+            gen = Generator(broker.bootstrap_servers, rate, t0, data_at, concept_at)
+
+            def on_event(topic: str, e: dict[str, Any]) -> None:
+                with lock:
+                    events.append((topic, e))
+                if not as_json:
+                    echo(_describe(topic, e, t0))
+
+            reader = EventReader(broker.bootstrap_servers, on_event)
+            if not as_json:
+                echo(f"driftwarden demo: broker {broker.bootstrap_servers}, worker on "
+                     f"127.0.0.1:{port}; data drift in 'fraud' at t={data_at:.0f}s, "
+                     f"concept drift in 'churn' v2 at t={concept_at:.0f}s")
+            gen.start()
+            reader.start()
+            end = t0 + duration
+            while time.time() < end:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"the worker exited with code {worker.returncode}; "
+                                       f"see {data_dir / 'worker.log'}")
+                time.sleep(0.2)
+        finally:
+            for thread in (gen, reader):
+                if thread is not None:
+                    thread.stop_event.set()
+                    thread.join(15)
+            status = _drained(port, worker, gen.sent if gen else {}, 15.0)
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
+            log.close()
+    with lock:
+        drift = [e for t, e in events if t == "driftwarden.drift"]
+        actions = [e for t, e in events if t == "driftwarden.actions"]
+    return {"t0": t0, "data_drift_at": 0.4 * duration, "concept_drift_at": 0.6 * duration,
+            "drift_events": drift, "actions": actions, "models": status,
+            "produced": dict(gen.sent) if gen else {}, "logs": str(data_dir)}
+
+
+def _get(port: int, path: str) -> Any:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return []
+
+
+def _drained(port: int, proc: subprocess.Popen[bytes], sent: dict[str, int],
+             timeout: float) -> Any:
+    """The worker's model status once it has consumed everything produced (or at timeout)."""
+    deadline = time.monotonic() + timeout
+    status: Any = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        status = _get(port, "/models")
+        seen: dict[str, int] = {}
+        for m in status:
+            seen[m["model"]] = seen.get(m["model"], 0) + m["records"]
+        if all(seen.get(k, 0) >= v for k, v in sent.items() if k != "labels"):
+            break
+        time.sleep(0.3)
+    return status
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited at start with code {proc.returncode}")
+        if _get(port, "/health"):
+            return
+        time.sleep(0.3)
+    raise RuntimeError("the worker did not become healthy in time")
