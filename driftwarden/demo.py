@@ -135,8 +135,8 @@ class EventReader(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.is_set():
             m = self.consumer.poll(0.3)
-            if m is not None and m.error() is None:
-                self.on_event(m.topic(), orjson.loads(m.value()))
+            if m is not None and m.error() is None and m.value() is not None:
+                self.on_event(str(m.topic()), orjson.loads(m.value() or b"null"))
         self.consumer.close()
 
 
