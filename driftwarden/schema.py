@@ -147,17 +147,40 @@ def headers_dict(headers: Headers) -> dict[str, bytes]:
     return {k.lower(): (v or b"") for k, v in items}
 
 
-def _load(value: bytes, max_bytes: int) -> tuple[Any, Rejection | None]:
+def _load(value: bytes, max_bytes: int) -> tuple[Any, Decoded]:
+    """Parse a body: the JSON value and an empty result, or None and the rejection."""
+    out = Decoded()
     if len(value) > max_bytes:
-        return None, Rejection("oversized", f"{len(value)} bytes > limit {max_bytes}")
+        out.rejections.append(Rejection("oversized", f"{len(value)} bytes > limit {max_bytes}"))
+        return None, out
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, Rejection("bad_utf8", str(exc))
+        out.rejections.append(Rejection("bad_utf8", str(exc)))
+        return None, out
     try:
-        return msgspec.json.decode(value), None
+        return msgspec.json.decode(value), out
     except msgspec.DecodeError as exc:
-        return None, Rejection("bad_json", str(exc))
+        out.rejections.append(Rejection("bad_json", str(exc)))
+        return None, out
+
+
+def pop_expired(items: OrderedDict[Any, Any], now: float, max_age: float,
+                ts_of: Any = lambda v: v[-1]) -> list[Any]:
+    """Pop the oldest entries of an insertion-ordered dict while older than ``max_age`` at
+    event time ``now``; returns the popped values (oldest first).
+
+    >>> d = OrderedDict(a=(1.0,), b=(5.0,), c=(2.0,))
+    >>> pop_expired(d, 10.0, 6.0), list(d)
+    ([(1.0,)], ['b', 'c'])
+    """
+    out = []
+    while items:
+        value = next(iter(items.values()))
+        if now - ts_of(value) <= max_age:
+            break
+        out.append(items.popitem(last=False)[1])
+    return out
 
 
 def _record(obj: Any, default_model: str | None, default_version: str | None, now: float,
@@ -199,10 +222,8 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
     one a CloudEvent is rejected as ``unknown_format``.
     """
     now = time.time() if now is None else now
-    out = Decoded()
-    obj, rejection = _load(value, max_bytes)
-    if rejection is not None:
-        out.rejections.append(rejection)
+    obj, out = _load(value, max_bytes)
+    if out.rejections:
         return out
     hdr = headers_dict(headers)
     names = feature_names or {}
@@ -251,10 +272,8 @@ def decode_label(value: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES,
     'bad_json'
     """
     now = time.time() if now is None else now
-    out = Decoded()
-    obj, rejection = _load(value, max_bytes)
-    if rejection is not None:
-        out.rejections.append(rejection)
+    obj, out = _load(value, max_bytes)
+    if out.rejections:
         return out
     try:
         r = msgspec.convert(obj, _Label)
@@ -462,12 +481,6 @@ class CloudEventJoiner:
 
     def expire(self, now: float) -> int:
         """Drop halves older than ``ttl`` at event time ``now``; returns how many."""
-        n = 0
-        while self._pending:
-            key, (_, _, _, ts) = next(iter(self._pending.items()))
-            if now - ts <= self.ttl:
-                break
-            self._pending.popitem(last=False)
-            n += 1
+        n = len(pop_expired(self._pending, now, self.ttl))
         self.expired += n
         return n

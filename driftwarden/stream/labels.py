@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from driftwarden.errors import ValidationError
+from driftwarden.schema import pop_expired
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,10 @@ class LabelJoiner:
         return Outcome(model, version, id, prediction, label, max(0.0, ts - pred_ts))
 
     def _expire_waiting(self) -> None:
-        now = max(self.watermark, self.label_watermark)
-        while self._waiting:
-            lab = next(iter(self._waiting.values()))
-            if now - lab.ts <= self.grace:
-                break
-            self._waiting.popitem(last=False)
-            self._late.append(lab)
-            self.late += 1
+        gone = pop_expired(self._waiting, max(self.watermark, self.label_watermark),
+                           self.grace, lambda lab: lab.ts)
+        self._late += gone
+        self.late += len(gone)
 
     def take_late(self) -> list[PendingLabel]:
         """Labels whose prediction did not come within the grace period (handed over once)."""
@@ -133,13 +130,7 @@ class LabelJoiner:
         Predictions arrive in roughly event-time order, so the oldest are at the front;
         one out of order stays until the ones before it expire (bounded by max_pending).
         """
-        n = 0
-        while self._pending:
-            (_, (_, _, ts)) = next(iter(self._pending.items()))
-            if now - ts <= self.ttl:
-                break
-            self._pending.popitem(last=False)
-            n += 1
+        n = len(pop_expired(self._pending, now, self.ttl))
         self.expired += n
         return n
 
