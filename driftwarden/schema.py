@@ -203,6 +203,34 @@ def _record(obj: Any, default_model: str | None, default_version: str | None, no
                             r.segment or {})
 
 
+def _fast_batch(records: list[Any], model: str | None, version: str | None, now: float
+                ) -> list[PredictionRecord] | None:
+    """The common case of a batch — every record a dict with a dict of features, a numeric
+    ``ts`` (or none) and no overrides of model — without per-record validation calls; None
+    when any record needs the careful path."""
+    if not model:
+        return None
+    out = []
+    for r in records:
+        if type(r) is not dict or type(r.get("features")) is not dict:
+            return None
+        ts = r.get("ts", now)
+        if type(ts) is not float and type(ts) is not int:
+            return None
+        if ("model" in r and r["model"] != model) or "segment" in r or "latency_ms" in r:
+            return None
+        if "version" in r and (r["version"] is None or str(r["version"]) != (version or "")):
+            return None
+        rid = r.get("id")
+        if rid is not None and type(rid) is not str:
+            return None
+        if not math.isfinite(ts):
+            return None
+        out.append(PredictionRecord(model, version or "", rid, float(ts), r["features"],
+                                    r.get("prediction")))
+    return out
+
+
 def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:
     if isinstance(r, Rejection):
         out.rejections.append(r)
@@ -244,8 +272,13 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
         if model is not None and not isinstance(model, str):
             out.rejections.append(Rejection("invalid_record", "`model` is not a string"))
             return out
+        default_version = None if version is None else str(version)
+        fast = _fast_batch(records, model, default_version, now)
+        if fast is not None:
+            out.records = fast
+            return out
         for i, rec in enumerate(records):
-            _sort(out, _record(rec, model, None if version is None else str(version), now, i))
+            _sort(out, _record(rec, model, default_version, now, i))
         return out
     if "inputs" in obj or "outputs" in obj:
         model = obj.get("model_name")

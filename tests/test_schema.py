@@ -144,3 +144,17 @@ def test_good_labels():
     out = decode_label(b'{"model": "m", "id": 17, "label": "spam", "ts": 5}')
     assert [(r.id, r.label, r.ts) for r in out.records] == [("17", "spam", 5.0)]
     assert decode_label(b'{"model": "m", "id": "a", "label": true}').records[0].label == 1.0
+
+
+def test_fast_batch_path_gives_the_records_of_the_careful_path():
+    from driftwarden.schema import _record
+
+    recs = [{"id": f"r{i}", "ts": 10 + i, "features": {"x": i, "c": "a"}, "prediction": 0.5,
+             "model": "m", "version": 2} for i in range(5)]
+    fast = decode_predictions(orjson.dumps({"model": "m", "version": 2, "records": recs}))
+    careful = [_record(r, "m", "2", 0.0, i) for i, r in enumerate(recs)]
+    assert fast.records == careful and fast.rejections == []
+    # one odd record sends the whole batch down the careful path, with the same good records
+    mixed = recs + [{"id": 7, "features": {"x": 1}}]
+    out = decode_predictions(orjson.dumps({"model": "m", "version": 2, "records": mixed}))
+    assert out.records[:5] == careful and out.records[5].id == "7"

@@ -84,6 +84,9 @@ def category_key(value: Any) -> str | None:
     return str(value)
 
 
+_PLAIN_NUMBERS = {float, int}
+
+
 def to_float_array(values: Any, missing: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
     """Convert a column to float64, separating missing and wrongly typed values.
 
@@ -103,6 +106,8 @@ def to_float_array(values: Any, missing: np.ndarray | None = None) -> tuple[np.n
             return x[~missing], int(missing.sum()), 0
         return x, 0, 0
     seq = values.tolist() if arr is not None else list(values)
+    if missing is None and set(map(type, seq)) <= _PLAIN_NUMBERS:  # fast path, no bad values
+        return np.array(seq, dtype=np.float64), 0, 0
     out = np.empty(len(seq), dtype=np.float64)
     keep = np.ones(len(seq), dtype=bool)
     n_missing = n_invalid = 0

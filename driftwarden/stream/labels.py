@@ -82,8 +82,9 @@ class LabelJoiner:
         key = (model, id)
         if ts > self.watermark:
             self.watermark = ts
-        waiting = self._waiting.pop(key, None)
-        self._expire_waiting()
+        waiting = self._waiting.pop(key, None) if self._waiting else None
+        if self._waiting:
+            self._expire_waiting()
         if waiting is not None:
             self.joined += 1
             return Outcome(model, version, id, prediction, waiting.label,

@@ -64,7 +64,8 @@ from driftwarden.schema import PredictionRecord
 
 KINDS = ("data", "prediction", "quality", "concept")
 EVENT_NAMESPACE = uuid.UUID("6f7c1f2e-3b9a-4c55-9d1e-0d2f8a5b7c31")
-MAX_CALIBRATION_ROWS = 5000  # larger windows are rescaled (see decide.NullModel)
+MAX_CALIBRATION_ROWS = 5000
+_NUMBERS = {float, int}  # larger windows are rescaled (see decide.NullModel)
 
 
 def event_id(*parts: Any) -> str:
@@ -162,7 +163,7 @@ class ModelMonitor:
             if not records:
                 return []
         assert self.window is not None
-        cols = _columns(records)
+        cols = self._typed(_columns(records))
         ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=len(records))
         result = self.window.add(cols, ts=ts, n_rows=len(records))
         self.n_late += result.late
@@ -170,6 +171,20 @@ class ModelMonitor:
         for slice_id in result.closed:
             events += self._evaluate(slice_id)
         return events
+
+    def _typed(self, cols: dict[str, Any]) -> dict[str, Any]:
+        """Lists to arrays once (float64 where the baseline expects numbers and every value is
+        one), so the window's per-slice splits and the summaries take their fast paths."""
+        assert self.baseline is not None
+        specs = self.baseline.specs
+        out: dict[str, Any] = {}
+        for name, col in cols.items():
+            spec = self.baseline.prediction if name == PREDICTION else specs.get(name)
+            if spec is not None and spec.kind == "numeric" and set(map(type, col)) <= _NUMBERS:
+                out[name] = np.array(col, dtype=np.float64)
+            else:
+                out[name] = np.asarray(col, dtype=object)
+        return out
 
     def _evaluate(self, slice_id: int) -> list[dict[str, Any]]:
         assert self.baseline is not None and self.window is not None

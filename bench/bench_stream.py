@@ -1,0 +1,281 @@
+"""Benchmark of the stream worker against the consumption ceilings, on one embedded broker.
+
+    python bench/bench_stream.py [--records 200000] [--batch-records 1000000]
+
+In one run, on the same broker and the same messages (20 numeric features per record):
+
+(a) the ceiling: aiokafka ``getmany`` + orjson decoding of every message;
+(b) a bare Faust agent that only decodes (``take_events`` + orjson), in its own process;
+(c) driftwarden's worker (``driftwarden worker``, its own process): records/s for
+    single-record messages and for batch messages of 100 records, after its warm-up; the
+    ratios c/a and c/b; latency from a record's produce time to the evaluation of the window
+    slice that holds it (p50 / p99, at a steady 2,000 records/s, 1-second slices); and the
+    worker's resident memory after 2·10^5 and 10^6 records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Producer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from driftwarden.config import load_settings  # noqa: E402
+from driftwarden.embedded import EmbeddedBroker, free_port  # noqa: E402
+from driftwarden.stream.app import ensure_topics  # noqa: E402
+
+N_FEATURES = 20
+
+
+def record(rng: np.random.Generator, i: int, ts: float) -> dict:
+    return {"model": "bench", "version": "1", "id": f"r{i}", "ts": ts,
+            "features": {f"f{k}": float(v) for k, v in enumerate(rng.normal(size=N_FEATURES))},
+            "prediction": float(rng.random())}
+
+
+def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: float) -> int:
+    """Produce n_records (single records or batches); event time spans 1,000 records/s."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                  "log.connection.close": False})
+    rng = np.random.default_rng(0)
+    sent = 0
+    i = 0
+    while i < n_records:
+        if per_message == 1:
+            value = orjson.dumps(record(rng, i, t0 + i / 1000))
+            i += 1
+        else:
+            recs = [record(rng, i + k, t0 + (i + k) / 1000) for k in range(per_message)]
+            value = orjson.dumps({"model": "bench", "version": "1", "records": recs})
+            i += per_message
+        while True:
+            try:
+                p.produce(topic, key=b"bench", value=value)
+                break
+            except BufferError:
+                p.poll(0.05)
+        sent += 1
+        if sent % 1000 == 0:
+            p.poll(0)
+    p.flush(60)
+    return sent
+
+
+async def aiokafka_ceiling(bootstrap: str, topic: str, n_messages: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         group_id=None, enable_auto_commit=False, fetch_max_bytes=50_000_000,
+                         max_partition_fetch_bytes=10_000_000)
+    await c.start()
+    got = 0
+    start = None
+    try:
+        while got < n_messages:
+            batches = await c.getmany(timeout_ms=500, max_records=10_000)
+            for msgs in batches.values():
+                if start is None:
+                    start = time.perf_counter()
+                for m in msgs:
+                    orjson.loads(m.value)
+                got += sum(len(v) for v in batches.values())
+    finally:
+        await c.stop()
+    return time.perf_counter() - (start or time.perf_counter())
+
+
+FAUST_BARE = textwrap.dedent('''
+    import sys, time, orjson, faust
+    bootstrap, topic, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    app = faust.App("bench-bare-%d" % time.time_ns(), broker="kafka://" + bootstrap,
+                    web_enabled=False, broker_session_timeout=6, topic_allow_declare=False,
+                    value_serializer="raw", datadir=out + ".d",
+                    consumer_auto_offset_reset="earliest")
+    t = app.topic(topic, value_serializer="raw")
+    state = {"n": 0, "start": None}
+    @app.agent(t)
+    async def bare(stream):
+        async for events in stream.take_events(5000, within=0.1):
+            if state["start"] is None:
+                state["start"] = time.perf_counter()
+            for e in events:
+                orjson.loads(e.message.value)
+            state["n"] += len(events)
+            if state["n"] >= n:
+                open(out, "w").write(str(time.perf_counter() - state["start"]))
+                sys.exit(0)
+    from faust.worker import Worker
+    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+''')
+
+
+def faust_bare(bootstrap: str, topic: str, n_messages: int, tmp: Path) -> float:
+    script = tmp / "bare.py"
+    script.write_text(FAUST_BARE)
+    out = tmp / "bare.out"
+    proc = subprocess.Popen([sys.executable, str(script), bootstrap, topic, str(n_messages),
+                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    return float(out.read_text())
+
+
+def get(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_worker(bootstrap: str, topic: str, tmp: Path, slice_seconds: float = 1.0):
+    port = free_port()
+    env = {**os.environ, "DRIFTWARDEN_TOPICS__PREDICTIONS": topic,
+           "DRIFTWARDEN_TOPICS__FEATURES": topic + ".features",
+           "DRIFTWARDEN_DETECTION__SLICE_SECONDS": str(slice_seconds),
+           "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
+           "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50",
+           "DRIFTWARDEN_DATA_DIR": str(tmp / f"w{port}"), "DRIFTWARDEN_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "driftwarden.cli", "worker",
+                             "--bootstrap-servers", bootstrap, "--warmup", "2000",
+                             "--web-port", str(port), "--session-timeout", "6"], env=env,
+                            stdout=(tmp / f"worker{port}.log").open("wb"),
+                            stderr=subprocess.STDOUT)
+    while get(port, "/health") is None:
+        if proc.poll() is not None:
+            raise RuntimeError("worker died")
+        time.sleep(0.3)
+    return proc, port
+
+
+def worker_rate(bootstrap: str, topic: str, n_records: int, tmp: Path
+                ) -> tuple[float, dict[int, float]]:
+    """Records/s after the warm-up (from 20k records on), and RSS at marks."""
+    proc, port = start_worker(bootstrap, topic, tmp)
+    marks = {200_000: 0.0, 1_000_000: 0.0}
+    t_from = n_from = None
+    try:
+        while True:
+            status = get(port, "/models") or []
+            n = sum(m["records"] for m in status)
+            now = time.perf_counter()
+            if t_from is None and n >= 20_000:
+                t_from, n_from = now, n
+            for mark in marks:
+                if n >= mark and not marks[mark]:
+                    marks[mark] = rss_mib(proc.pid)
+            if n >= n_records:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("worker died")
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert t_from is not None and n_from is not None
+    return (n - n_from) / (now - t_from), marks
+
+
+def latency(bootstrap: str, topic: str, tmp: Path, seconds: float = 30.0,
+            rate: int = 2000) -> tuple[float, float]:
+    """Produce at a steady rate with ts = produce time; latency of each record = when the
+    worker's verdict for its 1-second slice appears minus its produce time."""
+    proc, port = start_worker(bootstrap, topic, tmp)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log.connection.close": False})
+    rng = np.random.default_rng(1)
+    produced: list[float] = []
+    seen_slice: dict[int, float] = {}
+    t_end = time.time() + seconds
+    i = 0
+    next_at = time.time()
+    try:
+        while time.time() < t_end + 3:
+            now = time.time()
+            if now < t_end:
+                while next_at <= now:
+                    p.produce(topic, key=b"bench", value=orjson.dumps(record(rng, i, next_at)))
+                    produced.append(next_at)
+                    next_at += 1 / rate
+                    i += 1
+                p.poll(0)
+            verdicts = get(port, "/verdicts") or []
+            if verdicts:  # verdicts at ts = end of slice sid: every slice up to it is done
+                newest = max(int(round(v["ts"])) - 1 for v in verdicts)
+                first = min(seen_slice, default=newest)
+                for sid in range(first, newest + 1):
+                    seen_slice.setdefault(sid, time.time())
+            time.sleep(0.02)
+    finally:
+        p.flush(10)
+        proc.terminate()
+        proc.wait(30)
+    lat = [seen_slice[int(t)] - t for t in produced[2 * 2000 + rate:] if int(t) in seen_slice]
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--batch-records", type=int, default=1_000_000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="dw-bench-"))
+    rows = []
+    with EmbeddedBroker(log_path=tmp / "broker.log") as broker:
+        bs = broker.bootstrap_servers
+        env = {"DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": bs, "DRIFTWARDEN_KAFKA__PARTITIONS": "1"}
+        for name in ("bench.single", "bench.batch", "bench.latency"):
+            ensure_topics(load_settings(env={**env, "DRIFTWARDEN_TOPICS__PREDICTIONS": name,
+                                             "DRIFTWARDEN_TOPICS__FEATURES": name + ".features"}))
+        t0 = time.time() - 3600
+        n_single = produce(bs, "bench.single", args.records, 1, t0)
+        n_batch = produce(bs, "bench.batch", args.batch_records, 100, t0)
+        a_single = asyncio.run(aiokafka_ceiling(bs, "bench.single", n_single))
+        a_batch = asyncio.run(aiokafka_ceiling(bs, "bench.batch", n_batch))
+        b_single = faust_bare(bs, "bench.single", n_single, tmp)
+        b_batch = faust_bare(bs, "bench.batch", n_batch, tmp)
+        c_single, _ = worker_rate(bs, "bench.single", args.records, tmp)
+        c_batch, rss = worker_rate(bs, "bench.batch", args.batch_records, tmp)
+        p50, p99 = latency(bs, "bench.latency", tmp)
+    ra, rb = args.records / a_single, args.records / b_single
+    rows.append(("single-record messages, records/s", f"{c_single:,.0f}",
+                 f"(a) aiokafka+orjson {ra:,.0f}", f"(b) bare Faust {rb:,.0f}",
+                 f"c/a {c_single / ra:.2f}  c/b {c_single / rb:.2f}"))
+    ra, rb = args.batch_records / a_batch, args.batch_records / b_batch
+    rows.append(("batch messages of 100 records, records/s", f"{c_batch:,.0f}",
+                 f"(a) aiokafka+orjson {ra:,.0f}", f"(b) bare Faust {rb:,.0f}",
+                 f"c/a {c_batch / ra:.2f}  c/b {c_batch / rb:.2f}"))
+    rows.append(("latency produce → slice verdict (1 s slices, 2,000 rec/s)",
+                 f"p50 {p50:.2f} s  p99 {p99:.2f} s", "", "", "target p99 < 2 s"))
+    rows.append(("worker RSS after 2·10^5 / 10^6 records",
+                 f"{rss[200_000]:.0f} / {rss[1_000_000]:.0f} MiB", "", "", ""))
+    print(f"driftwarden stream benchmark — {N_FEATURES} features per record, one worker, "
+          f"Tansu broker, {os.cpu_count()} cores")
+    for r in rows:
+        print(f"{r[0]:<58} {r[1]:<24} {r[2]:<28} {r[3]:<24} {r[4]}")
+
+
+if __name__ == "__main__":
+    main()
