@@ -55,7 +55,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -501,7 +501,3 @@ class Decider:
             setattr(out, key, value)
         return out
 
-
-def with_policy(policy: DecisionPolicy, **changes: Any) -> DecisionPolicy:
-    """A copy of ``policy`` with some fields changed (validated again)."""
-    return replace(policy, **changes)

@@ -151,7 +151,7 @@ class OnlineDetector:
         """JSON-safe state: parameters, counters and river's internal state."""
         return {"method": self.method, "seed": self.seed, "params": _encode(self.params),
                 "n_seen": self.n_seen, "n_detections": self.n_detections, "sum": self._sum,
-                "since_reset": self._since_reset, "river": _encode_object(self._river)}
+                "since_reset": self._since_reset, "river": _encode_attrs(self._river)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> OnlineDetector:
@@ -210,10 +210,6 @@ def _encode(v: Any) -> Any:
 
 def _encode_attrs(obj: Any) -> dict[str, Any]:
     return {k: _encode(x) for k, x in vars(obj).items() if not callable(x)}
-
-
-def _encode_object(obj: Any) -> dict[str, Any]:
-    return _encode_attrs(obj)
 
 
 def _decode(v: Any) -> Any:
