@@ -82,6 +82,7 @@ class Generator(threading.Thread):
             next_at += step
             self.stop_event.wait(max(0.0, next_at - time.monotonic()))
         self.producer.flush(10)
+        self.producer = None  # type: ignore[assignment]  # destroyed now, not at broker stop
 
     def _send(self, model: str, rec: dict[str, Any]) -> None:
         self.producer.produce("driftwarden.predictions", key=model.encode(),

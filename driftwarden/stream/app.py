@@ -15,8 +15,10 @@ recovers exactly; until then a restarted worker starts its monitors afresh.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,18 +116,27 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
                             value_serializer="raw", key_serializer="raw")
     labels = app.topic(settings.topics.labels, value_serializer="raw", key_serializer="raw")
 
+    # One thread runs the service: batches stay in order, the service is never entered twice
+    # at once, and the event loop keeps heartbeating and fetching while a batch computes (a
+    # model's calibration at the end of its warm-up takes seconds).
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-service")
+
+    async def _run(handler: Any, events: Any) -> None:
+        raw = _raw(events)
+        outputs = await asyncio.get_running_loop().run_in_executor(executor, handler, raw)
+        producer.send(outputs)
+        state["last_progress"] = time.monotonic()
+        state["batches"] += 1
+
     @app.agent(predictions)
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            producer.send(service.handle_predictions(_raw(events)))
-            state["last_progress"] = time.monotonic()
-            state["batches"] += 1
+            await _run(service.handle_predictions, events)
 
     @app.agent(labels)
     async def join_labels(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            producer.send(service.handle_labels(_raw(events)))
-            state["last_progress"] = time.monotonic()
+            await _run(service.handle_labels, events)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
