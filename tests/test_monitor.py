@@ -86,6 +86,18 @@ def test_concept_drift_from_the_error_stream():
     assert m.status()["accuracy"] == pytest.approx(1 - (25 * 0.1 + 15 * 0.5) / 40, abs=0.03)
 
 
+def test_calibration_on_an_executor_gives_the_same_events():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def scenario(executor):
+        rng = np.random.default_rng(9)
+        m = ModelMonitor("fraud", "1", DET, executor=executor)
+        return run(m, rng, range(0, 16), shift=0.0) + run(m, rng, range(16, 22), shift=0.8)
+
+    with ThreadPoolExecutor(1) as pool:
+        assert scenario(pool) == scenario(None) != []
+
+
 def test_state_round_trips_mid_stream():
     rng = np.random.default_rng(4)
     a = ModelMonitor("fraud", "1", DET)

@@ -15,7 +15,6 @@ recovers exactly; until then a restarted worker starts its monitors afresh.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,7 +88,10 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
     """Build the Faust app of one worker (``app.dw_service`` is its :class:`StreamService`)."""
     import faust
 
-    service = service or StreamService(settings)
+    # calibrations (seconds, at the end of each model's warm-up) run on a thread, so the event
+    # loop keeps heartbeating and fetching; see ModelMonitor
+    service = service or StreamService(settings, executor=ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="driftwarden-calibration"))
     Path(settings.data_dir, "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         "driftwarden",
@@ -116,27 +118,18 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
                             value_serializer="raw", key_serializer="raw")
     labels = app.topic(settings.topics.labels, value_serializer="raw", key_serializer="raw")
 
-    # One thread runs the service: batches stay in order, the service is never entered twice
-    # at once, and the event loop keeps heartbeating and fetching while a batch computes (a
-    # model's calibration at the end of its warm-up takes seconds).
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-service")
-
-    async def _run(handler: Any, events: Any) -> None:
-        raw = _raw(events)
-        outputs = await asyncio.get_running_loop().run_in_executor(executor, handler, raw)
-        producer.send(outputs)
-        state["last_progress"] = time.monotonic()
-        state["batches"] += 1
-
     @app.agent(predictions)
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await _run(service.handle_predictions, events)
+            producer.send(service.handle_predictions(_raw(events)))
+            state["last_progress"] = time.monotonic()
+            state["batches"] += 1
 
     @app.agent(labels)
     async def join_labels(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            await _run(service.handle_labels, events)
+            producer.send(service.handle_labels(_raw(events)))
+            state["last_progress"] = time.monotonic()
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

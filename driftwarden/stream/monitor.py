@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
@@ -85,14 +86,16 @@ class ModelMonitor:
     """Windows, tests and verdicts of one model version; see the module docstring."""
 
     def __init__(self, model: str, version: str, detection: Detection | None = None, *,
-                 baseline: Baseline | None = None, task: str = "classification") -> None:
+                 baseline: Baseline | None = None, task: str = "classification",
+                 executor: Executor | None = None) -> None:
         self.model = model
         self.version = version
         self.detection = detection or Detection()
         self.policy = self.detection.policy()
         self.task = task
         self.baseline: Baseline | None = None
-        self.calibration: Calibration | None = None
+        self.executor = executor
+        self._calibration: Calibration | Future[Calibration] | None = None
         self.window: SlidingWindow | None = None
         self.deciders = {kind: Decider(self.policy) for kind in KINDS}
         self.incidents: dict[str, int] = {}   # kind -> slice id of the open incident's onset
@@ -122,13 +125,23 @@ class ModelMonitor:
         d = self.detection
         self.baseline = baseline
         rows = rows_per_window or MAX_CALIBRATION_ROWS
-        self.calibration = calibrate(baseline, max(50, min(rows, MAX_CALIBRATION_ROWS)),
-                                     n_sim=d.calibration_sims, seed=d.seed,
-                                     tests=_score_tests(self.policy),
-                                     reservoir_size=d.reservoir_size)
+        def run() -> Calibration:
+            return calibrate(baseline, max(50, min(rows, MAX_CALIBRATION_ROWS)),
+                             n_sim=d.calibration_sims, seed=d.seed,
+                             tests=_score_tests(self.policy), reservoir_size=d.reservoir_size)
+
+        # on an executor, the first evaluation waits for it: the same events either way
+        self._calibration = self.executor.submit(run) if self.executor is not None else run()
         self.window = SlidingWindow(self._new_summary, slices=d.slices,
                                     slice_seconds=d.slice_seconds,
                                     allowed_lateness=d.allowed_lateness)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration (waiting for it if it is still being computed)."""
+        if isinstance(self._calibration, Future):
+            self._calibration = self._calibration.result()
+        return self._calibration
 
     def _new_summary(self) -> Summary:
         assert self.baseline is not None
@@ -325,7 +338,7 @@ class ModelMonitor:
         m = cls(state["model"], state["version"], detection, task=state["task"])
         if state["baseline"] is not None:
             m.baseline = Baseline.from_state(state["baseline"])
-            m.calibration = Calibration.from_state(state["calibration"])
+            m._calibration = Calibration.from_state(state["calibration"])
             base = m.baseline
             m.window = SlidingWindow.from_state(
                 m._new_summary, state["window"],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +68,10 @@ class StreamService:
 
     def __init__(self, settings: Settings, *, discovery: bool = True, max_models: int = 100,
                  models: dict[str, dict[str, Any]] | None = None,
-                 policy: ResponsePolicy | None = None) -> None:
+                 policy: ResponsePolicy | None = None,
+                 executor: Executor | None = None) -> None:
         self.settings = settings
+        self.executor = executor  # where monitors calibrate (None: inline)
         self.topics = settings.topics
         self.discovery = discovery
         self.max_models = max_models
@@ -128,7 +131,7 @@ class StreamService:
         self.policy.register_version(rec.model, rec.version, rec.ts,
                                      earlier[-1] if earlier else None)
         self.monitors[(rec.model, rec.version)] = ModelMonitor(
-            rec.model, rec.version, self.settings.detection, task=task)
+            rec.model, rec.version, self.settings.detection, task=task, executor=self.executor)
         return True
 
     # -- labels ---------------------------------------------------------------------------
