@@ -110,6 +110,13 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ConfigError(f"invalid detection setting: {exc}") from None
 
 
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the config says of one model (``[models.NAME]``)."""
+
+    feature_names: list[str] = msgspec.field(default_factory=list)  # for bare vectors
+    task: str = "classification"  # or "regression"
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Everything configurable, in one object."""
 
@@ -119,6 +126,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     kafka: Kafka = msgspec.field(default_factory=Kafka)
     topics: Topics = msgspec.field(default_factory=Topics)
     detection: Detection = msgspec.field(default_factory=Detection)
+    models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    discovery: bool = True   # monitor models not in `models`, discovered from the stream
+    max_models: int = 100    # cap on discovered models (bounded state and metric labels)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked (safe to log)."""
@@ -191,4 +201,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
     settings.detection.policy()  # validate the decision policy now, not mid-stream
+    for name, model in settings.models.items():
+        if model.task not in ("classification", "regression"):
+            raise ConfigError(f"models.{name}.task must be 'classification' or 'regression', "
+                              f"got {model.task!r}")
     return settings

@@ -47,3 +47,28 @@ def test_detection_defaults_are_the_decision_policy_defaults():
     from driftwarden.detectors.decide import DecisionPolicy
 
     assert Detection().policy() == DecisionPolicy()
+
+
+def test_models_section(tmp_path):
+    p = tmp_path / "dw.toml"
+    p.write_text('discovery = false\n[models.iris]\nfeature_names = ["sl", "sw"]\n'
+                 '[models.price]\ntask = "regression"\n')
+    s = load_settings(p, env={})
+    assert s.models["iris"].feature_names == ["sl", "sw"] and not s.discovery
+    assert s.models["price"].task == "regression"
+    p.write_text('[models.x]\ntask = "ranking"\n')
+    with pytest.raises(ConfigError, match="models.x.task"):
+        load_settings(p, env={})
+
+
+def test_the_readme_config_example_loads(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
+    p = tmp_path / "readme.toml"
+    p.write_text(block)
+    s = load_settings(p, env={})
+    assert s.models["iris"].feature_names[0] == "sepal_length"
+    assert s.detection.policy() is not None

@@ -90,8 +90,11 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
 
     # calibrations (seconds, at the end of each model's warm-up) run on a thread, so the event
     # loop keeps heartbeating and fetching; see ModelMonitor
-    service = service or StreamService(settings, executor=ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="driftwarden-calibration"))
+    service = service or StreamService(
+        settings, discovery=settings.discovery, max_models=settings.max_models,
+        models={name: {"feature_names": m.feature_names, "task": m.task}
+                for name, m in settings.models.items()},
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-calibration"))
     Path(settings.data_dir, "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         "driftwarden",
