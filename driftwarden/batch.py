@@ -29,7 +29,7 @@ import numpy as np
 
 from driftwarden.detectors.baseline import Baseline
 from driftwarden.detectors.compare import FeatureComparison, compare
-from driftwarden.detectors.decide import SCORE_TESTS, DecisionPolicy, calibrate, evaluate
+from driftwarden.detectors.decide import DecisionPolicy, calibrate, evaluate
 from driftwarden.errors import InputError, ValidationError
 from driftwarden.tables import Table, coerce_numeric
 
@@ -115,10 +115,8 @@ def run_batch(reference: Table, current: Table, *, types: Mapping[str, str] | No
     raw_ref = {n: _finite(ref_cols[n], ref.missing[n]) for n in numeric}
     raw_cur = {n: _finite(cur_cols[n], cur.missing[n]) for n in numeric}
     comparisons = compare(base, window, raw_reference=raw_ref, raw_current=raw_cur)
-    needed = {t for t in policy.numeric_tests + policy.categorical_tests if t in SCORE_TESTS}
-    needed -= set(policy.thresholds)
-    cal = (calibrate(base, cur.n_rows, n_sim=n_sim, seed=seed, tests=sorted(needed))
-           if needed else None)
+    needed = policy.calibrated_tests()
+    cal = calibrate(base, cur.n_rows, n_sim=n_sim, seed=seed, tests=needed) if needed else None
     ev = evaluate(comparisons, policy, cal)
     drifting = set(ev.features)
     return {

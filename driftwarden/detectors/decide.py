@@ -325,6 +325,16 @@ class DecisionPolicy:
     def tests_for(self, kind: str) -> tuple[str, ...]:
         return self.numeric_tests if kind == "numeric" else self.categorical_tests
 
+    def calibrated_tests(self) -> list[str]:
+        """The decision tests that need :func:`calibrate` (score tests without a fixed
+        threshold).
+
+        >>> DecisionPolicy().calibrated_tests()
+        ['psi']
+        """
+        wanted = set(self.numeric_tests) | set(self.categorical_tests)
+        return sorted((wanted & set(SCORE_TESTS)) - set(self.thresholds))
+
 
 @dataclass(frozen=True)
 class TestEvidence:

@@ -87,6 +87,16 @@ def category_key(value: Any) -> str | None:
 _PLAIN_NUMBERS = {float, int}
 
 
+def plain_numbers(values: Sequence[Any]) -> bool:
+    """True when every value is a Python ``float`` or ``int`` (no None, bool, str …): the
+    column converts to float64 as it is.
+
+    >>> plain_numbers([1, 2.5]), plain_numbers([1, None]), plain_numbers([True])
+    (True, False, False)
+    """
+    return set(map(type, values)) <= _PLAIN_NUMBERS
+
+
 def to_float_array(values: Any, missing: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
     """Convert a column to float64, separating missing and wrongly typed values.
 
@@ -106,7 +116,7 @@ def to_float_array(values: Any, missing: np.ndarray | None = None) -> tuple[np.n
             return x[~missing], int(missing.sum()), 0
         return x, 0, 0
     seq = values.tolist() if arr is not None else list(values)
-    if missing is None and set(map(type, seq)) <= _PLAIN_NUMBERS:  # fast path, no bad values
+    if missing is None and plain_numbers(seq):  # fast path: no bad values to sort out
         return np.array(seq, dtype=np.float64), 0, 0
     out = np.empty(len(seq), dtype=np.float64)
     keep = np.ones(len(seq), dtype=bool)

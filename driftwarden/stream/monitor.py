@@ -58,6 +58,7 @@ from driftwarden.detectors.summary import (
     PREDICTION,
     OutcomeSummary,
     Summary,
+    plain_numbers,
     records_to_columns,
 )
 from driftwarden.detectors.window import SlidingWindow
@@ -65,8 +66,7 @@ from driftwarden.schema import PredictionRecord
 
 KINDS = ("data", "prediction", "quality", "concept")
 EVENT_NAMESPACE = uuid.UUID("6f7c1f2e-3b9a-4c55-9d1e-0d2f8a5b7c31")
-MAX_CALIBRATION_ROWS = 5000
-_NUMBERS = {float, int}  # larger windows are rescaled (see decide.NullModel)
+MAX_CALIBRATION_ROWS = 5000  # larger windows are rescaled (see decide.NullModel)
 
 
 def event_id(*parts: Any) -> str:
@@ -128,7 +128,7 @@ class ModelMonitor:
         def run() -> Calibration:
             return calibrate(baseline, max(50, min(rows, MAX_CALIBRATION_ROWS)),
                              n_sim=d.calibration_sims, seed=d.seed,
-                             tests=_score_tests(self.policy), reservoir_size=d.reservoir_size)
+                             tests=self.policy.calibrated_tests(), reservoir_size=d.reservoir_size)
 
         # on an executor, the first evaluation waits for it: the same events either way
         self._calibration = self.executor.submit(run) if self.executor is not None else run()
@@ -193,7 +193,7 @@ class ModelMonitor:
         out: dict[str, Any] = {}
         for name, col in cols.items():
             spec = self.baseline.prediction if name == PREDICTION else specs.get(name)
-            if spec is not None and spec.kind == "numeric" and set(map(type, col)) <= _NUMBERS:
+            if spec is not None and spec.kind == "numeric" and plain_numbers(col):
                 out[name] = np.array(col, dtype=np.float64)
             else:
                 out[name] = np.asarray(col, dtype=object)
@@ -352,13 +352,6 @@ class ModelMonitor:
         m.n_outcomes = state["n_outcomes"]
         m.outcomes = OutcomeSummary.from_state(state["outcomes"])
         return m
-
-
-def _score_tests(policy: Any) -> list[str]:
-    from driftwarden.detectors.decide import SCORE_TESTS
-
-    wanted = set(policy.numeric_tests) | set(policy.categorical_tests)
-    return sorted((wanted & set(SCORE_TESTS)) - set(policy.thresholds))
 
 
 def _columns(records: Sequence[PredictionRecord]) -> dict[str, Any]:
