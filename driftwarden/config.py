@@ -46,6 +46,7 @@ class Topics(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     actions: str = "driftwarden.actions"
     dlq: str = "driftwarden.dlq"
     late: str = "driftwarden.late"
+    state: str = "driftwarden.state"  # compacted: the workers' checkpoints (their changelog)
 
 
 class Kafka(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -58,6 +59,9 @@ class Kafka(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     bootstrap_servers: str = "127.0.0.1:9092"
     partitions: int = 4
     max_message_bytes: int = 1_048_576  # larger bodies go to the DLQ as "oversized"
+    checkpoint_seconds: float = 5.0     # how often a worker saves its state (wall clock)
+    commit_seconds: float = 2.8         # how often committed offsets catch up (Faust)
+    group_id: str = "driftwarden"       # the workers' consumer group (and Faust app id)
     client: dict[str, str] = msgspec.field(default_factory=dict)
 
 

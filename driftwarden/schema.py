@@ -517,3 +517,17 @@ class CloudEventJoiner:
         n = len(pop_expired(self._pending, now, self.ttl))
         self.expired += n
         return n
+
+    def to_state(self) -> dict[str, Any]:
+        """The unmatched halves as JSON (headers as latin-1 text, which round-trips bytes)."""
+        return {"ttl": self.ttl, "max_pending": self.max_pending, "expired": self.expired,
+                "pending": [[ce_id, kind, body, {k: v.decode("latin-1") for k, v in h.items()}, ts]
+                            for ce_id, (kind, body, h, ts) in self._pending.items()]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> CloudEventJoiner:
+        j = cls(state["ttl"], state["max_pending"])
+        j.expired = state["expired"]
+        for ce_id, kind, body, h, ts in state["pending"]:
+            j._pending[ce_id] = (kind, body, {k: v.encode("latin-1") for k, v in h.items()}, ts)
+        return j

@@ -42,3 +42,56 @@ def broker():
 
     with EmbeddedBroker() as b:
         yield b
+
+
+def get_json(port, path, timeout=5.0):
+    """GET a worker endpoint as JSON (None while it does not answer)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def spawn_worker(tmp_path):
+    """Start real `driftwarden worker` processes: spawn(bootstrap, env) -> (proc, port, log).
+    Every process still running at the end of the test is killed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from driftwarden.embedded import free_port
+
+    procs = []
+
+    def spawn(bootstrap, env, warmup=2000):
+        port = free_port()
+        log = tmp_path / f"worker-{port}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "driftwarden.cli", "worker", "--bootstrap-servers", bootstrap,
+             "--warmup", str(warmup), "--web-port", str(port), "--session-timeout", "6"],
+            env={**os.environ, "DRIFTWARDEN_DATA_DIR": str(tmp_path / f"dw-{port}"), **env},
+            stdout=log.open("w"), stderr=subprocess.STDOUT)
+        procs.append(proc)
+        deadline = time.monotonic() + 60
+        while get_json(port, "/health", 1) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("worker did not become healthy:\n" + log.read_text()[-3000:])
+            time.sleep(0.3)
+        return proc, port, log
+
+    yield spawn
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

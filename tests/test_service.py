@@ -55,7 +55,7 @@ def test_labels_join_and_late_labels():
     rng = np.random.default_rng(1)
     svc = StreamService(SETTINGS)
     for t in range(8):
-        svc.handle_predictions(messages(rng, t, 300))
+        svc.handle_predictions(messages(rng, t, 300, offset0=t * 300))
     labels = [RawMessage(orjson.dumps({"model": "fraud", "id": f"r7-{i}", "label": 1}), [],
                          "driftwarden.labels", 0, i, 9.0) for i in range(100)]
     labels.append(RawMessage(b'{"model": "fraud", "id": "never", "label": 0}', [],
@@ -65,7 +65,8 @@ def test_labels_join_and_late_labels():
     outs = svc.handle_labels(labels)
     assert svc.labels.joined == 100 and svc.monitors[("fraud", "3")].n_outcomes == 100
     assert [o.topic for o in outs] == ["driftwarden.dlq"]  # "never" waits for its grace
-    outs = svc.handle_predictions(messages(rng, 100, 10))  # event time moves on by 92 s
+    # event time moves on by 92 s
+    outs = svc.handle_predictions(messages(rng, 100, 10, offset0=10_000))
     late = [o for o in outs if o.topic == "driftwarden.late"]
     assert [orjson.loads(o.value)["id"] for o in late] == ["never"]
 
@@ -75,3 +76,41 @@ def test_unknown_models_are_dead_lettered_when_discovery_is_off():
     outs = svc.handle_predictions(messages(np.random.default_rng(2), 0, 3))
     assert [dict(o.headers)["dw.reason"] for o in outs] == [b"unknown_model"] * 3
     assert svc.invalid["unknown_model"] == 3 and not svc.monitors
+
+
+def test_restored_state_and_a_replay_give_what_an_uninterrupted_run_gives():
+    """A worker that dies after saving its state and replays from an older offset must end
+    where one that never stopped ends: every record counted once, the same events."""
+    rng = np.random.default_rng(3)
+    batches = [messages(rng, t, 400, shift=1.0 if t >= 10 else 0.0, offset0=t * 400)
+               for t in range(16)]
+    labels = [RawMessage(orjson.dumps({"model": "fraud", "id": f"r{t}-{i}", "label": 1}), [],
+                         "driftwarden.labels", 0, t * 400 + i, t + 1.0)
+              for t in range(16) for i in range(0, 400, 4)]
+    whole = StreamService(SETTINGS)
+    expected = []
+    for t, batch in enumerate(batches):
+        expected += whole.handle_predictions(batch)
+        expected += whole.handle_labels(labels[t * 100:(t + 1) * 100])
+
+    first = StreamService(SETTINGS)
+    got = []
+    for t in range(7):
+        got += first.handle_predictions(batches[t])
+        got += first.handle_labels(labels[t * 100:(t + 1) * 100])
+    saved = orjson.loads(orjson.dumps(first.to_state()))
+    got += first.handle_predictions(batches[7])  # processed, then lost with the process
+
+    second = StreamService(SETTINGS)
+    second.restore(saved)
+    for t in range(5, 16):  # the consumer resumes from an older committed offset
+        got += second.handle_predictions(batches[t])
+        got += second.handle_labels(labels[t * 100:(t + 1) * 100])
+    assert second.replayed == 2 * 400 + 2 * 100  # batches 5 and 6 and their labels
+    assert second.counts == whole.counts and second.counts["fraud\x1f3\x1fprediction"] == 6400
+    assert second.labels.joined == whole.labels.joined == 1600
+    events = {(o.topic, o.value) for o in expected}
+    assert {(o.topic, o.value) for o in got} == events  # re-sent ones repeat, same ids
+    actions = [orjson.loads(v) for t, v in events if t == "driftwarden.actions"]
+    assert actions and len({a["event_id"] for a in actions}) == len(actions)
+    assert second.to_state()["monitors"] == whole.to_state()["monitors"]

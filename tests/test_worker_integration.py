@@ -5,9 +5,6 @@ good ones around them are counted; a label join feeds the concept detector."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -16,42 +13,17 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from driftwarden.embedded import free_port
-
 SHIFT_AT = 12  # seconds of event time; one record every 2 ms
 
 
-@pytest.fixture(scope="module")
-def worker(broker, tmp_path_factory):
-    port = free_port()
-    env = dict(os.environ, DRIFTWARDEN_DETECTION__SLICES="3",
-               DRIFTWARDEN_DETECTION__SLICE_SECONDS="1",
-               DRIFTWARDEN_DETECTION__ALLOWED_LATENESS="0.2",
-               DRIFTWARDEN_DETECTION__CALIBRATION_SIMS="50",
-               DRIFTWARDEN_KAFKA__MAX_MESSAGE_BYTES="100000",
-               DRIFTWARDEN_DATA_DIR=str(tmp_path_factory.mktemp("dw")))
-    log = tmp_path_factory.mktemp("log") / "worker.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "driftwarden.cli", "worker", "--bootstrap-servers",
-         broker.bootstrap_servers, "--warmup", "2000", "--web-port", str(port),
-         "--session-timeout", "6"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("worker did not become healthy:\n" + log.read_text()[-3000:])
-    yield broker, port, proc, log
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+@pytest.fixture
+def worker(broker, spawn_worker):
+    env = {"DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
+           "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0.2",
+           "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50",
+           "DRIFTWARDEN_KAFKA__MAX_MESSAGE_BYTES": "100000"}
+    proc, port, log = spawn_worker(broker.bootstrap_servers, env)
+    return broker, port, proc, log
 
 
 def consume(bootstrap, topics, until, timeout=60.0):

@@ -9,20 +9,24 @@ Topics are created explicitly (:func:`ensure_topics`) with the configured partit
 before a worker or producer touches them: a broker's auto-created topics may have another
 count, and Faust tables crash on mismatched partitions.
 
-Still to come (issue 3): state in Faust tables with per-partition offsets so a restarted worker
-recovers exactly; until then a restarted worker starts its monitors afresh.
+State is kept per source partition and checkpointed to the compacted state topic; see
+:func:`create_app` and :mod:`driftwarden.stream.checkpoint`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from driftwarden.config import Settings
+from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
+from driftwarden.stream.shards import Shards
 
 log = logging.getLogger("driftwarden.stream")
 
@@ -36,7 +40,8 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
     admin = AdminClient(conf)
     existing = set(admin.list_topics(timeout=timeout).topics)
     names = [getattr(settings.topics, f) for f in settings.topics.__struct_fields__]
-    new = [NewTopic(n, num_partitions=settings.kafka.partitions, replication_factor=1)
+    new = [NewTopic(n, num_partitions=settings.kafka.partitions, replication_factor=1,
+                    config={"cleanup.policy": "compact"} if n == settings.topics.state else {})
            for n in dict.fromkeys(names) if n not in existing]
     if not new:
         return
@@ -55,7 +60,7 @@ class OutputProducer:
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer({
+        self._producer = self.raw = Producer({
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
             "message.timeout.ms": 0,  # never give up on an action: retry until delivered
@@ -83,21 +88,30 @@ class OutputProducer:
         return int(self._producer.flush(timeout))
 
 
-def create_app(settings: Settings, *, web_port: int = 6066, service: StreamService | None = None,
+def create_app(settings: Settings, *, web_port: int = 6066,
+               factory: Callable[[], StreamService] | None = None,
                session_timeout: float = 10.0, batch: int = 2000, within: float = 0.2) -> Any:
-    """Build the Faust app of one worker (``app.dw_service`` is its :class:`StreamService`)."""
+    """Build the Faust app of one worker (``app.dw_shards``: its :class:`Shards`).
+
+    Delivery: every consumed message is held (an extra reference, so Faust does not commit
+    its offset) until a checkpoint that includes it has been written and flushed, with the
+    events it caused, to the state topic; then it is released and Faust commits. A restarted
+    worker restores the checkpoint and skips what it already holds (see
+    :mod:`driftwarden.stream.checkpoint`).
+    """
     import faust
 
     # calibrations (seconds, at the end of each model's warm-up) run on a thread, so the event
     # loop keeps heartbeating and fetching; see ModelMonitor
-    service = service or StreamService(
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-calibration")
+    models = {name: {"feature_names": m.feature_names, "task": m.task}
+              for name, m in settings.models.items()}
+    factory = factory or (lambda: StreamService(
         settings, discovery=settings.discovery, max_models=settings.max_models,
-        models={name: {"feature_names": m.feature_names, "task": m.task}
-                for name, m in settings.models.items()},
-        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-calibration"))
+        models=models, executor=executor))
     Path(settings.data_dir, "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        "driftwarden",
+        settings.kafka.group_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
         web_host="127.0.0.1", web_bind="127.0.0.1", web_port=web_port,
         topic_partitions=settings.kafka.partitions, topic_allow_declare=False,
@@ -105,17 +119,62 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
         broker_heartbeat_interval=max(0.5, session_timeout / 10),
         value_serializer="raw", key_serializer="raw",
         datadir=f"{settings.data_dir}/faust", store="memory://",
+        # held messages are released by checkpoints, not by the end of their batch: a
+        # rebalance must not wait for them (the partition's next owner replays them)
+        stream_wait_empty=False,
+        broker_commit_interval=settings.kafka.commit_seconds,
     )
     producer = OutputProducer(settings)
-    # not `app.service`: that is Faust's own decorator
-    app.dw_service = service  # type: ignore[attr-defined]
+    shards = Shards(factory, StateStore(settings, producer.raw))
+    app.dw_shards = shards  # type: ignore[attr-defined]
     app.dw_producer = producer  # type: ignore[attr-defined]
-    state = {"last_progress": time.monotonic(), "batches": 0}
+    state = {"last_progress": time.monotonic(), "batches": 0, "checkpointed": time.monotonic(),
+             "checkpoints": 0, "checkpoint_bytes": 0}
+    held: dict[int, list[Any]] = {}
+    restoring: dict[int, asyncio.Future[Any]] = {}
+    lock = asyncio.Lock()
+    sources = {settings.topics.predictions, settings.topics.features, settings.topics.labels}
 
-    def _raw(events: Any) -> list[RawMessage]:
-        return [RawMessage(e.message.value or b"", list(_pairs(e.message.headers)),
-                           e.message.topic, e.message.partition, e.message.offset,
-                           float(e.message.timestamp or time.time())) for e in events]
+    async def _take(events: Any) -> list[RawMessage]:
+        assigned = app.consumer.assignment()
+        out = []
+        for e in events:
+            m = e.message
+            if m.tp not in assigned:  # revoked while buffered: its next owner replays it
+                continue
+            if m.partition not in shards.services:  # restore once, off the event loop
+                task = restoring.get(m.partition)
+                if task is None:
+                    task = restoring[m.partition] = asyncio.ensure_future(
+                        asyncio.to_thread(shards.ensure, m.partition))
+                await task
+                restoring.pop(m.partition, None)
+            m.incref()  # released by the checkpoint that includes it
+            held.setdefault(m.partition, []).append(m)
+            out.append(RawMessage(m.value or b"", list(_pairs(m.headers)), m.topic, m.partition,
+                                  m.offset, float(m.timestamp or time.time())))
+        return out
+
+    async def _checkpoint(force: bool = False, partitions: Any = None) -> None:
+        if not force and time.monotonic() - state["checkpointed"] < (
+                settings.kafka.checkpoint_seconds):
+            return
+        async with lock:
+            written = shards.checkpoint(partitions)
+            release = {p: held.pop(p, []) for p in written}
+            state["checkpointed"] = time.monotonic()
+            left = await asyncio.to_thread(producer.flush, 30.0)
+            if left:  # the broker is away: keep holding; the next checkpoint covers them
+                log.warning("checkpoint not confirmed (%d messages in flight)", left)
+                for p, msgs in release.items():
+                    held[p] = msgs + held.get(p, [])
+                    shards.dirty.add(p)
+                return
+            for msgs in release.values():
+                for m in msgs:
+                    m.ack(app.consumer)
+            state["checkpoints"] += 1
+            state["checkpoint_bytes"] = sum(written.values())
 
     predictions = app.topic(settings.topics.predictions, settings.topics.features,
                             value_serializer="raw", key_serializer="raw")
@@ -124,30 +183,51 @@ def create_app(settings: Settings, *, web_port: int = 6066, service: StreamServi
     @app.agent(predictions)
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            producer.send(service.handle_predictions(_raw(events)))
+            producer.send(shards.handle("predictions", await _take(events)))
             state["last_progress"] = time.monotonic()
             state["batches"] += 1
+            await _checkpoint()
 
     @app.agent(labels)
     async def join_labels(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            producer.send(service.handle_labels(_raw(events)))
+            producer.send(shards.handle("labels", await _take(events)))
             state["last_progress"] = time.monotonic()
+            await _checkpoint()
+
+    @app.timer(max(0.5, settings.kafka.checkpoint_seconds))
+    async def checkpoint_when_idle() -> None:
+        await _checkpoint()
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         return web.json({"status": "ok", "batches": state["batches"],
-                         "models": len(service.monitors)})
+                         "models": len(shards.monitors), "partitions": sorted(shards.services),
+                         "replayed": shards.replayed(), "restored": shards.restored,
+                         "checkpoints": state["checkpoints"],
+                         "checkpoint_bytes": state["checkpoint_bytes"]})
 
     @app.page("/models")
-    async def models(web: Any, request: Any) -> Any:
-        return web.json([m.status() for m in service.monitors.values()])
+    async def models_page(web: Any, request: Any) -> Any:
+        return web.json([m.status() for m in shards.monitors])
 
     @app.page("/verdicts")
     async def verdicts(web: Any, request: Any) -> Any:
-        return web.json(service.verdicts())
+        return web.json(shards.verdicts())
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001
+        gone = {tp.partition for tp in revoked if tp.topic in sources}
+        gone -= {tp.partition for tp in app.consumer.assignment() - set(revoked)
+                 if tp.topic in sources}
+        if gone:
+            await _checkpoint(force=True, partitions=gone)  # the next owner starts from here
+            shards.drop(gone)
+            for p in gone:
+                held.pop(p, None)
 
     async def _flush(sender: Any, **kwargs: Any) -> None:  # noqa: ARG001
+        await _checkpoint(force=True)
         producer.flush()
 
     app.on_before_shutdown.connect(_flush)  # type: ignore[arg-type]

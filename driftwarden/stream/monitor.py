@@ -330,12 +330,14 @@ class ModelMonitor:
             "warm": [_record_state(r) for r in self._warm],
             "n_records": self.n_records, "n_late": self.n_late, "n_outcomes": self.n_outcomes,
             "outcomes": self.outcomes.to_state(),
+            "last_verdicts": dict(self.last_verdicts),
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], detection: Detection | None = None
-                   ) -> ModelMonitor:
-        m = cls(state["model"], state["version"], detection, task=state["task"])
+    def from_state(cls, state: Mapping[str, Any], detection: Detection | None = None, *,
+                   executor: Executor | None = None) -> ModelMonitor:
+        m = cls(state["model"], state["version"], detection, task=state["task"],
+                executor=executor)
         if state["baseline"] is not None:
             m.baseline = Baseline.from_state(state["baseline"])
             m._calibration = Calibration.from_state(state["calibration"])
@@ -351,6 +353,7 @@ class ModelMonitor:
         m.n_records, m.n_late = state["n_records"], state["n_late"]
         m.n_outcomes = state["n_outcomes"]
         m.outcomes = OutcomeSummary.from_state(state["outcomes"])
+        m.last_verdicts = dict(state.get("last_verdicts", {}))
         return m
 
 

@@ -109,3 +109,17 @@ class ResponsePolicy:
                 "runbook_url": f"{rules.runbook_url}-{action}", "ts": ts,
             })
         return out
+
+    def to_state(self) -> dict[str, Any]:
+        """What the policy remembers (deployments, last action times, open incidents) as JSON."""
+        return {"deployments": {m: {v: list(d) for v, d in vs.items()}
+                                for m, vs in self.deployments.items()},
+                "last": [[m, a, t] for (m, a), t in self._last.items()],
+                "open": dict(self._open)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`to_state` saved (the rules stay those of the config)."""
+        self.deployments = {m: {v: (float(d[0]), d[1]) for v, d in vs.items()}
+                            for m, vs in state["deployments"].items()}
+        self._last = {(m, a): float(t) for m, a, t in state["last"]}
+        self._open = {k: float(v) for k, v in state["open"].items()}

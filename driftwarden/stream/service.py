@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,13 +87,29 @@ class StreamService:
         self.actions: Counter[str] = Counter()
         self.feature_names = {m: c["feature_names"] for m, c in self.models.items()
                               if c.get("feature_names")}
+        # "topic/partition" -> offset of the last message applied: what a restored checkpoint
+        # already holds, so a replay after a restart skips it (exactly-once effect on state)
+        self.offsets: dict[str, int] = {}
+        self.replayed = 0  # messages skipped because the state already held them
+
+    def _fresh(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
+        """The messages not yet applied to this state (each partition's in offset order)."""
+        out = []
+        for msg in messages:
+            tp = f"{msg.topic}/{msg.partition}"
+            if msg.offset <= self.offsets.get(tp, -1):
+                self.replayed += 1
+                continue
+            self.offsets[tp] = msg.offset
+            out.append(msg)
+        return out
 
     # -- predictions ---------------------------------------------------------------------------
     def handle_predictions(self, messages: Sequence[RawMessage]) -> list[Output]:
         out: list[Output] = []
         by_monitor: dict[tuple[str, str], list[PredictionRecord]] = {}
         joined: dict[tuple[str, str], list[Outcome]] = {}
-        for msg in messages:
+        for msg in self._fresh(messages):
             decoded = decode_predictions(msg.value, msg.headers, now=msg.timestamp,
                                          max_bytes=self.settings.kafka.max_message_bytes,
                                          feature_names=self.feature_names,
@@ -138,7 +154,7 @@ class StreamService:
     def handle_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
         out: list[Output] = []
         joined: dict[tuple[str, str], list[Outcome]] = {}
-        for msg in messages:
+        for msg in self._fresh(messages):
             decoded = decode_label(msg.value, now=msg.timestamp,
                                    max_bytes=self.settings.kafka.max_message_bytes)
             self._dead_letters(msg, decoded, out)
@@ -188,6 +204,31 @@ class StreamService:
         value, headers = dead_letter(msg.value, msg.headers, rej, msg.topic, msg.partition,
                                      msg.offset, record)
         out.append(Output(self.topics.dlq, None, value, headers))
+
+    # -- state ---------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything this service has learnt, as JSON-ready data: monitors, pending labels
+        and CloudEvent halves, the response policy's memory, counters and the offsets applied.
+        :meth:`restore` on a service built from the same settings takes it back."""
+        return {"offsets": dict(self.offsets),
+                "monitors": [m.to_state() for m in self.monitors.values()],
+                "labels": self.labels.to_state(), "cloudevents": self.cloudevents.to_state(),
+                "policy": self.policy.to_state(), "counts": dict(self.counts),
+                "invalid": dict(self.invalid), "actions": dict(self.actions)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Replace this service's state by a saved one (see :meth:`to_state`)."""
+        self.offsets = {k: int(v) for k, v in state["offsets"].items()}
+        self.monitors = {}
+        for ms in state["monitors"]:
+            m = ModelMonitor.from_state(ms, self.settings.detection, executor=self.executor)
+            self.monitors[(m.model, m.version)] = m
+        self.labels = LabelJoiner.from_state(state["labels"])
+        self.cloudevents = CloudEventJoiner.from_state(state["cloudevents"])
+        self.policy.restore(state["policy"])
+        self.counts = Counter(state["counts"])
+        self.invalid = Counter(state["invalid"])
+        self.actions = Counter(state["actions"])
 
     def verdicts(self) -> list[dict[str, Any]]:
         """The current verdict of every monitored model version and kind."""

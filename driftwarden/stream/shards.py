@@ -1,0 +1,93 @@
+"""One :class:`~driftwarden.stream.service.StreamService` per source partition number.
+
+State belongs to the partition it came from, so it can move with the partition when workers
+join or leave the consumer group: a shard is restored from its checkpoint (see
+:mod:`driftwarden.stream.checkpoint`) the first time a worker sees its partition, saved every
+few seconds, and dropped when the partition is revoked. Records of one model share a key and
+so a partition; the prediction, feature and label topics have the same partition count, so a
+model's predictions and labels meet in the same shard.
+
+>>> from driftwarden.config import load_settings
+>>> from driftwarden.stream.service import RawMessage
+>>> settings = load_settings(env={})
+>>> shards = Shards(lambda: StreamService(settings))
+>>> outs = shards.handle("predictions", [RawMessage(b"{", [], "p", 3, 0, 1.0)])
+>>> sorted(shards.services), shards.dirty, shards.invalid()["bad_json"]
+([3], {3}, 1)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from driftwarden.stream.checkpoint import StateStore
+from driftwarden.stream.monitor import ModelMonitor
+from driftwarden.stream.service import Output, RawMessage, StreamService
+
+
+class Shards:
+    """The worker's services by partition; see the module docstring."""
+
+    def __init__(self, factory: Callable[[], StreamService],
+                 store: StateStore | None = None) -> None:
+        self.factory = factory
+        self.store = store
+        self.services: dict[int, StreamService] = {}
+        self.dirty: set[int] = set()
+        self.restored: dict[int, int] = {}  # partition -> checkpointed offsets it came with
+
+    def ensure(self, partition: int) -> StreamService:
+        """The shard of ``partition``, restored from its checkpoint when it is new here."""
+        svc = self.services.get(partition)
+        if svc is None:
+            svc = self.factory()
+            state = self.store.read(partition) if self.store is not None else None
+            if state is not None:
+                svc.restore(state)
+                self.restored[partition] = len(state["offsets"])
+            self.services[partition] = svc
+        return svc
+
+    def handle(self, kind: str, messages: Sequence[RawMessage]) -> list[Output]:
+        """Hand each partition's messages to its shard (``kind``: predictions or labels)."""
+        by_partition: dict[int, list[RawMessage]] = {}
+        for m in messages:
+            by_partition.setdefault(m.partition, []).append(m)
+        out: list[Output] = []
+        for p, msgs in by_partition.items():
+            svc = self.ensure(p)
+            out += (svc.handle_predictions(msgs) if kind == "predictions"
+                    else svc.handle_labels(msgs))
+            self.dirty.add(p)
+        return out
+
+    def checkpoint(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """Write the changed shards (or the given ones) to the store, unflushed; returns
+        partition -> bytes written."""
+        assert self.store is not None
+        todo = sorted(self.dirty if partitions is None else set(partitions) & self.dirty)
+        written = {p: self.store.write(p, self.services[p].to_state()) for p in todo
+                   if p in self.services}
+        self.dirty -= set(todo)
+        return written
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.services.pop(p, None)
+            self.dirty.discard(p)
+
+    # -- the worker's view over all shards -------------------------------------------------------
+    @property
+    def monitors(self) -> list[ModelMonitor]:
+        return [m for svc in self.services.values() for m in svc.monitors.values()]
+
+    def verdicts(self) -> list[dict[str, Any]]:
+        return [v for svc in self.services.values() for v in svc.verdicts()]
+
+    def invalid(self) -> Counter[str]:
+        return sum((svc.invalid for svc in self.services.values()), Counter())
+
+    def replayed(self) -> int:
+        return sum(svc.replayed for svc in self.services.values())
