@@ -60,7 +60,9 @@ class Kafka(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     partitions: int = 4
     max_message_bytes: int = 1_048_576  # larger bodies go to the DLQ as "oversized"
     checkpoint_seconds: float = 5.0     # how often a worker saves its state (wall clock)
-    commit_seconds: float = 2.8         # how often committed offsets catch up (Faust)
+    commit_seconds: float = 2.8         # how often committed offsets catch up (Faust) ...
+    commit_every: int = 10_000          # ... or after this many messages were released
+    fetch_wait_ms: int = 100            # longest a fetch waits on a quiet topic (see app.py)
     group_id: str = "driftwarden"       # the workers' consumer group (and Faust app id)
     client: dict[str, str] = msgspec.field(default_factory=dict)
 

@@ -36,9 +36,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from itertools import chain
+from typing import Any, Generic, TypeVar
 
 import msgspec
+import numpy as np
+
+from driftwarden.detectors.summary import records_to_columns
 
 MAX_MESSAGE_BYTES = 1_048_576
 REASONS = (
@@ -70,6 +74,77 @@ class PredictionRecord:
     segment: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class RecordBatch:
+    """Records of one (model, version) side by side, as lists: what a native batch message
+    decodes into, and what a monitor takes, without an object per record.
+
+    >>> b = RecordBatch.of([PredictionRecord("m", "1", "a", 1.0, {"x": 1.5, "c": "DE"}, 0.9),
+    ...                     PredictionRecord("m", "1", "b", 2.0, {"x": 2.5, "c": "FR"}, 0.1)])
+    >>> len(b), b.columns(), b[1:].records()[0].id
+    (2, {'x': (1.5, 2.5), 'c': ('DE', 'FR')}, 'b')
+    """
+
+    model: str
+    version: str
+    ids: list[str | None]
+    ts: list[float]
+    features: list[dict[str, Any]]
+    predictions: list[Any]
+    numeric: bool = False  # every feature value is a float (checked while decoding)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def of(cls, records: Sequence[PredictionRecord]) -> RecordBatch:
+        """The batch of records that share one model and version."""
+        first = records[0]
+        return cls(first.model, first.version, [r.id for r in records], [r.ts for r in records],
+                   [r.features for r in records], [r.prediction for r in records])
+
+    @classmethod
+    def concat(cls, batches: Sequence[RecordBatch]) -> RecordBatch:
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        return cls(first.model, first.version, [i for b in batches for i in b.ids],
+                   [t for b in batches for t in b.ts], [f for b in batches for f in b.features],
+                   [p for b in batches for p in b.predictions], all(b.numeric for b in batches))
+
+    def __getitem__(self, s: slice) -> RecordBatch:
+        return RecordBatch(self.model, self.version, self.ids[s], self.ts[s], self.features[s],
+                           self.predictions[s], self.numeric)
+
+    def records(self) -> list[PredictionRecord]:
+        return [PredictionRecord(self.model, self.version, i, t, f, p)
+                for i, t, f, p in zip(self.ids, self.ts, self.features, self.predictions)]
+
+    def columns(self) -> dict[str, Any]:
+        """Feature columns (a field absent from a record is None there; a column with no value
+        at all is left out). When every record lists its features in the same order — what
+        one serializer produces — the rows are transposed in C, not looked up one by one, and
+        an all-numeric batch becomes float64 arrays at once."""
+        feats = self.features
+        if not feats:
+            return {}
+        names = list(feats[0])
+        if not all(list(f) == names for f in feats):
+            return records_to_columns(feats)
+        if not names:
+            return {}
+        if self.numeric:
+            n, k = len(feats), len(names)
+            values = chain.from_iterable([f.values() for f in feats])
+            rows = np.fromiter(values, np.float64, count=n * k).reshape(n, k).T.copy()
+            return dict(zip(names, rows))
+        cols = dict(zip(names, zip(*[f.values() for f in feats])))
+        for name in [n for n, col in cols.items() if None in col]:
+            if all(v is None for v in cols[name]):
+                del cols[name]
+        return cols
+
+
 @dataclass(frozen=True)
 class LabelRecord:
     """Delayed ground truth for the prediction ``id`` of ``model``."""
@@ -91,10 +166,15 @@ class Rejection:
 
 @dataclass
 class Decoded:
-    """The good records of a message and the rejections, side by side."""
+    """The good records of a message and the rejections, side by side (a native batch whose
+    records all pass the fast path arrives as one :class:`RecordBatch` in ``batches``)."""
 
     records: list[Any] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    batches: list[RecordBatch] = field(default_factory=list)
+
+    def all_records(self) -> list[Any]:
+        return self.records + [r for b in self.batches for r in b.records()]
 
 
 class _Record(msgspec.Struct):
@@ -106,6 +186,31 @@ class _Record(msgspec.Struct):
     prediction: Any = None
     latency_ms: float | int | None = None
     segment: dict[str, str] | None = None
+
+
+V = TypeVar("V")
+
+
+class _FastRecord(msgspec.Struct, Generic[V], gc=False):  # no cycles: leave GC alone
+    features: dict[str, V]
+    id: str | None = None
+    ts: float | None = None
+    prediction: Any = None
+    model: str | None = None
+    version: str | int | None = None
+    latency_ms: float | None = None      # validated like the careful path; not used downstream
+    segment: dict[str, str] | None = None
+
+
+class _FastBatch(msgspec.Struct, Generic[V], gc=False):
+    records: list[_FastRecord[V]]
+    model: str
+    version: str | int | None = None
+
+
+# every feature a number (ints arrive as floats: the same values and categories), or anything
+_FAST_NUMERIC = msgspec.json.Decoder(_FastBatch[float])
+_FAST_ANY = msgspec.json.Decoder(_FastBatch[Any])
 
 
 class _Label(msgspec.Struct):
@@ -154,7 +259,8 @@ def _load(value: bytes, max_bytes: int) -> tuple[Any, Decoded]:
         out.rejections.append(Rejection("oversized", f"{len(value)} bytes > limit {max_bytes}"))
         return None, out
     try:
-        value.decode("utf-8")
+        if not value.isascii():
+            value.decode("utf-8")
     except UnicodeDecodeError as exc:
         out.rejections.append(Rejection("bad_utf8", str(exc)))
         return None, out
@@ -203,32 +309,36 @@ def _record(obj: Any, default_model: str | None, default_version: str | None, no
                             r.segment or {})
 
 
-def _fast_batch(records: list[Any], model: str | None, version: str | None, now: float
-                ) -> list[PredictionRecord] | None:
-    """The common case of a batch — every record a dict with a dict of features, a numeric
-    ``ts`` (or none) and no overrides of model — without per-record validation calls; None
-    when any record needs the careful path."""
-    if not model:
+def _fast_batch(value: bytes, now: float) -> RecordBatch | None:
+    """The common case of a native batch — a model, every record a dict of features with a
+    numeric ``ts`` (or none), a string ``id`` (or none) and no other model or version —
+    decoded straight into typed structs (validation in C) and returned as one
+    :class:`RecordBatch`; None when anything needs the careful path, which then reports it."""
+    numeric = True
+    try:
+        b: _FastBatch[Any] = _FAST_NUMERIC.decode(value)
+    except msgspec.ValidationError:  # a string, bool or null feature: most fail early
+        numeric = False
+        try:
+            b = _FAST_ANY.decode(value)
+        except msgspec.DecodeError:  # includes ValidationError
+            return None
+    except msgspec.DecodeError:
         return None
-    out = []
-    for r in records:
-        if type(r) is not dict or type(r.get("features")) is not dict:
-            return None
-        ts = r.get("ts", now)
-        if type(ts) is not float and type(ts) is not int:
-            return None
-        if ("model" in r and r["model"] != model) or "segment" in r or "latency_ms" in r:
-            return None
-        if "version" in r and (r["version"] is None or str(r["version"]) != (version or "")):
-            return None
-        rid = r.get("id")
-        if rid is not None and type(rid) is not str:
-            return None
-        if not math.isfinite(ts):
-            return None
-        out.append(PredictionRecord(model, version or "", rid, float(ts), r["features"],
-                                    r.get("prediction")))
-    return out
+    recs = b.records
+    if not b.model or not recs:
+        return None
+    version = "" if b.version is None else str(b.version)
+    if {r.model for r in recs} - {None, b.model}:
+        return None
+    versions = {r.version for r in recs} - {None}
+    if versions and {str(v) for v in versions} != {version}:
+        return None
+    ts = [now if r.ts is None else r.ts for r in recs]
+    if not math.isfinite(sum(ts)):  # an inf or NaN somewhere (or an overflow): be careful
+        return None
+    return RecordBatch(b.model, version, [r.id for r in recs], ts, [r.features for r in recs],
+                       [r.prediction for r in recs], numeric)
 
 
 def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:
@@ -250,12 +360,17 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
     one a CloudEvent is rejected as ``unknown_format``.
     """
     now = time.time() if now is None else now
+    hdr = headers_dict(headers)
+    cloudevent = "ce_type" in hdr or "ce-type" in hdr
+    if not cloudevent and len(value) <= max_bytes and b'"records"' in value:
+        fast = _fast_batch(value, now)
+        if fast is not None:
+            return Decoded(batches=[fast])
     obj, out = _load(value, max_bytes)
     if out.rejections:
         return out
-    hdr = headers_dict(headers)
     names = feature_names or {}
-    if "ce_type" in hdr or "ce-type" in hdr:
+    if cloudevent:
         if joiner is None:
             out.rejections.append(Rejection("unknown_format", "a CloudEvent, no joiner"))
             return out
@@ -273,10 +388,6 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
             out.rejections.append(Rejection("invalid_record", "`model` is not a string"))
             return out
         default_version = None if version is None else str(version)
-        fast = _fast_batch(records, model, default_version, now)
-        if fast is not None:
-            out.records = fast
-            return out
         for i, rec in enumerate(records):
             _sort(out, _record(rec, model, default_version, now, i))
         return out

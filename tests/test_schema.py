@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from driftwarden.schema import (
     REASONS,
     CloudEventJoiner,
     PredictionRecord,
+    RecordBatch,
     decode_label,
     decode_predictions,
 )
@@ -153,8 +156,34 @@ def test_fast_batch_path_gives_the_records_of_the_careful_path():
              "model": "m", "version": 2} for i in range(5)]
     fast = decode_predictions(orjson.dumps({"model": "m", "version": 2, "records": recs}))
     careful = [_record(r, "m", "2", 0.0, i) for i, r in enumerate(recs)]
-    assert fast.records == careful and fast.rejections == []
+    assert fast.batches[0].records() == careful and fast.rejections == []
     # one odd record sends the whole batch down the careful path, with the same good records
     mixed = recs + [{"id": 7, "features": {"x": 1}}]
     out = decode_predictions(orjson.dumps({"model": "m", "version": 2, "records": mixed}))
     assert out.records[:5] == careful and out.records[5].id == "7"
+
+
+scalar = st.one_of(st.none(), st.floats(-1e6, 1e6), st.integers(-5, 5), st.sampled_from(["a", "b"]),
+                   st.booleans())
+
+
+@given(rows=st.lists(st.dictionaries(st.sampled_from(["x", "y", "z"]), scalar, max_size=3),
+                     min_size=1, max_size=12), same_order=st.booleans())
+def test_batch_columns_equal_the_per_record_columns(rows, same_order):
+    """The transposed (and, when all numeric, float64) columns of a decoded batch hold what
+    looking every value up record by record gives, in any key order, with gaps and Nones."""
+    from driftwarden.detectors.summary import category_key, records_to_columns
+
+    if same_order:
+        rows = [{k: r.get(k) for k in ("x", "y", "z")} for r in rows]
+    body = orjson.dumps({"model": "m", "records": [{"features": r, "ts": 1.0} for r in rows]})
+    out = decode_predictions(body)
+    batch = out.batches[0] if out.batches else RecordBatch.of(out.records)
+    got = batch.columns()
+    want = records_to_columns(rows)
+    assert set(got) == set(want)
+    for name, col in got.items():
+        # numbers may arrive as floats: the same values, the same categories
+        assert [category_key(v) for v in list(col)] == [category_key(v) for v in want[name]]
+        if batch.numeric:
+            assert not any(isinstance(v, bool) for v in want[name])

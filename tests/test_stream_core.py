@@ -93,3 +93,24 @@ def test_dead_letters_keep_bytes_reason_source_and_headers():
     assert h["dw.source.partition"] == b"3" and h["original.trace-id"] == b"abc"
     value, headers = dead_letter(b"\xff", None, Rejection("bad_utf8", "x" * 2000), "t", 0, 1)
     assert value == b"\xff" and len(dict(headers)["dw.detail"]) == 500
+
+
+def test_bulk_predictions_join_like_one_by_one():
+    """add_predictions gives the pending table, the joins and the cap of add_prediction."""
+    one, bulk = LabelJoiner(max_pending=50), LabelJoiner(max_pending=50)
+    for j in (one, bulk):
+        j.add_label("m", "w3", 1, ts=0.5)  # a label that waits for its prediction
+    ids = [f"w{i}" for i in range(40)] + [None, "w7"]
+    preds = [i / 40 for i in range(40)] + [0.5, None]
+    ts = [1.0 + i for i in range(42)]
+    joined_one = [o for i, p, t in zip(ids, preds, ts) if i is not None and p is not None
+                  for o in [one.add_prediction("m", i, "1", p, t)] if o is not None]
+    joined_bulk = bulk.add_predictions("m", "1", ids, preds, ts)
+    assert joined_bulk == joined_one and [o.id for o in joined_bulk] == ["w3"]
+    assert list(bulk._pending.items()) == list(one._pending.items())
+    more = [f"v{i}" for i in range(30)]
+    one_more = [one.add_prediction("m", i, "1", 0.1, 50.0) for i in more]
+    assert bulk.add_predictions("m", "1", more, [0.1] * 30, [50.0] * 30) == [] == [
+        o for o in one_more if o is not None]
+    assert list(bulk._pending.items()) == list(one._pending.items()) and len(bulk) == 50
+    assert bulk.expired == one.expired == 19 and bulk.watermark == one.watermark

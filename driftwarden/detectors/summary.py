@@ -37,6 +37,7 @@ True
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -272,7 +273,7 @@ class Reservoir:
             "capacity": self.capacity,
             "seed": self.seed,
             "n_seen": self.n_seen,
-            "values": self.values.tolist(),
+            "values": pack_floats(self.values),
             "rng": None if self._rng is None else _rng_state_to_json(
                 self._rng.bit_generator.state),
         }
@@ -281,10 +282,26 @@ class Reservoir:
     def from_state(cls, state: Mapping[str, Any]) -> Reservoir:
         out = cls(state["capacity"], state["seed"])
         out.n_seen = int(state["n_seen"])
-        out.values = np.asarray(state["values"], dtype=np.float64)
+        out.values = unpack_floats(state["values"])
         if state.get("rng") is not None:
             out._generator().bit_generator.state = _rng_state_from_json(state["rng"])
         return out
+
+
+def pack_floats(x: np.ndarray) -> str:
+    """float64 values as base64 text: exact, ~2.5x smaller and far faster than JSON numbers.
+
+    >>> unpack_floats(pack_floats(np.array([0.1, -2.0, np.inf]))).tolist()
+    [0.1, -2.0, inf]
+    """
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f8").tobytes()).decode("ascii")
+
+
+def unpack_floats(data: str | Sequence[float]) -> np.ndarray:
+    """Inverse of :func:`pack_floats` (a plain list of numbers is read too)."""
+    if isinstance(data, str):
+        return np.frombuffer(base64.b64decode(data), dtype="<f8").astype(np.float64)
+    return np.asarray(data, dtype=np.float64)
 
 
 def _rng_state_to_json(state: Mapping[str, Any]) -> dict[str, Any]:

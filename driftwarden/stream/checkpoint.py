@@ -2,23 +2,28 @@
 
 A worker keeps one :class:`~driftwarden.stream.service.StreamService` per source partition
 number (the prediction, feature and label topics are co-partitioned: same key, same count).
-Every few seconds it saves each changed one — monitors, pending labels, the response policy's
-memory and **the offset of the last message applied per topic partition** — as one blob
-(JSON, zlib) to partition *p* of the state topic, and only then lets Faust commit the source
-offsets up to it. After a crash, the partition's next owner restores the blob and skips the
-messages it already holds; the ones after it are replayed and give the same events with the
-same ids. Every record is counted once, none is lost.
+Every few seconds it saves each changed one — monitors, the response policy's memory, counters
+and **the offset of the last message applied per topic partition** — to partition *p* of the
+state topic, and only then lets Faust commit the source offsets up to it. After a crash, the
+partition's next owner restores it and skips the messages it already holds; the ones after it
+are replayed and give the same events with the same ids. Every record is counted once.
 
-A blob may be larger than a Kafka message, so it is written in chunks under keys of one of two
-slots, then a ``manifest`` naming the slot, the chunk count and the blob's SHA-256. A crash
-half-way through leaves the previous manifest pointing at the other, intact slot. Compaction
-keeps the newest value per key, so the topic stays about two blobs per partition.
+The pending-label table can hold a million predictions, too many to rewrite every few
+seconds: it is saved as a **base** (the whole table, now and then) plus **deltas** (what was
+added and joined since), and a new base is written once the deltas outgrow the last one — so
+the cost of a checkpoint follows the traffic since the previous one, not the table's size.
+
+Every saved piece is a **blob** (JSON, zlib) written in chunks of at most 512 kB under keys
+``NAME/i``; names are unique per checkpoint generation. The last message of a checkpoint is
+the ``manifest`` naming its blobs with their SHA-256; blobs no longer named are tombstoned
+after it, so compaction keeps the topic at about one checkpoint per partition. A crash half-way
+leaves the previous manifest and everything it names intact.
 
 >>> blob = encode_state({"offsets": {"t/0": 41}})
->>> chunks, manifest = split(blob, generation=3, chunk_bytes=8)
->>> [k for k, _ in chunks][:2], orjson.loads(manifest)["slot"]
-(['s1/0', 's1/1'], 1)
->>> decode_state(assemble(dict(chunks), orjson.loads(manifest)))
+>>> chunks, ref = split("m3", blob, chunk_bytes=8)
+>>> [k for k, _ in chunks][:2], ref["chunks"] == len(chunks)
+(['m3/0', 'm3/1'], True)
+>>> decode_state(assemble(dict(chunks), ref))
 {'offsets': {'t/0': 41}}
 """
 
@@ -29,12 +34,14 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from driftwarden.config import Settings
 from driftwarden.errors import DriftwardenError
+from driftwarden.stream.labels import LabelJoiner
 
 log = logging.getLogger("driftwarden.checkpoint")
 
@@ -42,7 +49,7 @@ CHUNK_BYTES = 512 * 1024
 MANIFEST = "manifest"
 
 
-def encode_state(state: Mapping[str, Any]) -> bytes:
+def encode_state(state: Any) -> bytes:
     return zlib.compress(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY), 1)
 
 
@@ -50,27 +57,34 @@ def decode_state(blob: bytes) -> Any:
     return orjson.loads(zlib.decompress(blob))
 
 
-def split(blob: bytes, generation: int, chunk_bytes: int = CHUNK_BYTES
-          ) -> tuple[list[tuple[str, bytes]], bytes]:
-    """The chunk messages (key, value) of one blob and its manifest."""
-    slot = generation % 2
-    chunks = [(f"s{slot}/{i}", blob[o:o + chunk_bytes])
+def split(name: str, blob: bytes, chunk_bytes: int = CHUNK_BYTES
+          ) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """The chunk messages (key, value) of one blob and the manifest's reference to it."""
+    chunks = [(f"{name}/{i}", blob[o:o + chunk_bytes])
               for i, o in enumerate(range(0, max(len(blob), 1), chunk_bytes))]
-    manifest = orjson.dumps({"generation": generation, "slot": slot, "chunks": len(chunks),
-                             "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
-                             "written_at": time.time()})
-    return chunks, manifest
+    return chunks, {"name": name, "chunks": len(chunks), "bytes": len(blob),
+                    "sha256": hashlib.sha256(blob).hexdigest()}
 
 
-def assemble(latest: Mapping[str, bytes], manifest: Mapping[str, Any]) -> bytes:
-    """The blob a manifest names, from the newest value of every key; checked."""
-    parts = [latest.get(f"s{manifest['slot']}/{i}") for i in range(manifest["chunks"])]
+def assemble(latest: Mapping[str, bytes], ref: Mapping[str, Any]) -> bytes:
+    """The blob a manifest reference names, from the newest value of every key; checked."""
+    parts = [latest.get(f"{ref['name']}/{i}") for i in range(ref["chunks"])]
     if any(p is None for p in parts):
-        raise DriftwardenError(f"checkpoint generation {manifest['generation']} is incomplete")
+        raise DriftwardenError(f"checkpoint blob {ref['name']} is incomplete")
     blob = b"".join(parts)  # type: ignore[arg-type]
-    if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
-        raise DriftwardenError(f"checkpoint generation {manifest['generation']} is corrupt")
+    if hashlib.sha256(blob).hexdigest() != ref["sha256"]:
+        raise DriftwardenError(f"checkpoint blob {ref['name']} is corrupt")
     return blob
+
+
+@dataclass
+class Restored:
+    """A partition's checkpoint: the service state, the label table's base and deltas."""
+
+    state: Any
+    pending: Any
+    deltas: list[Any]
+    generation: int
 
 
 class StateStore:
@@ -80,37 +94,65 @@ class StateStore:
     producer, so one flush covers the events and the checkpoint that follows them).
     """
 
-    def __init__(self, settings: Settings, producer: Any) -> None:
+    def __init__(self, settings: Settings, producer: Any, chunk_bytes: int = CHUNK_BYTES,
+                 min_base_bytes: int = 1 << 20) -> None:
         self.settings = settings
         self.topic = settings.topics.state
         self.producer = producer
-        self.generation: dict[int, int] = {}       # partition -> last generation written
-        self.chunks: dict[tuple[int, int], int] = {}  # (partition, slot) -> chunks written
+        self.chunk_bytes = chunk_bytes
+        self.min_base_bytes = min_base_bytes
+        self.manifests: dict[int, dict[str, Any]] = {}  # partition -> last manifest
+        self.present: dict[int, dict[str, int]] = {}    # partition -> blob name -> chunks
 
-    def write(self, partition: int, state: Mapping[str, Any]) -> int:
-        """Produce one checkpoint of ``partition`` (not flushed); returns its size in bytes."""
-        blob = encode_state(state)
-        gen = self.generation.get(partition, 0) + 1
-        chunks, manifest = split(blob, gen)
-        slot = gen % 2
-        produce = self.producer.produce
+    def _put(self, partition: int, name: str, blob: bytes) -> dict[str, Any]:
+        chunks, ref = split(name, blob, self.chunk_bytes)
         for key, value in chunks:
-            produce(self.topic, key=key.encode(), value=value, partition=partition)
-        for i in range(len(chunks), self.chunks.get((partition, slot), 0)):
-            produce(self.topic, key=f"s{slot}/{i}".encode(), value=None, partition=partition)
-        produce(self.topic, key=MANIFEST.encode(), value=manifest, partition=partition)
-        self.generation[partition] = gen
-        self.chunks[(partition, slot)] = len(chunks)
-        return len(blob)
+            self.producer.produce(self.topic, key=key.encode(), value=value,
+                                  partition=partition)
+        self.present.setdefault(partition, {})[name] = len(chunks)
+        return ref
 
-    def read(self, partition: int, timeout: float = 30.0) -> Any | None:
-        """The newest complete checkpoint of ``partition`` (decoded), or None."""
+    def write(self, partition: int, state: Mapping[str, Any],
+              labels: LabelJoiner | None = None) -> int:
+        """Produce one checkpoint of ``partition`` (not flushed): ``state`` whole, and the
+        changes of the ``labels`` table since the last one (journal on), or a new base of it.
+        Returns the bytes written."""
+        prev = self.manifests.get(partition, {"generation": 0, "base": None, "deltas": []})
+        gen = prev["generation"] + 1
+        refs = {"main": self._put(partition, f"m{gen}", encode_state(state)),
+                "base": prev["base"], "deltas": list(prev["deltas"])}
+        if labels is not None:
+            delta = encode_state(labels.take_delta())
+            grown = sum(d["bytes"] for d in refs["deltas"]) + len(delta)
+            base_bytes = prev["base"]["bytes"] if prev["base"] else 0
+            if prev["base"] is None or grown > max(base_bytes, self.min_base_bytes):
+                refs["base"] = self._put(partition, f"b{gen}",
+                                         encode_state(labels.pending_state()))
+                refs["deltas"] = []
+            else:
+                refs["deltas"].append(self._put(partition, f"d{gen}", delta))
+        manifest = {"generation": gen, **refs, "written_at": time.time()}
+        self.producer.produce(self.topic, key=MANIFEST.encode(), value=orjson.dumps(manifest),
+                              partition=partition)
+        self.manifests[partition] = manifest
+        # what the new manifest no longer names can go (after it, so a crash keeps the old)
+        named = {manifest["main"]["name"]} | {d["name"] for d in manifest["deltas"]}
+        if manifest["base"]:
+            named.add(manifest["base"]["name"])
+        present = self.present.setdefault(partition, {})
+        for name in [n for n in present if n not in named]:
+            for i in range(present.pop(name)):
+                self.producer.produce(self.topic, key=f"{name}/{i}".encode(), value=None,
+                                      partition=partition)
+        return sum(r["bytes"] for r in [refs["main"], refs["base"], *refs["deltas"]] if r)
+
+    def read(self, partition: int, timeout: float = 30.0) -> Restored | None:
+        """The newest complete checkpoint of ``partition``, or None."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
                              "group.id": "driftwarden-restore", "enable.auto.commit": False,
-                             "enable.partition.eof": True, "log.connection.close": False,
-                             **self.settings.kafka.client})
+                             "log.connection.close": False, **self.settings.kafka.client})
         latest: dict[str, bytes] = {}
         try:
             tp = TopicPartition(self.topic, partition)
@@ -136,16 +178,20 @@ class StateStore:
                     position = int(m.offset() or 0) + 1
         finally:
             consumer.close()
+        present: dict[str, int] = {}
+        for key in latest:
+            if "/" in key:
+                name, i = key.rsplit("/", 1)
+                present[name] = max(present.get(name, 0), int(i) + 1)
+        self.present[partition] = present  # the next write tombstones what is not named
         if MANIFEST not in latest:
             return None
         manifest = orjson.loads(latest[MANIFEST])
-        self.generation[partition] = manifest["generation"]
-        for key in latest:
-            if key.startswith("s") and "/" in key:
-                slot, i = key[1:].split("/")
-                k = (partition, int(slot))
-                self.chunks[k] = max(self.chunks.get(k, 0), int(i) + 1)
-        blob = assemble(latest, manifest)
-        log.info("restored partition %d from checkpoint generation %d (%d bytes)",
-                 partition, manifest["generation"], len(blob))
-        return decode_state(blob)
+        self.manifests[partition] = manifest
+        state = decode_state(assemble(latest, manifest["main"]))
+        pending = (decode_state(assemble(latest, manifest["base"]))
+                   if manifest["base"] else None)
+        deltas = [decode_state(assemble(latest, d)) for d in manifest["deltas"]]
+        log.info("restored partition %d from checkpoint generation %d (%d deltas)",
+                 partition, manifest["generation"], len(deltas))
+        return Restored(state, pending, deltas, manifest["generation"])

@@ -23,8 +23,9 @@ True
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from driftwarden.errors import ValidationError
@@ -72,6 +73,11 @@ class LabelJoiner:
         self.expired = 0
         self.watermark = float("-inf")        # newest prediction event time
         self.label_watermark = float("-inf")  # newest label event time
+        # with journal on, what changed in the pending table since take_delta(): checkpoints
+        # then save that, not the whole table (see driftwarden.stream.checkpoint)
+        self.journal = False
+        self._added: list[list[Any]] = []          # [model, version, ids, predictions, ts]
+        self._removed: list[tuple[str, str]] = []  # keys joined
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -91,10 +97,46 @@ class LabelJoiner:
                            max(0.0, waiting.ts - ts))
         self._pending.pop(key, None)
         self._pending[key] = (version, prediction, ts)
+        if self.journal:
+            self._added.append([model, version, [id], [prediction], [ts]])
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.expired += 1
         return None
+
+    def add_predictions(self, model: str, version: str, ids: Sequence[str | None],
+                        predictions: Sequence[Any], ts: Sequence[float]) -> list[Outcome]:
+        """:meth:`add_prediction` for a batch (records without an id or a prediction are left
+        out); the outcomes of labels that were waiting for them.
+
+        >>> j = LabelJoiner()
+        >>> j.add_predictions("m", "1", ["a", None, "b"], [0.2, 0.4, None], [1.0, 2.0, 3.0])
+        []
+        >>> len(j), j.watermark
+        (1, 3.0)
+        """
+        if not ids:
+            return []
+        if self._waiting or None in ids or None in predictions:  # the general path
+            out = []
+            for i, p, t in zip(ids, predictions, ts):
+                if i is not None and p is not None:
+                    o = self.add_prediction(model, i, version, p, t)
+                    if o is not None:
+                        out.append(o)
+            self.watermark = max(self.watermark, max(ts))
+            return out
+        # nothing waits for a label: one C-level update (an id seen before keeps its place)
+        self.watermark = max(self.watermark, max(ts))
+        self._pending.update(zip(zip(repeat(model), ids),  # type: ignore[arg-type]  # no None
+                                 zip(repeat(version), predictions, ts)))
+        if self.journal:
+            self._added.append([model, version, ids, predictions, ts])
+        excess = len(self._pending) - self.max_pending
+        for _ in range(max(0, excess)):
+            self._pending.popitem(last=False)
+        self.expired += max(0, excess)
+        return []
 
     def add_label(self, model: str, id: str, label: Any, ts: float,
                   raw: bytes = b"") -> Outcome | None:
@@ -111,6 +153,8 @@ class LabelJoiner:
             self._expire_waiting()
             return None
         version, prediction, pred_ts = hit
+        if self.journal:
+            self._removed.append((model, id))
         self.joined += 1
         return Outcome(model, version, id, prediction, label, max(0.0, ts - pred_ts))
 
@@ -140,9 +184,47 @@ class LabelJoiner:
         total = self.joined + self.late
         return self.joined / total if total else 1.0
 
-    def to_state(self) -> dict[str, Any]:
+    # -- state: whole, or the pending table as a base plus deltas -----------------------------
+    def take_delta(self) -> dict[str, Any]:
+        """What the pending table gained and lost since the last call (journal on).
+
+        >>> j = LabelJoiner(); j.journal = True
+        >>> j.add_predictions("m", "1", ["a", "b"], [0.2, 0.4], [1.0, 2.0])
+        []
+        >>> j.add_label("m", "a", 1, ts=3.0).id
+        'a'
+        >>> k = LabelJoiner(); k.apply_delta(j.take_delta()); list(k._pending)
+        [('m', 'b')]
+        """
+        out = {"added": self._added, "removed": self._removed}
+        self._added, self._removed = [], []
+        return out
+
+    def apply_delta(self, delta: Mapping[str, Any]) -> None:
+        """Replay a delta of :meth:`take_delta` (and the cap, as live)."""
+        pending = self._pending
+        for model, version, ids, preds, ts in delta["added"]:
+            for i, p, t in zip(ids, preds, ts):
+                pending.pop((model, i), None)
+                pending[(model, i)] = (version, p, t)
+        for model, i in delta["removed"]:
+            pending.pop((model, i), None)
+        while len(pending) > self.max_pending:
+            pending.popitem(last=False)
+
+    def pending_state(self) -> list[Any]:
+        """The whole pending table (``[[model, id], [version, prediction, ts]]`` pairs, made
+        and encoded in C)."""
+        return list(self._pending.items())
+
+    def load_pending(self, pending: Any) -> None:
+        self._pending = OrderedDict(((m, i), (v, p, t)) for (m, i), (v, p, t) in pending)
+
+    def to_state(self, pending: bool = True) -> dict[str, Any]:
+        """Everything as JSON-ready data; without the pending table when ``pending`` is False
+        (a checkpoint saves it as a base and deltas)."""
         return {"ttl": self.ttl, "max_pending": self.max_pending, "grace": self.grace,
-                "pending": [[m, i, v, p, t] for (m, i), (v, p, t) in self._pending.items()],
+                "pending": self.pending_state() if pending else None,
                 "waiting": [[w.model, w.id, w.label, w.ts, w.raw.decode("utf-8", "replace")]
                             for w in list(self._waiting.values()) + self._late],
                 "n_late_undelivered": len(self._late),
@@ -154,8 +236,8 @@ class LabelJoiner:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> LabelJoiner:
         j = cls(state["ttl"], state["max_pending"], state["grace"])
-        for m, i, v, p, t in state["pending"]:
-            j._pending[(m, i)] = (v, p, t)
+        if state["pending"] is not None:
+            j.load_pending(state["pending"])
         waiting = [PendingLabel(m, i, lab, t, raw.encode()) for m, i, lab, t, raw in
                    state["waiting"]]
         n_late = state["n_late_undelivered"]
@@ -167,3 +249,4 @@ class LabelJoiner:
         lw = state["label_watermark"]
         j.label_watermark = float("-inf") if lw is None else lw
         return j
+

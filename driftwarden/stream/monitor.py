@@ -17,7 +17,7 @@ same events. The whole state round-trips through JSON (:meth:`to_state`), for a 
 
 >>> import numpy as np
 >>> from driftwarden.config import Detection
->>> from driftwarden.schema import PredictionRecord
+>>> from driftwarden.schema import PredictionRecord, RecordBatch
 >>> rng = np.random.default_rng(0)
 >>> def batch(t0, n, shift=0.0):
 ...     return [PredictionRecord("fraud", "1", f"r{t0}-{i}", t0 + i / n,
@@ -59,10 +59,9 @@ from driftwarden.detectors.summary import (
     OutcomeSummary,
     Summary,
     plain_numbers,
-    records_to_columns,
 )
 from driftwarden.detectors.window import SlidingWindow
-from driftwarden.schema import PredictionRecord
+from driftwarden.schema import PredictionRecord, RecordBatch
 
 KINDS = ("data", "prediction", "quality", "concept")
 EVENT_NAMESPACE = uuid.UUID("6f7c1f2e-3b9a-4c55-9d1e-0d2f8a5b7c31")
@@ -150,7 +149,7 @@ class ModelMonitor:
 
     def _fit_from_warmup(self) -> None:
         d = self.detection
-        cols = _columns(self._warm)
+        cols = _columns(RecordBatch.of(self._warm))
         base = Baseline.fit(cols, bins=d.bins, max_categories=d.max_categories,
                             categorical_max_distinct=d.categorical_max_distinct,
                             sample_rows=d.sample_rows, reference_sample=d.reference_sample,
@@ -162,23 +161,24 @@ class ModelMonitor:
         self._warm = []
 
     # -- the stream ---------------------------------------------------------------------------
-    def add(self, records: Sequence[PredictionRecord]) -> list[dict[str, Any]]:
-        """Feed a batch of records of this model version; returns the drift events it caused."""
-        if not records:
+    def add(self, records: Sequence[PredictionRecord] | RecordBatch) -> list[dict[str, Any]]:
+        """Feed records of this model version; returns the drift events they caused."""
+        if not len(records):
             return []
-        self.n_records += len(records)
+        batch = records if isinstance(records, RecordBatch) else RecordBatch.of(records)
+        self.n_records += len(batch)
         if self.baseline is None:
             need = self.detection.warmup - len(self._warm)
-            self._warm.extend(records[:need])
-            records = records[need:]
+            self._warm.extend(batch[:need].records())
+            batch = batch[need:]
             if len(self._warm) >= self.detection.warmup:
                 self._fit_from_warmup()
-            if not records:
+            if not len(batch):
                 return []
         assert self.window is not None
-        cols = self._typed(_columns(records))
-        ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=len(records))
-        result = self.window.add(cols, ts=ts, n_rows=len(records))
+        cols = self._typed(_columns(batch))
+        ts = np.array(batch.ts, dtype=np.float64)
+        result = self.window.add(cols, ts=ts, n_rows=len(batch))
         self.n_late += result.late
         events: list[dict[str, Any]] = []
         for slice_id in result.closed:
@@ -193,7 +193,9 @@ class ModelMonitor:
         out: dict[str, Any] = {}
         for name, col in cols.items():
             spec = self.baseline.prediction if name == PREDICTION else specs.get(name)
-            if spec is not None and spec.kind == "numeric" and plain_numbers(col):
+            if isinstance(col, np.ndarray):  # already float64 (RecordBatch.columns)
+                out[name] = col
+            elif spec is not None and spec.kind == "numeric" and plain_numbers(col):
                 out[name] = np.array(col, dtype=np.float64)
             else:
                 out[name] = np.asarray(col, dtype=object)
@@ -357,10 +359,10 @@ class ModelMonitor:
         return m
 
 
-def _columns(records: Sequence[PredictionRecord]) -> dict[str, Any]:
-    cols: dict[str, Any] = records_to_columns([r.features for r in records])
-    if any(r.prediction is not None for r in records):
-        cols[PREDICTION] = [r.prediction for r in records]
+def _columns(batch: RecordBatch) -> dict[str, Any]:
+    cols: dict[str, Any] = batch.columns()
+    if any(p is not None for p in batch.predictions):
+        cols[PREDICTION] = batch.predictions
     return cols
 
 

@@ -31,6 +31,7 @@ from driftwarden.schema import (
     CloudEventJoiner,
     Decoded,
     PredictionRecord,
+    RecordBatch,
     Rejection,
     decode_label,
     decode_predictions,
@@ -107,7 +108,8 @@ class StreamService:
     # -- predictions ---------------------------------------------------------------------------
     def handle_predictions(self, messages: Sequence[RawMessage]) -> list[Output]:
         out: list[Output] = []
-        by_monitor: dict[tuple[str, str], list[PredictionRecord]] = {}
+        # per monitor, in arrival order: batches, and lists of single records between them
+        by_monitor: dict[tuple[str, str], list[RecordBatch | list[PredictionRecord]]] = {}
         joined: dict[tuple[str, str], list[Outcome]] = {}
         for msg in self._fresh(messages):
             decoded = decode_predictions(msg.value, msg.headers, now=msg.timestamp,
@@ -115,39 +117,56 @@ class StreamService:
                                          feature_names=self.feature_names,
                                          joiner=self.cloudevents)
             self._dead_letters(msg, decoded, out)
+            for batch in decoded.batches:
+                key = (batch.model, batch.version)
+                if key not in self.monitors and not self._admit(
+                        batch.model, batch.version, batch.ts[0], msg, out, None):
+                    continue
+                by_monitor.setdefault(key, []).append(batch)
+                outcomes = self.labels.add_predictions(batch.model, batch.version, batch.ids,
+                                                       batch.predictions, batch.ts)
+                if outcomes:
+                    joined.setdefault(key, []).extend(outcomes)
             for rec in decoded.records:
                 key = (rec.model, rec.version)
-                if key not in self.monitors and not self._admit(rec, msg, out):
+                if key not in self.monitors and not self._admit(
+                        rec.model, rec.version, rec.ts, msg, out, _record_json(rec)):
                     continue
-                by_monitor.setdefault(key, []).append(rec)
+                parts = by_monitor.setdefault(key, [])
+                if parts and isinstance(parts[-1], list):
+                    parts[-1].append(rec)
+                else:
+                    parts.append([rec])
                 if rec.id is not None and rec.prediction is not None:
                     outcome = self.labels.add_prediction(rec.model, rec.id, rec.version,
                                                          rec.prediction, rec.ts)
                     if outcome is not None:  # its label had arrived first
                         joined.setdefault(key, []).append(outcome)
-        for (model, version), records in by_monitor.items():
-            self.counts[f"{model}\x1f{version}\x1fprediction"] += len(records)
-            events = self.monitors[(model, version)].add(records)
+        for (model, version), parts in by_monitor.items():
+            batch = RecordBatch.concat([RecordBatch.of(p) if isinstance(p, list) else p
+                                        for p in parts])
+            self.counts[f"{model}\x1f{version}\x1fprediction"] += len(batch)
+            events = self.monitors[(model, version)].add(batch)
             out += self._events(events)
         out += self._outcomes(joined)
         return out
 
-    def _admit(self, rec: PredictionRecord, msg: RawMessage, out: list[Output]) -> bool:
-        known = rec.model in self.models
+    def _admit(self, model: str, version: str, ts: float, msg: RawMessage, out: list[Output],
+               record: Any) -> bool:
+        known = model in self.models
         if not known and (not self.discovery or len(self.monitors) >= self.max_models):
             why = ("discovery is off" if not self.discovery
                    else f"the cap of {self.max_models} models is reached")
-            self._reject(msg, Rejection("unknown_model", f"model {rec.model!r}: {why}"), out,
-                         record=_record_json(rec))
+            self._reject(msg, Rejection("unknown_model", f"model {model!r}: {why}"), out,
+                         record=record)
             return False
-        task = self.models.get(rec.model, {}).get("task", "classification")
+        task = self.models.get(model, {}).get("task", "classification")
         # a new version of a known model counts as deployed now (event time), replacing the
         # newest version seen before it: what a rollback would go back to
-        earlier = [v for (m, v) in self.monitors if m == rec.model]
-        self.policy.register_version(rec.model, rec.version, rec.ts,
-                                     earlier[-1] if earlier else None)
-        self.monitors[(rec.model, rec.version)] = ModelMonitor(
-            rec.model, rec.version, self.settings.detection, task=task, executor=self.executor)
+        earlier = [v for (m, v) in self.monitors if m == model]
+        self.policy.register_version(model, version, ts, earlier[-1] if earlier else None)
+        self.monitors[(model, version)] = ModelMonitor(
+            model, version, self.settings.detection, task=task, executor=self.executor)
         return True
 
     # -- labels ---------------------------------------------------------------------------
@@ -206,24 +225,33 @@ class StreamService:
         out.append(Output(self.topics.dlq, None, value, headers))
 
     # -- state ---------------------------------------------------------------------------------
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, pending: bool = True) -> dict[str, Any]:
         """Everything this service has learnt, as JSON-ready data: monitors, pending labels
         and CloudEvent halves, the response policy's memory, counters and the offsets applied.
-        :meth:`restore` on a service built from the same settings takes it back."""
+        :meth:`restore` on a service built from the same settings takes it back. Without the
+        pending-label table when ``pending`` is False (checkpoints save it incrementally)."""
         return {"offsets": dict(self.offsets),
                 "monitors": [m.to_state() for m in self.monitors.values()],
-                "labels": self.labels.to_state(), "cloudevents": self.cloudevents.to_state(),
+                "labels": self.labels.to_state(pending), "cloudevents": self.cloudevents.to_state(),
                 "policy": self.policy.to_state(), "counts": dict(self.counts),
                 "invalid": dict(self.invalid), "actions": dict(self.actions)}
 
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Replace this service's state by a saved one (see :meth:`to_state`)."""
+    def restore(self, state: Mapping[str, Any], pending: Any = None,
+                deltas: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Replace this service's state by a saved one (see :meth:`to_state`); ``pending``
+        and ``deltas``: the label table's base and the changes since, when saved apart."""
+        journal = self.labels.journal
         self.offsets = {k: int(v) for k, v in state["offsets"].items()}
         self.monitors = {}
         for ms in state["monitors"]:
             m = ModelMonitor.from_state(ms, self.settings.detection, executor=self.executor)
             self.monitors[(m.model, m.version)] = m
         self.labels = LabelJoiner.from_state(state["labels"])
+        if pending is not None:
+            self.labels.load_pending(pending)
+        for delta in deltas:
+            self.labels.apply_delta(delta)
+        self.labels.journal = journal
         self.cloudevents = CloudEventJoiner.from_state(state["cloudevents"])
         self.policy.restore(state["policy"])
         self.counts = Counter(state["counts"])

@@ -36,17 +36,19 @@ class Shards:
         self.store = store
         self.services: dict[int, StreamService] = {}
         self.dirty: set[int] = set()
-        self.restored: dict[int, int] = {}  # partition -> checkpointed offsets it came with
+        self.restored: dict[int, int] = {}  # partition -> checkpoint generation restored
 
     def ensure(self, partition: int) -> StreamService:
         """The shard of ``partition``, restored from its checkpoint when it is new here."""
         svc = self.services.get(partition)
         if svc is None:
             svc = self.factory()
-            state = self.store.read(partition) if self.store is not None else None
-            if state is not None:
-                svc.restore(state)
-                self.restored[partition] = len(state["offsets"])
+            if self.store is not None:
+                svc.labels.journal = True  # checkpoints save the label table's changes
+                saved = self.store.read(partition)
+                if saved is not None:
+                    svc.restore(saved.state, saved.pending, saved.deltas)
+                    self.restored[partition] = saved.generation
             self.services[partition] = svc
         return svc
 
@@ -68,8 +70,9 @@ class Shards:
         partition -> bytes written."""
         assert self.store is not None
         todo = sorted(self.dirty if partitions is None else set(partitions) & self.dirty)
-        written = {p: self.store.write(p, self.services[p].to_state()) for p in todo
-                   if p in self.services}
+        written = {p: self.store.write(p, self.services[p].to_state(pending=False),
+                                       self.services[p].labels)
+                   for p in todo if p in self.services}
         self.dirty -= set(todo)
         return written
 
