@@ -206,21 +206,24 @@ def worker_rate(bootstrap: str, topic: str, n_records: int, tmp: Path
 
 
 def latency(bootstrap: str, topic: str, tmp: Path, seconds: float = 30.0,
-            rate: int = 2000) -> tuple[float, float]:
+            rate: int = 2000) -> tuple[float, float, float]:
     """Produce at a steady rate with ts = produce time; latency of each record = when the
-    worker's verdict for its 1-second slice appears minus its produce time."""
+    worker's verdict for its 1-second slice appears minus its produce time. Measured in the
+    steady state: from 2 s after the first verdict (the model's warm-up and calibration are
+    over) for ``seconds``; the time from the first record to the first verdict is returned
+    too."""
     proc, port = start_worker(bootstrap, topic, tmp)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log.connection.close": False})
     rng = np.random.default_rng(1)
     produced: list[float] = []
     seen_slice: dict[int, float] = {}
-    t_end = time.time() + seconds
+    start = next_at = time.time()
+    t_from = t_end = first_verdict = None
     i = 0
-    next_at = time.time()
     try:
-        while time.time() < t_end + 3:
+        while t_end is None or time.time() < t_end + 3:
             now = time.time()
-            if now < t_end:
+            if t_end is None or now < t_end:
                 while next_at <= now:
                     p.produce(topic, key=b"bench", value=orjson.dumps(record(rng, i, next_at)))
                     produced.append(next_at)
@@ -229,17 +232,24 @@ def latency(bootstrap: str, topic: str, tmp: Path, seconds: float = 30.0,
                 p.poll(0)
             verdicts = get(port, "/verdicts") or []
             if verdicts:  # verdicts at ts = end of slice sid: every slice up to it is done
+                if first_verdict is None:
+                    first_verdict = time.time()
+                    t_from, t_end = first_verdict + 2, first_verdict + 2 + seconds
                 newest = max(int(round(v["ts"])) - 1 for v in verdicts)
                 first = min(seen_slice, default=newest)
                 for sid in range(first, newest + 1):
                     seen_slice.setdefault(sid, time.time())
+            if time.time() - start > 300:
+                raise RuntimeError("no verdict within 300 s")
             time.sleep(0.02)
     finally:
         p.flush(10)
         proc.terminate()
         proc.wait(30)
-    lat = [seen_slice[int(t)] - t for t in produced[2 * 2000 + rate:] if int(t) in seen_slice]
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    assert t_from is not None and first_verdict is not None
+    lat = [seen_slice[int(t)] - t for t in produced if t >= t_from and int(t) in seen_slice]
+    return (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
+            first_verdict - start)
 
 
 def main() -> None:
@@ -278,9 +288,11 @@ def main() -> None:
                              f"{rss[300_000]:.0f} / {rss[1_000_000]:.0f} MiB", "", "",
                              "pending-label table capped at 10^5"))
         if "latency" in parts:
-            p50, p99 = latency(bs, "bench.latency", tmp)
+            p50, p99, first = latency(bs, "bench.latency", tmp)
             rows.append(("latency produce → slice verdict (1 s slices, 2,000 rec/s)",
-                         f"p50 {p50:.2f} s  p99 {p99:.2f} s", "", "", "target p99 < 2 s"))
+                         f"p50 {p50:.2f} s  p99 {p99:.2f} s", "", "",
+                         f"target p99 < 2 s; first verdict after {first:.1f} s (warm-up "
+                         f"2,000 records + calibration)"))
     print(f"driftwarden stream benchmark — {N_FEATURES} features per record, one worker, "
           f"Tansu broker, {os.cpu_count()} cores")
     for r in rows:

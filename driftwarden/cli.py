@@ -228,6 +228,75 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
     Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
+@cli.command()
+@click.argument("file", metavar="FILE")
+@click.option("--topic", default=None, help="Topic to send to (default: the predictions topic).")
+@click.option("--model", default=None, help="Model name for rows without a `model` column.")
+@click.option("--version", "model_version", default="1", show_default=True,
+              help="Version for rows without a `version` column.")
+@click.option("--rate", type=click.FloatRange(0, None), default=0.0, show_default=True,
+              help="Records per second (0: as fast as the broker takes them).")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=1, show_default=True,
+              help="Records per message (> 1: native batch messages).")
+@click.option("--prediction-column", default="prediction", show_default=True)
+@click.option("--label-column", default="label", show_default=True,
+              help="Sent to the label topic too, when present.")
+@click.option("--config", metavar="FILE", help="driftwarden TOML config (broker, topics).")
+@click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
+def produce(file: str, topic: str | None, model: str | None, model_version: str, rate: float,
+            batch: int, prediction_column: str, label_column: str, config: str | None,
+            bootstrap_servers: str | None) -> None:
+    """Replay FILE (CSV, Parquet or JSON Lines) as prediction logs, to try the worker on
+    your own data: one record per row, every column a feature except model, version, id,
+    ts and the prediction and label columns."""
+    import logging
+
+    from confluent_kafka import KafkaException, Producer
+
+    from driftwarden.config import load_settings
+    from driftwarden.produce import produce_rows
+    from driftwarden.tables import read_rows
+
+    settings = load_settings(config)
+    rows = read_rows(file)
+    if not rows:
+        raise InputError(f"{file}: no rows")
+    if model is None:
+        unnamed = next((i for i, r in enumerate(rows) if not r.get("model")), None)
+        if unnamed is not None:
+            raise InputError(f"{file}, row {unnamed}: no model (give --model or a `model` "
+                             "column)")
+    servers = bootstrap_servers or settings.kafka.bootstrap_servers
+    producer = Producer({"bootstrap.servers": servers, "enable.idempotence": True,
+                         "linger.ms": 20, "log.connection.close": False,
+                         **settings.kafka.client},
+                        logger=logging.getLogger("driftwarden.kafka"))  # not on stderr
+    try:
+        producer.list_topics(timeout=5)
+    except KafkaException as exc:
+        raise InputError(f"cannot reach the broker at {servers}: {exc}") from None
+
+    def send(t: str, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                producer.produce(t, key=key, value=value)
+                producer.poll(0)
+                return
+            except BufferError:
+                producer.poll(0.1)
+
+    sent = produce_rows(rows, send, topic=topic or settings.topics.predictions,
+                        labels_topic=settings.topics.labels, model=model,
+                        version=model_version, rate=rate, batch=batch,
+                        prediction=prediction_column, label=label_column)
+    left = producer.flush(60)
+    if left:
+        raise InputError(f"{left} messages not delivered to {servers}")
+    click.echo(f"sent {sent['records']} records in {sent['messages']} messages"
+               + (f" and {sent['labels']} labels" if sent["labels"] else "")
+               + f" to {topic or settings.topics.predictions}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every user error into one line and exit code 2."""
     try:

@@ -63,6 +63,7 @@ class Kafka(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     commit_seconds: float = 2.8         # how often committed offsets catch up (Faust) ...
     commit_every: int = 10_000          # ... or after this many messages were released
     fetch_wait_ms: int = 100            # longest a fetch waits on a quiet topic (see app.py)
+    stall_seconds: float = 60.0         # messages waiting, no progress: the worker is unhealthy
     group_id: str = "driftwarden"       # the workers' consumer group (and Faust app id)
     client: dict[str, str] = msgspec.field(default_factory=dict)
 

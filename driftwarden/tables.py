@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from driftwarden.errors import InputError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 @dataclass
@@ -72,6 +74,41 @@ def _column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         col = col.cast(pa.string())
     values = col.fill_null("").to_numpy(zero_copy_only=False).astype(str)
     return values, missing
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV, Parquet or JSON Lines file (``.jsonl`` / ``.ndjson``) as dicts (nulls
+    as None); one readable :class:`~driftwarden.errors.InputError` when that fails.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.jsonl"
+    >>> _ = p.write_text('{"a": 1, "b": "x"}\\n\\n{"a": 2}\\n')
+    >>> read_rows(p)
+    [{'a': 1, 'b': 'x'}, {'a': 2}]
+    """
+    p = Path(path)
+    if p.suffix.lower() not in JSONL_SUFFIXES:
+        try:
+            return _read_arrow(p).to_pylist()
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types
+            raise InputError(f"cannot read {p}: {exc}") from None
+    if not p.is_file():
+        raise InputError(f"file not found: {p}" if not p.exists() else f"not a file: {p}")
+    rows = []
+    with p.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"{p}, line {n}: not JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{p}, line {n}: a JSON object per line is expected")
+            rows.append(row)
+    return rows
 
 
 def read_table(path: str | Path) -> Table:

@@ -114,3 +114,20 @@ def test_bulk_predictions_join_like_one_by_one():
         o for o in one_more if o is not None]
     assert list(bulk._pending.items()) == list(one._pending.items()) and len(bulk) == 50
     assert bulk.expired == one.expired == 19 and bulk.watermark == one.watermark
+
+
+def test_faust_credentials_follow_the_librdkafka_settings():
+    import ssl
+
+    from driftwarden.errors import ConfigError
+    from driftwarden.stream.app import faust_credentials
+
+    c = faust_credentials({"security.protocol": "sasl_ssl", "sasl.mechanisms": "SCRAM-SHA-512",
+                           "sasl.username": "svc", "sasl.password": "s3cret",
+                           "enable.ssl.certificate.verification": "false"})
+    assert c.mechanism.value == "SCRAM-SHA-512" and c.password == "s3cret"
+    assert c.ssl_context.verify_mode == ssl.CERT_NONE
+    tls = faust_credentials({"security.protocol": "SSL"})
+    assert type(tls).__name__ == "SSLCredentials"
+    with pytest.raises(ConfigError, match="security.protocol"):
+        faust_credentials({"security.protocol": "KERBEROS"})

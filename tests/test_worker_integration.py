@@ -96,4 +96,7 @@ def test_drift_events_actions_dlq_and_labels(worker):
         status = json.loads(r.read())[0]
     assert status["records"] == n and status["outcomes"] == 500
     assert 0.4 < status["accuracy"] < 0.6  # random scores against label 1: about half right
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
+        ready = json.loads(r.read())
+    assert r.status == 200 and ready["status"] == "ok" and not ready["stalled"]
     assert proc.poll() is None, log.read_text()[-2000:]

@@ -27,6 +27,7 @@ from driftwarden.config import Settings
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
 from driftwarden.stream.shards import Shards
+from driftwarden.stream.watchdog import StallWatchdog
 
 log = logging.getLogger("driftwarden.stream")
 
@@ -52,6 +53,31 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
             log.debug("topic %s already exists", name)
+
+
+class EndOffsets:
+    """The broker's end offsets of topic partitions, on a connection of its own (so a stuck
+    Faust consumer does not hide them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: Any = None
+
+    def get(self, tps: list[tuple[str, int]], timeout: float = 5.0) -> dict[tuple[str, int], int]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = Consumer({
+                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                "group.id": f"{self.settings.kafka.group_id}-watchdog",
+                "enable.auto.commit": False, "log.connection.close": False,
+                **self.settings.kafka.client}, logger=log)
+        out = {}
+        for topic, partition in tps:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                          timeout=timeout, cached=False)
+            out[(topic, partition)] = int(high)
+        return out
 
 
 class OutputProducer:
@@ -86,6 +112,48 @@ class OutputProducer:
 
     def flush(self, timeout: float = 30.0) -> int:
         return int(self._producer.flush(timeout))
+
+
+def faust_credentials(client: dict[str, str]) -> Any:
+    """Faust's broker credentials from the librdkafka client settings of ``[kafka.client]``
+    (``security.protocol``, ``sasl.*``, ``ssl.*``), so one config serves the confluent-kafka
+    producers and Faust's consumer; None for plaintext.
+
+    >>> faust_credentials({}) is None
+    True
+    >>> c = faust_credentials({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+    ...                        "sasl.username": "u", "sasl.password": "p"})
+    >>> type(c).__name__, c.username, c.mechanism.value, c.ssl_context is None
+    ('SASLCredentials', 'u', 'PLAIN', True)
+    """
+    import ssl
+
+    import faust
+
+    from driftwarden.errors import ConfigError
+
+    protocol = client.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol not in ("SSL", "SASL_SSL", "SASL_PLAINTEXT"):
+        raise ConfigError(f"kafka.client: security.protocol {protocol!r} is not one of "
+                          "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=client.get("ssl.ca.location"))
+        if client.get("ssl.certificate.location"):
+            context.load_cert_chain(client["ssl.certificate.location"],
+                                    client.get("ssl.key.location"),
+                                    client.get("ssl.key.password"))
+        if client.get("enable.ssl.certificate.verification", "true").lower() == "false":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    mechanism = client.get("sasl.mechanism") or client.get("sasl.mechanisms") or "PLAIN"
+    return faust.SASLCredentials(username=client.get("sasl.username"),
+                                 password=client.get("sasl.password"),
+                                 mechanism=mechanism.upper(), ssl_context=context)
 
 
 def _limit_fetch_wait(ms: int) -> None:
@@ -147,6 +215,7 @@ def create_app(settings: Settings, *, web_port: int = 6066,
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=max(0.5, session_timeout / 10),
         value_serializer="raw", key_serializer="raw",
+        broker_credentials=faust_credentials(settings.kafka.client),
         datadir=f"{settings.data_dir}/faust", store="memory://",
         # held messages are released by checkpoints, not by the end of their batch: a
         # rebalance must not wait for them (the partition's next owner replays them)
@@ -160,9 +229,13 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     shards = Shards(factory, StateStore(settings, producer.raw))
     app.dw_shards = shards  # type: ignore[attr-defined]
     app.dw_producer = producer  # type: ignore[attr-defined]
-    state = {"last_progress": time.monotonic(), "batches": 0, "checkpointed": time.monotonic(),
-             "checkpoints": 0, "checkpoint_bytes": 0}
+    state: dict[str, Any] = {"last_progress": time.monotonic(), "batches": 0, "started": False,
+                             "checkpointed": time.monotonic(), "checkpoints": 0,
+                             "checkpoint_bytes": 0}
     held: dict[int, list[Any]] = {}
+    handled: dict[tuple[str, int], int] = {}  # last offset taken per source partition
+    watchdog = StallWatchdog(settings.kafka.stall_seconds)
+    ends = EndOffsets(settings)
     restoring: dict[int, asyncio.Future[Any]] = {}
     lock = asyncio.Lock()
     sources = {settings.topics.predictions, settings.topics.features, settings.topics.labels}
@@ -182,6 +255,7 @@ def create_app(settings: Settings, *, web_port: int = 6066,
                 await task
                 restoring.pop(m.partition, None)
             m.incref()  # released by the checkpoint that includes it
+            handled[(m.topic, m.partition)] = m.offset
             held.setdefault(m.partition, []).append(m)
             out.append(RawMessage(m.value or b"", list(_pairs(m.headers)), m.topic, m.partition,
                                   m.offset, float(m.timestamp or time.time())))
@@ -231,13 +305,43 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     async def checkpoint_when_idle() -> None:
         await _checkpoint()
 
+    @app.timer(max(1.0, min(10.0, settings.kafka.stall_seconds / 4)))
+    async def stall_watch() -> None:
+        tps = [(tp.topic, tp.partition) for tp in app.consumer.assignment()
+               if tp.topic in sources]
+        try:
+            end = await asyncio.to_thread(ends.get, tps)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
+            log.warning("stall watchdog: end offsets unavailable: %s", exc)
+            return
+        if watchdog.observe(handled, end, time.monotonic()):
+            log.error("stalled partitions (messages waiting, no progress for %.0f s): %s",
+                      settings.kafka.stall_seconds, watchdog.stalled)
+
+    def _status() -> dict[str, Any]:
+        return {"status": "stalled" if watchdog.stalled else "ok",
+                "stalled": [f"{t}/{p}" for t, p in watchdog.stalled],
+                "batches": state["batches"], "models": len(shards.monitors),
+                "partitions": sorted(shards.services), "replayed": shards.replayed(),
+                "restored": shards.restored, "checkpoints": state["checkpoints"],
+                "checkpoint_bytes": state["checkpoint_bytes"]}
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "batches": state["batches"],
-                         "models": len(shards.monitors), "partitions": sorted(shards.services),
-                         "replayed": shards.replayed(), "restored": shards.restored,
-                         "checkpoints": state["checkpoints"],
-                         "checkpoint_bytes": state["checkpoint_bytes"]})
+        """Liveness: 503 while a partition is stalled (restart me)."""
+        body = _status()
+        return web.json(body, status=503 if watchdog.stalled else 200)
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        """Readiness: 200 once the worker has joined its group and nothing is stalled."""
+        body = {**_status(), "rebalancing": bool(app.rebalancing)}
+        ok = not watchdog.stalled and not app.rebalancing and state["started"]
+        return web.json(body, status=200 if ok else 503)
+
+    @app.task
+    async def _started() -> None:
+        state["started"] = True
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
