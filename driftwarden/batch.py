@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from driftwarden.config import Detection
 from driftwarden.detectors.baseline import Baseline
 from driftwarden.detectors.compare import FeatureComparison, compare
 from driftwarden.detectors.decide import DecisionPolicy, calibrate, evaluate
 from driftwarden.errors import InputError, ValidationError
-from driftwarden.tables import Table, coerce_numeric
+from driftwarden.tables import Table, coerce_numeric, read_table
 
 TYPE_NAMES = ("numeric", "categorical")
 
@@ -81,6 +82,36 @@ def _feature_report(comp: FeatureComparison, drift: bool) -> dict[str, Any]:
     return {"type": comp.kind, "drift": drift, "tests": tests,
             "quality": {"missing_ratio": q.missing_ratio, "unseen_ratio": q.unseen_ratio,
                         "out_of_range_ratio": q.out_of_range_ratio}}
+
+
+NOT_FEATURES = ("model", "version", "id", "ts", "label", "latency_ms")
+
+
+def fit_baseline_file(path: str, detection: Detection, types: Mapping[str, str] | None = None,
+                      prediction: str = "prediction") -> Baseline:
+    """A stream baseline from a reference file (CSV or Parquet): every column a feature but
+    ``model``, ``version``, ``id``, ``ts``, ``label`` and ``latency_ms``; the ``prediction``
+    column, when present, is the model's output. One readable InputError when it fails."""
+    table = read_table(path)
+    if table.n_rows == 0:
+        raise InputError(f"baseline {path}: no rows")
+    names = [c for c in table.columns if c not in NOT_FEATURES]
+    ref = table.select(names)
+    types = check_types(dict(types or {}))
+    cols = dict(ref.columns)
+    for name, kind in types.items():
+        if kind == "numeric" and name in cols:
+            cols[name] = coerce_numeric(cols[name])
+    d = detection
+    try:
+        return Baseline.fit(cols, types={k: v for k, v in types.items() if k in cols},
+                            bins=d.bins, max_categories=d.max_categories,
+                            categorical_max_distinct=d.categorical_max_distinct,
+                            sample_rows=d.sample_rows, reference_sample=d.reference_sample,
+                            prediction=prediction if prediction in cols else None, seed=d.seed,
+                            missing=ref.missing)
+    except ValidationError as exc:
+        raise InputError(f"baseline {path}: cannot fit: {exc}") from None
 
 
 def run_batch(reference: Table, current: Table, *, types: Mapping[str, str] | None = None,

@@ -217,12 +217,13 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
         settings = msgspec.convert(data, Settings)
     logging.basicConfig(level=settings.log_level)
     logging.getLogger("driftwarden").info("settings: %s", settings.redacted())
+    # the config first (a bad baseline file is reported before any connection), then the broker
+    app = create_app(settings, web_port=web_port, session_timeout=session_timeout)
     try:
         ensure_topics(settings)
     except Exception as exc:  # noqa: BLE001 - report the broker problem in one line
         raise InputError(f"cannot reach the broker at {settings.kafka.bootstrap_servers}: "
                          f"{exc}") from None
-    app = create_app(settings, web_port=web_port, session_timeout=session_timeout)
     from faust.worker import Worker
 
     Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()

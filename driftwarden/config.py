@@ -122,6 +122,8 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     feature_names: list[str] = msgspec.field(default_factory=list)  # for bare vectors
     task: str = "classification"  # or "regression"
+    baseline: str = ""  # a reference file (CSV / Parquet) instead of a warm-up baseline
+    types: dict[str, str] = msgspec.field(default_factory=dict)  # column types in that file
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -132,3 +132,35 @@ def test_error_definitions(task, preds, labels, expected):
     from driftwarden.stream.monitor import _error
 
     assert [_error(p, y, task) for p, y in zip(preds, labels)] == expected
+
+
+def test_estimated_accuracy_matches_the_realized_one_for_calibrated_scores():
+    """Label-free performance estimation (CBPE) against the accuracy the labels then show:
+    labels drawn as Bernoulli(score) make the scores calibrated by construction."""
+    rng = np.random.default_rng(4)
+    m = ModelMonitor("fraud", "1", DET)
+
+    def scored(t0, confident):
+        p = rng.beta(8, 1, 1000) if confident else rng.beta(2, 2, 1000)
+        p = np.where(rng.random(1000) < 0.5, p, 1 - p)
+        recs = [PredictionRecord("fraud", "1", f"r{t0}-{i}", t0 + i / 1000,
+                                 {"x": float(rng.normal())}, float(p[i])) for i in range(1000)]
+        return recs, (rng.random(1000) < p).astype(float)
+
+    for t in range(6):
+        recs, _ = scored(t, True)
+        m.add(recs)
+    before = m.status()["estimated_accuracy"]
+    realized_before = None
+    for t in range(6, 12):  # the model grows unsure: the estimate must fall without labels
+        recs, labels = scored(t, False)
+        m.add(recs)
+        if t == 6:
+            realized_before = m.status()["accuracy"]
+        m.add_outcomes([r.prediction for r in recs], labels.tolist(), t + 1.0)
+    after = m.status()
+    assert realized_before is None  # no labels joined yet: nothing realized
+    assert before > 0.85 and after["estimated_accuracy"] < 0.75
+    assert abs(after["baseline_estimated_accuracy"] - before) < 0.03
+    # the labels of the unsure period: realized accuracy near what the scores promised
+    assert abs(after["accuracy"] - after["estimated_accuracy"]) < 0.04

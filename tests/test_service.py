@@ -114,3 +114,33 @@ def test_restored_state_and_a_replay_give_what_an_uninterrupted_run_gives():
     actions = [orjson.loads(v) for t, v in events if t == "driftwarden.actions"]
     assert actions and len({a["event_id"] for a in actions}) == len(actions)
     assert second.to_state()["monitors"] == whole.to_state()["monitors"]
+
+
+def test_a_baseline_from_a_file_replaces_the_warm_up(tmp_path):
+    from driftwarden.batch import fit_baseline_file
+
+    rng = np.random.default_rng(5)
+    ref = tmp_path / "reference.csv"
+    ref.write_text("id,amount,country,prediction\n" + "".join(
+        f"x{i},{rng.normal()},{rng.choice(['DE', 'FR'])},{rng.random()}\n"
+        for i in range(3000)))
+    base = fit_baseline_file(str(ref), SETTINGS.detection)
+    assert set(base.specs) == {"amount", "country"} and base.prediction is not None
+    svc = StreamService(SETTINGS, models={"fraud": {"baseline": base}})
+    outs = []
+    for t in range(8):  # drifted from the start: no warm-up would ever see it as normal
+        outs += svc.handle_predictions(messages(rng, t, 400, shift=1.0, offset0=t * 400))
+    monitor = svc.monitors[("fraud", "3")]
+    assert monitor.ready and monitor.baseline is base
+    onsets = [orjson.loads(o.value) for o in outs if o.topic == "driftwarden.drift"]
+    assert onsets and onsets[0]["features"] == ["amount"] and onsets[0]["ts"] <= 3
+
+
+def test_worker_refuses_a_bad_baseline_file_in_one_line(tmp_path, capsys):
+    from driftwarden.cli import main
+
+    cfg = tmp_path / "dw.toml"
+    cfg.write_text(f'[models.fraud]\nbaseline = "{tmp_path / "nope.csv"}"\n')
+    assert main(["worker", "--config", str(cfg), "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.csv" in err[0]

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from driftwarden.batch import fit_baseline_file
 from driftwarden.config import Settings
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
@@ -38,7 +39,7 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
 
     conf: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap_servers,
                             **settings.kafka.client}
-    admin = AdminClient(conf)
+    admin = AdminClient(conf, logger=log)  # librdkafka's connection noise: to logging
     existing = set(admin.list_topics(timeout=timeout).topics)
     names = [getattr(settings.topics, f) for f in settings.topics.__struct_fields__]
     new = [NewTopic(n, num_partitions=settings.kafka.partitions, replication_factor=1,
@@ -90,7 +91,7 @@ class OutputProducer:
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
             "message.timeout.ms": 0,  # never give up on an action: retry until delivered
-            "log.connection.close": False, **settings.kafka.client})
+            "log.connection.close": False, **settings.kafka.client}, logger=log)
         self.failed = 0
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -201,7 +202,10 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     # calibrations (seconds, at the end of each model's warm-up) run on a thread, so the event
     # loop keeps heartbeating and fetching; see ModelMonitor
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-calibration")
-    models = {name: {"feature_names": m.feature_names, "task": m.task}
+    models = {name: {"feature_names": m.feature_names, "task": m.task,
+                     # a reference file is fitted once here, so a bad one stops the start
+                     "baseline": fit_baseline_file(m.baseline, settings.detection, m.types)
+                     if m.baseline else None}
               for name, m in settings.models.items()}
     factory = factory or (lambda: StreamService(
         settings, discovery=settings.discovery, max_models=settings.max_models,

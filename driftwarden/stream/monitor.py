@@ -108,6 +108,7 @@ class ModelMonitor:
         self.outcomes = OutcomeSummary("regression" if task == "regression" else
                                        "classification")  # realized performance, cumulative
         self.last_verdicts: dict[str, dict[str, Any]] = {}
+        self.estimated_accuracy: float | None = None  # label-free, of the last window
         if baseline is not None:
             self._install(baseline, None)
 
@@ -204,6 +205,7 @@ class ModelMonitor:
     def _evaluate(self, slice_id: int) -> list[dict[str, Any]]:
         assert self.baseline is not None and self.window is not None
         window = self.window.summary()
+        self.estimated_accuracy = estimated_accuracy(window.prediction)
         comps = compare(self.baseline, window)
         pred = comps.pop(PREDICTION, None)
         ts = (slice_id + 1) * self.detection.slice_seconds
@@ -294,6 +296,10 @@ class ModelMonitor:
                 "records": self.n_records, "late": self.n_late, "outcomes": self.n_outcomes,
                 "accuracy": _clean(o.accuracy()), "auc": _clean(o.auc()),
                 "mae": _clean(o.mae()) if o.task == "regression" else None,
+                # label-free (CBPE): what calibrated scores promise, window vs baseline
+                "estimated_accuracy": self.estimated_accuracy,
+                "baseline_estimated_accuracy": None if self.baseline is None
+                else estimated_accuracy(self.baseline.reference.prediction),
                 "window_fill": None if self.window is None else self.window.fill_ratio}
 
     # -- events ---------------------------------------------------------------------------------
@@ -357,6 +363,27 @@ class ModelMonitor:
         m.outcomes = OutcomeSummary.from_state(state["outcomes"])
         m.last_verdicts = dict(state.get("last_verdicts", {}))
         return m
+
+
+def estimated_accuracy(prediction: Any) -> float | None:
+    """Confidence-based performance estimation for a binary classifier: with calibrated
+    scores p (threshold 0.5) a prediction is right with probability max(p, 1 - p), so the
+    expected accuracy is their mean — over the window's sample of scores. None when the
+    outputs are not scores in [0, 1].
+
+    >>> from driftwarden.detectors.summary import NumericSpec, NumericSummary
+    >>> s = NumericSummary(NumericSpec.fit("p", np.linspace(0, 1, 50), 5))
+    >>> s.update(np.array([0.9, 0.2, 0.6, 0.5]))
+    >>> round(estimated_accuracy(s), 3)
+    0.7
+    """
+    sample = getattr(getattr(prediction, "reservoir", None), "values", None)
+    if sample is None or len(sample) == 0:
+        return None
+    x = sample[np.isfinite(sample)]
+    if len(x) == 0 or x.min() < 0.0 or x.max() > 1.0:
+        return None
+    return float(np.maximum(x, 1.0 - x).mean())
 
 
 def _columns(batch: RecordBatch) -> dict[str, Any]:

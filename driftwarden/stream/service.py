@@ -76,7 +76,8 @@ class StreamService:
         self.topics = settings.topics
         self.discovery = discovery
         self.max_models = max_models
-        self.models = dict(models or {})  # model -> {"feature_names": [...], "task": ...}
+        # model -> {"feature_names": [...], "task": ..., "baseline": Baseline from a file}
+        self.models = dict(models or {})
         self.monitors: dict[tuple[str, str], ModelMonitor] = {}
         self.labels = LabelJoiner(settings.detection.label_ttl,
                                   settings.detection.max_pending_labels,
@@ -166,7 +167,8 @@ class StreamService:
         earlier = [v for (m, v) in self.monitors if m == model]
         self.policy.register_version(model, version, ts, earlier[-1] if earlier else None)
         self.monitors[(model, version)] = ModelMonitor(
-            model, version, self.settings.detection, task=task, executor=self.executor)
+            model, version, self.settings.detection, task=task, executor=self.executor,
+            baseline=self.models.get(model, {}).get("baseline"))
         return True
 
     # -- labels ---------------------------------------------------------------------------
