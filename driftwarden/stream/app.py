@@ -261,7 +261,7 @@ def create_app(settings: Settings, *, web_port: int = 6066,
             m.incref()  # released by the checkpoint that includes it
             handled[(m.topic, m.partition)] = m.offset
             held.setdefault(m.partition, []).append(m)
-            out.append(RawMessage(m.value or b"", list(_pairs(m.headers)), m.topic, m.partition,
+            out.append(RawMessage(m.value or b"", _pairs(m.headers), m.topic, m.partition,
                                   m.offset, float(m.timestamp or time.time())))
         return out
 

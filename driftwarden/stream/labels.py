@@ -76,7 +76,8 @@ class LabelJoiner:
         # with journal on, what changed in the pending table since take_delta(): checkpoints
         # then save that, not the whole table (see driftwarden.stream.checkpoint)
         self.journal = False
-        self._added: list[list[Any]] = []          # [model, version, ids, predictions, ts]
+        # [model, version, ids, predictions, ts, growable]
+        self._added: list[list[Any]] = []
         self._removed: list[tuple[str, str]] = []  # keys joined
 
     def __len__(self) -> int:
@@ -98,7 +99,13 @@ class LabelJoiner:
         self._pending.pop(key, None)
         self._pending[key] = (version, prediction, ts)
         if self.journal:
-            self._added.append([model, version, [id], [prediction], [ts]])
+            last = self._added[-1] if self._added else None
+            if last is not None and last[0] == model and last[1] == version and last[5]:
+                last[2].append(id)  # single records: grow one entry, not one per record
+                last[3].append(prediction)
+                last[4].append(ts)
+            else:
+                self._added.append([model, version, [id], [prediction], [ts], True])
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.expired += 1
@@ -130,8 +137,8 @@ class LabelJoiner:
         self.watermark = max(self.watermark, max(ts))
         self._pending.update(zip(zip(repeat(model), ids),  # type: ignore[arg-type]  # no None
                                  zip(repeat(version), predictions, ts)))
-        if self.journal:
-            self._added.append([model, version, ids, predictions, ts])
+        if self.journal:  # the caller's lists, not copied: never grown (flag False)
+            self._added.append([model, version, ids, predictions, ts, False])
         excess = len(self._pending) - self.max_pending
         for _ in range(max(0, excess)):
             self._pending.popitem(last=False)
@@ -196,7 +203,7 @@ class LabelJoiner:
         >>> k = LabelJoiner(); k.apply_delta(j.take_delta()); list(k._pending)
         [('m', 'b')]
         """
-        out = {"added": self._added, "removed": self._removed}
+        out = {"added": [a[:5] for a in self._added], "removed": self._removed}
         self._added, self._removed = [], []
         return out
 

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -42,8 +42,7 @@ from driftwarden.stream.monitor import ModelMonitor
 from driftwarden.stream.policy import ResponsePolicy
 
 
-@dataclass(frozen=True)
-class RawMessage:
+class RawMessage(NamedTuple):
     """One consumed Kafka message (value, headers, where it came from, its timestamp in s)."""
 
     value: bytes
