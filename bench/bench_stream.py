@@ -14,7 +14,8 @@ In one run, on the same broker and the same messages (20 numeric features per re
     pending-label table, which holds predictions until their labels come, capped at 10^5).
 
 Event time: single records advance 1,000 records per second of event time; batches advance
-as fast as the 200k target (a live model at that rate gets one slice evaluation per second).
+as fast as the 200k target. Throughput runs use the default 5-second slices (a slice
+evaluation every 5,000 single records, or once per second at the batch target rate).
 Parts can be run alone: ``--only single|batch|latency`` (repeatable).
 """
 
@@ -107,9 +108,9 @@ async def aiokafka_ceiling(bootstrap: str, topic: str, n_messages: int) -> float
 FAUST_BARE = textwrap.dedent('''
     import sys, time, orjson, faust
     bootstrap, topic, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    # the same consumer tuning as the worker's (fetch size, fetch wait), so (b) isolates
-    # what driftwarden adds
-    from driftwarden.stream.app import _limit_fetch_wait
+    # the same consumer and GC tuning as the worker's (fetch size, fetch wait, GC
+    # thresholds), so (b) isolates what driftwarden adds
+    from driftwarden.stream.app import _limit_fetch_wait, tune_gc
     _limit_fetch_wait(100)
     app = faust.App("bench-bare-%d" % time.time_ns(), broker="kafka://" + bootstrap,
                     web_enabled=False, broker_session_timeout=6, topic_allow_declare=False,
@@ -130,6 +131,7 @@ FAUST_BARE = textwrap.dedent('''
                 open(out, "w").write(str(time.perf_counter() - state["start"]))
                 sys.exit(0)
     from faust.worker import Worker
+    tune_gc()
     Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 ''')
 
@@ -169,6 +171,9 @@ def start_worker(bootstrap: str, topic: str, tmp: Path, slice_seconds: float = 1
     port = free_port()
     env = {**os.environ, "DRIFTWARDEN_TOPICS__PREDICTIONS": topic,
            "DRIFTWARDEN_TOPICS__FEATURES": topic + ".features",
+           # each run its own group and state topic: a worker restores its partitions' state
+           "DRIFTWARDEN_TOPICS__STATE": topic + ".state",
+           "DRIFTWARDEN_KAFKA__GROUP_ID": "bench-" + topic,
            "DRIFTWARDEN_DETECTION__SLICE_SECONDS": str(slice_seconds),
            "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
            "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50",
@@ -190,8 +195,9 @@ def start_worker(bootstrap: str, topic: str, tmp: Path, slice_seconds: float = 1
 
 def worker_rate(bootstrap: str, topic: str, n_records: int, tmp: Path
                 ) -> tuple[float, dict[int, float]]:
-    """Records/s after the warm-up (from 20k records on), and RSS at marks."""
-    proc, port = start_worker(bootstrap, topic, tmp)
+    """Records/s after the warm-up (from 20k records on), and RSS at marks; the default
+    5-second slices (the latency run uses 1-second slices)."""
+    proc, port = start_worker(bootstrap, topic, tmp, slice_seconds=5.0)
     marks = {m: 0.0 for m in (500_000, 1_000_000, 2_000_000) if m <= n_records}
     t_from = n_from = None
     try:
@@ -259,6 +265,9 @@ def latency(bootstrap: str, topic: str, tmp: Path, seconds: float = 30.0,
         proc.wait(30)
     assert t_from is not None and first_verdict is not None
     lat = [seen_slice[int(t)] - t for t in produced if t >= t_from and int(t) in seen_slice]
+    if not lat:
+        raise RuntimeError(f"no verdict after the first one (slices seen: {sorted(seen_slice)}"
+                           f"; worker log {tmp})")
     return (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
             first_verdict - start)
 
@@ -294,6 +303,7 @@ def main() -> None:
                      else "batch messages of 100 records, records/s")
             rows.append((label, f"{c:,.0f}", f"(a) aiokafka+orjson {ra:,.0f}",
                          f"(b) bare Faust {rb:,.0f}", f"c/a {c / ra:.2f}  c/b {c / rb:.2f}"))
+            print(*rows[-1], sep="  ", file=sys.stderr, flush=True)  # in case a later part fails
             if per > 1 and rss:
                 rows.append(("worker RSS after " + " / ".join(f"{m:,}" for m in rss)
                              + " records", " / ".join(f"{v:.0f}" for v in rss.values())
@@ -308,6 +318,7 @@ def main() -> None:
           f"Tansu broker, {os.cpu_count()} cores")
     for r in rows:
         print(f"{r[0]:<58} {r[1]:<24} {r[2]:<28} {r[3]:<24} {r[4]}")
+    print(f"(worker logs in {tmp})")
 
 
 if __name__ == "__main__":

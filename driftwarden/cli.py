@@ -226,6 +226,9 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
                          f"{exc}") from None
     from faust.worker import Worker
 
+    from driftwarden.stream.app import tune_gc
+
+    tune_gc()
     Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 

@@ -115,6 +115,20 @@ class OutputProducer:
         return int(self._producer.flush(timeout))
 
 
+def tune_gc() -> None:
+    """Fewer garbage collections in a worker: every consumed message makes a few dozen
+    short-lived objects (Faust's message, event, futures), so CPython's default (a young
+    collection every 700 net allocations) collects every message or two, and each full
+    collection walks the messages held until a checkpoint. Objects alive at start-up are
+    frozen out of collection; young collections every 20,000 allocations. Measured with
+    single-record messages: +45 % records/s (bench/bench_stream.py)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def faust_credentials(client: dict[str, str]) -> Any:
     """Faust's broker credentials from the librdkafka client settings of ``[kafka.client]``
     (``security.protocol``, ``sasl.*``, ``ssl.*``), so one config serves the confluent-kafka

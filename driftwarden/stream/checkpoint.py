@@ -104,11 +104,19 @@ class StateStore:
         self.manifests: dict[int, dict[str, Any]] = {}  # partition -> last manifest
         self.present: dict[int, dict[str, int]] = {}    # partition -> blob name -> chunks
 
+    def _produce(self, partition: int, key: str, value: bytes | None) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, key=key.encode(), value=value,
+                                      partition=partition)
+                return
+            except BufferError:  # the local queue is full: let librdkafka drain it
+                self.producer.poll(0.1)
+
     def _put(self, partition: int, name: str, blob: bytes) -> dict[str, Any]:
         chunks, ref = split(name, blob, self.chunk_bytes)
         for key, value in chunks:
-            self.producer.produce(self.topic, key=key.encode(), value=value,
-                                  partition=partition)
+            self._produce(partition, key, value)
         self.present.setdefault(partition, {})[name] = len(chunks)
         return ref
 
@@ -132,8 +140,7 @@ class StateStore:
             else:
                 refs["deltas"].append(self._put(partition, f"d{gen}", delta))
         manifest = {"generation": gen, **refs, "written_at": time.time()}
-        self.producer.produce(self.topic, key=MANIFEST.encode(), value=orjson.dumps(manifest),
-                              partition=partition)
+        self._produce(partition, MANIFEST, orjson.dumps(manifest))
         self.manifests[partition] = manifest
         # what the new manifest no longer names can go (after it, so a crash keeps the old)
         named = {manifest["main"]["name"]} | {d["name"] for d in manifest["deltas"]}
@@ -142,8 +149,7 @@ class StateStore:
         present = self.present.setdefault(partition, {})
         for name in [n for n in present if n not in named]:
             for i in range(present.pop(name)):
-                self.producer.produce(self.topic, key=f"{name}/{i}".encode(), value=None,
-                                      partition=partition)
+                self._produce(partition, f"{name}/{i}", None)
         return sum(r["bytes"] for r in [refs["main"], refs["base"], *refs["deltas"]] if r)
 
     def read(self, partition: int, timeout: float = 30.0) -> Restored | None:
