@@ -164,3 +164,18 @@ def test_estimated_accuracy_matches_the_realized_one_for_calibrated_scores():
     assert abs(after["baseline_estimated_accuracy"] - before) < 0.03
     # the labels of the unsure period: realized accuracy near what the scores promised
     assert abs(after["accuracy"] - after["estimated_accuracy"]) < 0.04
+
+
+def test_window_accuracy_follows_the_last_slices_while_the_total_remembers():
+    m = ModelMonitor("fraud", "1", DET)  # 3 slices of 1 s
+    good = ([0.9] * 100, [1] * 100)      # all right
+    bad = ([0.9] * 100, [0] * 100)       # all wrong
+    for t in range(5):
+        m.add_outcomes(*good, ts=float(t))
+    for t in range(5, 8):
+        m.add_outcomes(*bad, ts=float(t))
+    s = m.status()
+    assert s["window_accuracy"] == 0.0 and s["window_outcomes"] == 300  # only slices 5-7
+    assert s["accuracy"] == 500 / 800
+    restored = ModelMonitor.from_state(orjson.loads(orjson.dumps(m.to_state())), DET)
+    assert restored.status()["window_accuracy"] == 0.0

@@ -107,6 +107,8 @@ class ModelMonitor:
         self.n_outcomes = 0
         self.outcomes = OutcomeSummary("regression" if task == "regression" else
                                        "classification")  # realized performance, cumulative
+        # realized performance over the sliding window: outcomes per slice of label time
+        self.recent_outcomes: dict[int, OutcomeSummary] = {}
         self.last_verdicts: dict[str, dict[str, Any]] = {}
         self.estimated_accuracy: float | None = None  # label-free, of the last window
         if baseline is not None:
@@ -255,8 +257,10 @@ class ModelMonitor:
         numeric = [(p, y) for p, y in zip(predictions, labels)
                    if isinstance(p, (int, float)) and isinstance(y, (int, float))]
         if numeric:
-            self.outcomes.update(np.array([p for p, _ in numeric], dtype=float),
-                                 np.array([y for _, y in numeric], dtype=float))
+            p_arr = np.array([p for p, _ in numeric], dtype=float)
+            y_arr = np.array([y for _, y in numeric], dtype=float)
+            self.outcomes.update(p_arr, y_arr)
+            self._window_outcomes(ts).update(p_arr, y_arr)
         self.n_outcomes += len(errors)
         if self.error_baseline[1] < 500:  # the first outcomes set the reference error rate
             self.error_baseline[0] += sum(errors)
@@ -285,6 +289,25 @@ class ModelMonitor:
             return []
         return [self._event("concept", verdict, int(self.n_outcomes), ts)]
 
+    def _window_outcomes(self, ts: float) -> OutcomeSummary:
+        """The outcome summary of the slice of label time ``ts``; slices older than the
+        window are dropped."""
+        d = self.detection
+        sid = int(math.floor(ts / d.slice_seconds)) if math.isfinite(ts) else 0
+        newest = max([sid, *self.recent_outcomes])
+        for old in [k for k in self.recent_outcomes if k <= newest - d.slices]:
+            del self.recent_outcomes[old]
+        if sid not in self.recent_outcomes:
+            self.recent_outcomes[sid] = OutcomeSummary(self.outcomes.task)
+        return self.recent_outcomes[sid]
+
+    def window_performance(self) -> OutcomeSummary:
+        """Realized performance over the last ``slices`` slices of label time."""
+        out = OutcomeSummary(self.outcomes.task)
+        for o in self.recent_outcomes.values():
+            out = out.merge(o)
+        return out
+
     def _reference_error(self) -> float:
         n = self.error_baseline[1]
         return self.error_baseline[0] / n if n else 0.0
@@ -292,10 +315,15 @@ class ModelMonitor:
     def status(self) -> dict[str, Any]:
         """Counters and realized performance (for the admin endpoint and metrics)."""
         o = self.outcomes
+        w = self.window_performance()
         return {"model": self.model, "version": self.version, "ready": self.ready,
                 "records": self.n_records, "late": self.n_late, "outcomes": self.n_outcomes,
                 "accuracy": _clean(o.accuracy()), "auc": _clean(o.auc()),
                 "mae": _clean(o.mae()) if o.task == "regression" else None,
+                # the same over the sliding window (label time), what drifts show first
+                "window_outcomes": w.n, "window_accuracy": _clean(w.accuracy()),
+                "window_auc": _clean(w.auc()),
+                "window_mae": _clean(w.mae()) if w.task == "regression" else None,
                 # label-free (CBPE): what calibrated scores promise, window vs baseline
                 "estimated_accuracy": self.estimated_accuracy,
                 "baseline_estimated_accuracy": None if self.baseline is None
@@ -339,6 +367,7 @@ class ModelMonitor:
             "n_records": self.n_records, "n_late": self.n_late, "n_outcomes": self.n_outcomes,
             "outcomes": self.outcomes.to_state(),
             "last_verdicts": dict(self.last_verdicts),
+            "recent_outcomes": {str(k): v.to_state() for k, v in self.recent_outcomes.items()},
         }
 
     @classmethod
@@ -362,6 +391,8 @@ class ModelMonitor:
         m.n_outcomes = state["n_outcomes"]
         m.outcomes = OutcomeSummary.from_state(state["outcomes"])
         m.last_verdicts = dict(state.get("last_verdicts", {}))
+        m.recent_outcomes = {int(k): OutcomeSummary.from_state(v)
+                             for k, v in state.get("recent_outcomes", {}).items()}
         return m
 
 
