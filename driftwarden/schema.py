@@ -173,9 +173,6 @@ class Decoded:
     rejections: list[Rejection] = field(default_factory=list)
     batches: list[RecordBatch] = field(default_factory=list)
 
-    def all_records(self) -> list[Any]:
-        return self.records + [r for b in self.batches for r in b.records()]
-
 
 class _Record(msgspec.Struct):
     features: dict[str, Any]
@@ -211,20 +208,7 @@ class _FastBatch(msgspec.Struct, Generic[V], gc=False):
 # every feature a number (ints arrive as floats: the same values and categories), or anything
 _FAST_NUMERIC = msgspec.json.Decoder(_FastBatch[float])
 _FAST_ANY = msgspec.json.Decoder(_FastBatch[Any])
-
-
-class _FastSingle(msgspec.Struct, gc=False):
-    model: str
-    features: dict[str, Any]
-    version: str | int | None = None
-    id: str | None = None
-    ts: float | None = None
-    prediction: Any = None
-    latency_ms: float | None = None
-    segment: dict[str, str] | None = None
-
-
-_FAST_SINGLE = msgspec.json.Decoder(_FastSingle)
+_FAST_SINGLE = msgspec.json.Decoder(_FastRecord[Any])
 
 
 def _fast_single(value: bytes, now: float) -> PredictionRecord | None:

@@ -76,8 +76,7 @@ class LabelJoiner:
         # with journal on, what changed in the pending table since take_delta(): checkpoints
         # then save that, not the whole table (see driftwarden.stream.checkpoint)
         self.journal = False
-        # [model, version, ids, predictions, ts, growable]
-        self._added: list[list[Any]] = []
+        self._added: list[list[Any]] = []  # [model, version, ids, predictions, ts]
         self._removed: list[tuple[str, str]] = []  # keys joined
 
     def __len__(self) -> int:
@@ -100,12 +99,12 @@ class LabelJoiner:
         self._pending[key] = (version, prediction, ts)
         if self.journal:
             last = self._added[-1] if self._added else None
-            if last is not None and last[0] == model and last[1] == version and last[5]:
+            if last is not None and last[0] == model and last[1] == version:
                 last[2].append(id)  # single records: grow one entry, not one per record
                 last[3].append(prediction)
                 last[4].append(ts)
             else:
-                self._added.append([model, version, [id], [prediction], [ts], True])
+                self._added.append([model, version, [id], [prediction], [ts]])
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.expired += 1
@@ -137,8 +136,8 @@ class LabelJoiner:
         self.watermark = max(self.watermark, max(ts))
         self._pending.update(zip(zip(repeat(model), ids),  # type: ignore[arg-type]  # no None
                                  zip(repeat(version), predictions, ts)))
-        if self.journal:  # the caller's lists, not copied: never grown (flag False)
-            self._added.append([model, version, ids, predictions, ts, False])
+        if self.journal:  # copies: a later single record may grow this entry
+            self._added.append([model, version, list(ids), list(predictions), list(ts)])
         excess = len(self._pending) - self.max_pending
         for _ in range(max(0, excess)):
             self._pending.popitem(last=False)
@@ -203,7 +202,7 @@ class LabelJoiner:
         >>> k = LabelJoiner(); k.apply_delta(j.take_delta()); list(k._pending)
         [('m', 'b')]
         """
-        out = {"added": [a[:5] for a in self._added], "removed": self._removed}
+        out = {"added": self._added, "removed": self._removed}
         self._added, self._removed = [], []
         return out
 
