@@ -258,6 +258,7 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
     from confluent_kafka import KafkaException, Producer
 
     from driftwarden.config import load_settings
+    from driftwarden.kafka import client_config, produce
     from driftwarden.produce import produce_rows
     from driftwarden.tables import read_rows
 
@@ -271,9 +272,8 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
             raise InputError(f"{file}, row {unnamed}: no model (give --model or a `model` "
                              "column)")
     servers = bootstrap_servers or settings.kafka.bootstrap_servers
-    producer = Producer({"bootstrap.servers": servers, "enable.idempotence": True,
-                         "linger.ms": 20, "log.connection.close": False,
-                         **settings.kafka.client},
+    producer = Producer(client_config(settings, {"enable.idempotence": True,
+                                                   "linger.ms": 20}, servers),
                         logger=logging.getLogger("driftwarden.kafka"))  # not on stderr
     try:
         producer.list_topics(timeout=5)
@@ -281,13 +281,8 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
         raise InputError(f"cannot reach the broker at {servers}: {exc}") from None
 
     def send(t: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                producer.produce(t, key=key, value=value)
-                producer.poll(0)
-                return
-            except BufferError:
-                producer.poll(0.1)
+        produce(producer, t, value, key)
+        producer.poll(0)
 
     sent = produce_rows(rows, send, topic=topic or settings.topics.predictions,
                         labels_topic=settings.topics.labels, model=model,

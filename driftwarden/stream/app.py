@@ -25,6 +25,7 @@ from typing import Any
 
 from driftwarden.batch import fit_baseline_file
 from driftwarden.config import Settings
+from driftwarden.kafka import client_config, produce
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
 from driftwarden.stream.shards import Shards
@@ -37,9 +38,7 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
     """Create every topic of the settings that does not exist yet (idempotent)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap_servers,
-                            **settings.kafka.client}
-    admin = AdminClient(conf, logger=log)  # librdkafka's connection noise: to logging
+    admin = AdminClient(client_config(settings), logger=log)  # librdkafka's noise: to logging
     existing = set(admin.list_topics(timeout=timeout).topics)
     names = [getattr(settings.topics, f) for f in settings.topics.__struct_fields__]
     new = [NewTopic(n, num_partitions=settings.kafka.partitions, replication_factor=1,
@@ -68,11 +67,9 @@ class EndOffsets:
         from confluent_kafka import Consumer, TopicPartition
 
         if self._consumer is None:
-            self._consumer = Consumer({
-                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
-                "group.id": f"{self.settings.kafka.group_id}-watchdog",
-                "enable.auto.commit": False, "log.connection.close": False,
-                **self.settings.kafka.client}, logger=log)
+            self._consumer = Consumer(client_config(
+                self.settings, {"group.id": f"{self.settings.kafka.group_id}-watchdog",
+                                "enable.auto.commit": False}), logger=log)
         out = {}
         for topic, partition in tps:
             _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
@@ -87,11 +84,10 @@ class OutputProducer:
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer
 
-        self._producer = self.raw = Producer({
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "message.timeout.ms": 0,  # never give up on an action: retry until delivered
-            "log.connection.close": False, **settings.kafka.client}, logger=log)
+        self.raw = Producer(client_config(
+            settings, {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                       # never give up on an action: retry until delivered
+                       "message.timeout.ms": 0}), logger=log)
         self.failed = 0
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -101,18 +97,12 @@ class OutputProducer:
 
     def send(self, outputs: list[Output]) -> None:
         for o in outputs:
-            while True:
-                try:
-                    self._producer.produce(o.topic, key=o.key, value=o.value,
-                                           headers=list(o.headers),  # type: ignore[arg-type]
-                                           on_delivery=self._delivered)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain it
-                    self._producer.poll(0.1)
-        self._producer.poll(0)
+            produce(self.raw, o.topic, o.value, o.key, headers=list(o.headers),
+                    on_delivery=self._delivered)
+        self.raw.poll(0)
 
     def flush(self, timeout: float = 30.0) -> int:
-        return int(self._producer.flush(timeout))
+        return int(self.raw.flush(timeout))
 
 
 def tune_gc() -> None:
@@ -247,7 +237,7 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     shards = Shards(factory, StateStore(settings, producer.raw))
     app.dw_shards = shards  # type: ignore[attr-defined]
     app.dw_producer = producer  # type: ignore[attr-defined]
-    state: dict[str, Any] = {"last_progress": time.monotonic(), "batches": 0, "started": False,
+    state: dict[str, Any] = {"batches": 0, "started": False,
                              "checkpointed": time.monotonic(), "checkpoints": 0,
                              "checkpoint_bytes": 0}
     held: dict[int, list[Any]] = {}
@@ -308,7 +298,6 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             producer.send(shards.handle("predictions", await _take(events)))
-            state["last_progress"] = time.monotonic()
             state["batches"] += 1
             await _checkpoint()
 
@@ -316,7 +305,6 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     async def join_labels(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             producer.send(shards.handle("labels", await _take(events)))
-            state["last_progress"] = time.monotonic()
             await _checkpoint()
 
     @app.timer(max(0.5, settings.kafka.checkpoint_seconds))
@@ -381,8 +369,7 @@ def create_app(settings: Settings, *, web_port: int = 6066,
                 held.pop(p, None)
 
     async def _flush(sender: Any, **kwargs: Any) -> None:  # noqa: ARG001
-        await _checkpoint(force=True)
-        producer.flush()
+        await _checkpoint(force=True)  # which flushes the events with it
 
     app.on_before_shutdown.connect(_flush)  # type: ignore[arg-type]
 

@@ -41,6 +41,7 @@ import orjson
 
 from driftwarden.config import Settings
 from driftwarden.errors import DriftwardenError
+from driftwarden.kafka import client_config, produce
 from driftwarden.stream.labels import LabelJoiner
 
 log = logging.getLogger("driftwarden.checkpoint")
@@ -105,13 +106,7 @@ class StateStore:
         self.present: dict[int, dict[str, int]] = {}    # partition -> blob name -> chunks
 
     def _produce(self, partition: int, key: str, value: bytes | None) -> None:
-        while True:
-            try:
-                self.producer.produce(self.topic, key=key.encode(), value=value,
-                                      partition=partition)
-                return
-            except BufferError:  # the local queue is full: let librdkafka drain it
-                self.producer.poll(0.1)
+        produce(self.producer, self.topic, value, key.encode(), partition=partition)
 
     def _put(self, partition: int, name: str, blob: bytes) -> dict[str, Any]:
         chunks, ref = split(name, blob, self.chunk_bytes)
@@ -156,9 +151,8 @@ class StateStore:
         """The newest complete checkpoint of ``partition``, or None."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
-                             "group.id": "driftwarden-restore", "enable.auto.commit": False,
-                             "log.connection.close": False, **self.settings.kafka.client})
+        consumer = Consumer(client_config(self.settings, {
+            "group.id": "driftwarden-restore", "enable.auto.commit": False}), logger=log)
         latest: dict[str, bytes] = {}
         try:
             tp = TopicPartition(self.topic, partition)
