@@ -56,6 +56,24 @@ def test_data_drift_onset_then_recovery_with_deterministic_ids():
     assert scenario() == events  # a replay gives the same events, ids included
 
 
+
+@pytest.mark.parametrize("size", [10_000, 1_337, 1])
+def test_events_do_not_depend_on_how_the_stream_is_batched(size):
+    # a consumer catching up reads many slices in one batch: each slice must still be judged
+    # on the window as it was when that slice closed (regression: one batch over the whole
+    # stream used to judge every slice on the final window, an "onset" before the shift)
+    rng = np.random.default_rng(3)
+    records = [r for t in range(20) for r in batch(rng, t, shift=0.8 if t >= 12 else 0.0)]
+
+    def events(step):
+        m = ModelMonitor("fraud", "1", DET)
+        return [e for i in range(0, len(records), step) for e in m.add(records[i:i + step])]
+
+    per_second = events(500)
+    onset = per_second[0]
+    assert (onset["kind"], onset["state"]) == ("data", "onset") and onset["ts"] >= 12
+    assert events(size) == per_second
+
 def test_quality_and_prediction_kinds():
     rng = np.random.default_rng(2)
     m = ModelMonitor("fraud", "1", DET)

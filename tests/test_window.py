@@ -82,12 +82,46 @@ def test_out_of_order_batches_give_the_same_window_as_sorted_ones():
     shuffled_w = SlidingWindow(factory, slices=4, slice_seconds=10.0, allowed_lateness=5.0)
     for i in range(0, 500, 50):
         sorted_w.add({k: v[i:i + 50] for k, v in cols.items()}, ts=ts[i:i + 50])
-    # shuffle within each block of 50: disorder smaller than the allowed lateness
+    # out of order by less than the allowed lateness: order by ts + jitter in [0, 4.9)
+    order = np.argsort(ts + rng.random(500) * 4.9)
+    assert (np.maximum.accumulate(ts[order]) - ts[order]).max() > 3  # really out of order
     for i in range(0, 500, 50):
-        perm = rng.permutation(50) + i
+        perm = order[i:i + 50]
         shuffled_w.add({k: v[perm] for k, v in cols.items()}, ts=ts[perm])
     assert shuffled_w.late_rows == 0
     assert_same(sorted_w.summary(), shuffled_w.summary())
+
+
+def _closes(w, cols, ts, cuts):
+    """Feed the rows in pieces cut at ``cuts``; what the window held at each close."""
+    seen = []
+    def on_close(sid):
+        s = w.summary()
+        seen.append((sid, s.n_rows, s.features["x"].counts.tolist(), s.features["x"].s1))
+    bounds = [0, *sorted(set(cuts)), len(ts)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        w.add({k: v[a:b] for k, v in cols.items()}, ts=ts[a:b], on_close=on_close)
+    return seen, w.late_rows
+
+
+@given(st.integers(1, 300), st.lists(st.integers(0, 300), max_size=8),
+       st.integers(1, 5), st.floats(0.0, 12.0), st.integers(0, 2**31))
+def test_a_batch_behaves_like_its_rows_one_at_a_time(n, cuts, slices, lateness, seed):
+    # the window a slice closes on, and which rows are late, do not depend on how the stream
+    # was cut into batches (a consumer catching up reads many slices in one batch)
+    rng = np.random.default_rng(seed)
+    cols, ts = batch(rng, n, 0.0, 100.0)
+    ts = ts + rng.random(n) * 8 - 4  # disorder: some rows late, some within the lateness
+    ts[rng.random(n) < 0.03] = np.nan
+    make = lambda: SlidingWindow(factory, slices=slices, slice_seconds=5.0,  # noqa: E731
+                                 allowed_lateness=lateness)
+    one_by_one = _closes(make(), cols, ts, range(1, n))
+    in_batches = _closes(make(), cols, ts, [c for c in cuts if 0 < c < n])
+    assert in_batches[1] == one_by_one[1]  # the same rows late
+    assert len(in_batches[0]) == len(one_by_one[0])
+    for got, want in zip(in_batches[0], one_by_one[0]):
+        assert got[:3] == want[:3] and got[3] == pytest.approx(want[3], abs=1e-6)
+    assert [c[0] for c in one_by_one[0]] == sorted(c[0] for c in one_by_one[0])
 
 
 def test_count_window_and_tumbling_window():

@@ -48,7 +48,8 @@ from driftwarden.errors import ValidationError
 @dataclass(frozen=True)
 class AddResult:
     """What one :meth:`SlidingWindow.add` did: rows accepted, rows late (not merged), and the
-    ids of the slices that closed — evaluate the window once per closed slice."""
+    ids of the slices that closed. To evaluate the window once per closed slice, pass
+    ``on_close``: after the call the window holds only the state after the last close."""
 
     accepted: int
     late: int
@@ -116,12 +117,20 @@ class SlidingWindow:
 
     # -- adding -----------------------------------------------------------------------------
     def add(self, columns: Mapping[str, Any], ts: np.ndarray | None = None,
-            n_rows: int | None = None) -> AddResult:
-        """Add a batch of rows (columns); ``ts`` (seconds) is required in event-time mode."""
+            n_rows: int | None = None, *,
+            on_close: Callable[[int], None] | None = None) -> AddResult:
+        """Add a batch of rows (columns); ``ts`` (seconds) is required in event-time mode.
+
+        A batch behaves exactly like its rows added one at a time: a row is late when it is
+        older than the watermark of the rows before it, and ``on_close(slice_id)`` is called
+        right after each slice closes, with the window holding what it held at that moment —
+        so a batch that spans several slices is evaluated once per slice on the right data,
+        not on what the whole batch left behind.
+        """
         if n_rows is None:
             n_rows = len(next(iter(columns.values()))) if columns else 0
         if self.slice_rows is not None:
-            return self._add_by_count(columns, n_rows, ts)
+            return self._add_by_count(columns, n_rows, ts, on_close)
         if ts is None:
             raise ValidationError("an event-time window needs ts for every row")
         width = self.slice_seconds
@@ -129,32 +138,53 @@ class SlidingWindow:
         t = np.asarray(ts, dtype=np.float64)
         if len(t) != n_rows:
             raise ValidationError("ts must have one value per row")
-        ids = np.floor(t / width).astype(np.int64, copy=False) if len(t) else t
-        old_wm = self.watermark
-        late = ~np.isfinite(t) | (t < old_wm)
-        if self.last_closed is not None:
-            late |= ids <= self.last_closed
-        n_late = int(late.sum())
+        if not n_rows:
+            return AddResult(0, 0, [])
+        late = self._late_rows(t, width)
+        n_late = 0 if late is None else int(late.sum())
         self.late_rows += n_late
-        ok = ~late
-        if ok.any():
-            t_ok, ids_ok = t[ok], ids[ok]
-            sub = take_rows(columns, ok) if n_late else dict(columns)
-            uniq = np.unique(ids_ok)
+        if n_late < n_rows:
+            # a row that is not late lies in a slice the watermark has not passed before it,
+            # and no row after it closes that slice: placing every such row first and closing
+            # afterwards gives each closing slice exactly the rows it would have had
+            if late is not None and n_late:
+                keep = ~late
+                t, columns = t[keep], take_rows(columns, keep)
+            ids = np.floor(t / width).astype(np.int64)
+            uniq = np.unique(ids)
             for sid in uniq.tolist():
-                sel = ids_ok == sid
-                part = take_rows(sub, sel) if len(uniq) > 1 else sub
+                sel = ids == sid
+                part = take_rows(columns, sel) if len(uniq) > 1 else dict(columns)
                 s = self._open.get(sid)
                 if s is None:
                     s = self._open[sid] = self.factory()
-                s.update_columns(part, n_rows=int(sel.sum()), ts=t_ok[sel])
-            self.max_ts = max(self.max_ts, float(t_ok.max()))
-        closed = self._close_through(math.floor(self.watermark / width) - 1
-                                     if math.isfinite(self.watermark) else -1)
+                s.update_columns(part, n_rows=int(sel.sum()), ts=t[sel])
+            self.max_ts = max(self.max_ts, float(t.max()))
+        closed = (self._close_through(math.floor(self.watermark / width) - 1, on_close)
+                  if math.isfinite(self.watermark) else [])
         return AddResult(n_rows - n_late, n_late, closed)
 
-    def _add_by_count(self, columns: Mapping[str, Any], n_rows: int,
-                      ts: np.ndarray | None) -> AddResult:
+    def _late_rows(self, t: np.ndarray, width: float) -> np.ndarray | None:
+        """Which rows are late (None: none), each judged against the watermark of the rows
+        before it: not finite, older than that watermark, or in a slice already closed."""
+        lo, hi = float(t.min()), float(t.max())  # NaN if any row is NaN
+        first_open = -math.inf if self.last_closed is None else self.last_closed + 1
+        if (math.isfinite(lo) and math.isfinite(hi) and lo >= first_open * width
+                and (lo >= max(self.max_ts, hi) - self.allowed_lateness
+                     or (t[0] >= self.watermark and bool(np.all(t[1:] >= t[:-1]))))):
+            return None  # the common case: in order, or disordered within the lateness
+        finite = np.isfinite(t)
+        seen = np.maximum.accumulate(np.where(finite, t, -math.inf))
+        before = np.empty_like(seen)
+        before[0] = self.max_ts
+        np.maximum(seen[:-1], self.max_ts, out=before[1:])
+        late = ~finite | (t < before - self.allowed_lateness)
+        if self.last_closed is not None:
+            late |= np.floor(np.where(finite, t, 0.0) / width) <= self.last_closed
+        return late
+
+    def _add_by_count(self, columns: Mapping[str, Any], n_rows: int, ts: np.ndarray | None,
+                      on_close: Callable[[int], None] | None) -> AddResult:
         assert self.slice_rows is not None
         closed: list[int] = []
         start = 0
@@ -172,29 +202,37 @@ class SlidingWindow:
             self.rows_seen += stop - start
             start = stop
             if self.rows_seen % self.slice_rows == 0:
-                closed += self._close_through(sid)
+                closed += self._close_through(sid, on_close)
         return AddResult(n_rows, 0, closed)
 
-    def _close_through(self, last: int) -> list[int]:
-        """Close every open slice with id <= ``last`` (and empty ones in between)."""
+    def _close_through(self, last: int,
+                       on_close: Callable[[int], None] | None = None) -> list[int]:
+        """Close every open slice with id <= ``last``, oldest first; after each one the ring
+        slides (what left it is dropped) and ``on_close(slice_id)`` is called."""
         if self.last_closed is not None and last <= self.last_closed:
             return []
         closed = []
-        pending = sorted(sid for sid in self._open if sid <= last)
-        for sid in pending:
+        for sid in sorted(sid for sid in self._open if sid <= last):
             s = self._open.pop(sid)
             self._closed[sid] = s
             # counts and moments only: reservoirs and top-k are rebuilt by summary()
             self._total = (s.copy() if self._total is None
                            else self._total.merge(s, samples=False))
+            self._slide(sid)
+            self.last_closed = sid
             closed.append(sid)
+            if on_close is not None:
+                on_close(sid)
         self.last_closed = last
-        # slide: drop what left the ring
-        for sid in [k for k in self._closed if k <= last - self.slices]:
+        self._slide(last)
+        return closed
+
+    def _slide(self, newest: int) -> None:
+        """Drop the closed slices that fall out of a ring ending at slice ``newest``."""
+        for sid in [k for k in self._closed if k <= newest - self.slices]:
             gone = self._closed.pop(sid)
             assert self._total is not None
             self._total = self._total.subtract(gone, samples=False)
-        return closed
 
     # -- reading ----------------------------------------------------------------------------
     def summary(self) -> Summary:

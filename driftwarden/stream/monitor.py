@@ -181,11 +181,12 @@ class ModelMonitor:
         assert self.window is not None
         cols = self._typed(_columns(batch))
         ts = np.array(batch.ts, dtype=np.float64)
-        result = self.window.add(cols, ts=ts, n_rows=len(batch))
-        self.n_late += result.late
         events: list[dict[str, Any]] = []
-        for slice_id in result.closed:
-            events += self._evaluate(slice_id)
+        # each slice is evaluated the moment it closes, on the window as it was then, however
+        # many slices one batch spans (a consumer catching up reads many at once)
+        result = self.window.add(cols, ts=ts, n_rows=len(batch),
+                                 on_close=lambda sid: events.extend(self._evaluate(sid)))
+        self.n_late += result.late
         return events
 
     def _typed(self, cols: dict[str, Any]) -> dict[str, Any]:
