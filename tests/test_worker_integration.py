@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 SHIFT_AT = 12  # seconds of event time; one record every 2 ms
 
@@ -99,4 +100,16 @@ def test_drift_events_actions_dlq_and_labels(worker):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
         ready = json.loads(r.read())
     assert r.status == 200 and ready["status"] == "ok" and not ready["stalled"]
+    # the same state in Prometheus' text format, parsed by prometheus_client's own parser
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(r.read().decode())
+                   for s in fam.samples}
+    mv = (("model", "fraud"), ("version", "1"))
+    assert samples[("driftwarden_drift_detected", (("kind", "data"), *mv))] == 1.0
+    assert samples[("driftwarden_events_total", (("kind", "prediction"), *mv))] == n
+    assert samples[("driftwarden_invalid_events_total", (("reason", "bad_json"),))] == 1
+    assert samples[("driftwarden_label_outcomes_total", mv)] == 500
+    assert samples[("driftwarden_processing_lag_seconds_count", ())] >= n
     assert proc.poll() is None, log.read_text()[-2000:]

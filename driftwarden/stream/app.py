@@ -26,6 +26,7 @@ from typing import Any
 from driftwarden.batch import fit_baseline_file
 from driftwarden.config import Settings
 from driftwarden.kafka import client_config, produce
+from driftwarden.metrics import Metrics
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
 from driftwarden.stream.shards import Shards
@@ -237,6 +238,11 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     shards = Shards(factory, StateStore(settings, producer.raw))
     app.dw_shards = shards  # type: ignore[attr-defined]
     app.dw_producer = producer  # type: ignore[attr-defined]
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()  # this worker's, never the global one
+    metrics = Metrics.create(registry, lambda: list(shards.services.values()))
+    app.dw_metrics = metrics  # type: ignore[attr-defined]
     state: dict[str, Any] = {"batches": 0, "started": False,
                              "checkpointed": time.monotonic(), "checkpoints": 0,
                              "checkpoint_bytes": 0}
@@ -251,8 +257,11 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     async def _take(events: Any) -> list[RawMessage]:
         assigned = app.consumer.assignment()
         out = []
+        now = time.time()
         for e in events:
             m = e.message
+            if m.timestamp:
+                metrics.processing_lag.observe(max(0.0, now - m.timestamp))
             if m.tp not in assigned:  # revoked while buffered: its next owner replays it
                 continue
             if m.partition not in shards.services:  # restore once, off the event loop
@@ -288,6 +297,8 @@ def create_app(settings: Settings, *, web_port: int = 6066,
                 for m in msgs:
                     m.ack(app.consumer)
             state["checkpoints"] += 1
+            metrics.checkpoints.inc()
+            metrics.checkpoint_bytes.set(sum(written.values()))
             state["checkpoint_bytes"] = sum(written.values())
 
     predictions = app.topic(settings.topics.predictions, settings.topics.features,
@@ -320,7 +331,11 @@ def create_app(settings: Settings, *, web_port: int = 6066,
         except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
             log.warning("stall watchdog: end offsets unavailable: %s", exc)
             return
-        if watchdog.observe(handled, end, time.monotonic()):
+        metrics.set_consumer_lag({tp: max(0, e - 1 - handled.get(tp, -1))
+                                  for tp, e in end.items()})
+        stalled = watchdog.observe(handled, end, time.monotonic())
+        metrics.stalled.set(len(stalled))
+        if stalled:
             log.error("stalled partitions (messages waiting, no progress for %.0f s): %s",
                       settings.kafka.stall_seconds, watchdog.stalled)
 
@@ -352,6 +367,16 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
         return web.json([m.status() for m in shards.monitors])
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        """Prometheus exposition of this worker (see :mod:`driftwarden.metrics`)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        # on the event loop, between batches: the collector reads state the agents change
+        body = generate_latest(registry)
+        # aiohttp refuses a charset inside content_type: the header goes in as is
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/verdicts")
     async def verdicts(web: Any, request: Any) -> Any:

@@ -110,6 +110,8 @@ class ModelMonitor:
         # realized performance over the sliding window: outcomes per slice of label time
         self.recent_outcomes: dict[int, OutcomeSummary] = {}
         self.last_verdicts: dict[str, dict[str, Any]] = {}
+        # the tests behind the last verdict of each kind (scores, p-values, thresholds: metrics)
+        self.last_evidence: dict[str, tuple[TestEvidence, ...]] = {}
         self.estimated_accuracy: float | None = None  # label-free, of the last window
         if baseline is not None:
             self._install(baseline, None)
@@ -221,6 +223,7 @@ class ModelMonitor:
         for kind, ev in evaluations.items():
             verdict = self.deciders[kind].update(ev)
             self.last_verdicts[kind] = self._verdict_dict(kind, verdict, ts)
+            self.last_evidence[kind] = ev.evidence
             if verdict.state is not None:
                 events.append(self._event(kind, verdict, slice_id, ts))
         return events

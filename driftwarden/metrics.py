@@ -1,0 +1,230 @@
+"""Every Prometheus metric of driftwarden, declared once (prefix ``driftwarden_``).
+
+Nothing registers on the global registry at import: :meth:`Metrics.create` builds the metrics
+on a registry passed in. Two kinds:
+
+* **instrumented** — observed as things happen (processing lag, consumer lag, checkpoints);
+* **read from state at scrape time** — a collector walks the worker's monitors and counters
+  when Prometheus scrapes (counts, drift scores, verdicts, performance). The stream pays
+  nothing per record for them, and a series exists only for a (model, version) that has a
+  monitor: models are capped by ``max_models`` (an unknown model beyond the cap is rejected
+  to the DLQ, not given series), features come from the model's baseline (at most
+  :data:`MAX_FEATURES` per model, the most drifted first), reasons and kinds are fixed sets.
+
+``DEFINITIONS`` lists every metric with its type, help and labels; dashboards and alert rules
+are built from these names (see the README's metrics table).
+
+>>> from prometheus_client import CollectorRegistry, generate_latest
+>>> registry = CollectorRegistry()
+>>> m = Metrics.create(registry, lambda: [])
+>>> m.processing_lag.observe(0.2)
+>>> registry.get_sample_value("driftwarden_processing_lag_seconds_count")
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "driftwarden_"
+MAX_FEATURES = 200  # feature series per (model, version): the most drifted ones beyond this
+KINDS = ("data", "prediction", "quality", "concept")
+SEVERITY = {"none": 0, "warning": 1, "critical": 2}
+
+# Seconds from a message's broker timestamp to the moment the worker took it. Slices are
+# seconds long and the latency target is p99 < 2 s: fine buckets below 2 s, coarse ones above
+# for a worker catching up (minutes) or replaying (hours).
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+               300.0, 1800.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str      # without the prefix
+    type: str      # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def full_name(self) -> str:
+        return PREFIX + self.name
+
+
+DEFINITIONS = {d.name: d for d in (
+    # instrumented
+    Definition("processing_lag_seconds", "histogram",
+               "Seconds from a message's broker timestamp to the worker taking it."),
+    Definition("consumer_lag_messages", "gauge",
+               "Messages waiting in a source partition (end offset minus the last taken).",
+               ("topic", "partition")),
+    Definition("stalled_partitions", "gauge",
+               "Source partitions with waiting messages and no progress for stall_seconds."),
+    Definition("checkpoints_total", "counter", "State checkpoints written and confirmed."),
+    Definition("checkpoint_bytes", "gauge", "Compressed bytes of the last checkpoint."),
+    # read from state at scrape time
+    Definition("events_total", "counter",
+               "Records taken per model, version and kind (prediction).",
+               ("model", "version", "kind")),
+    Definition("invalid_events_total", "counter",
+               "Messages rejected to the dead-letter topic, by reason.", ("reason",)),
+    Definition("late_events_total", "counter",
+               "Records older than the watermark (counted, not merged into a window).",
+               ("model", "version")),
+    Definition("feature_drift_score", "gauge",
+               "Statistic of a drift test on a feature's window against its baseline.",
+               ("model", "version", "feature", "test")),
+    Definition("feature_drift_pvalue", "gauge",
+               "Multiplicity-adjusted p-value of a drift test (NaN when the test has none).",
+               ("model", "version", "feature", "test")),
+    Definition("feature_drift_threshold", "gauge",
+               "Threshold the drift score is compared with (calibrated or configured).",
+               ("model", "version", "feature", "test")),
+    Definition("drift_detected", "gauge",
+               "1 while the model's verdict of this kind is drift, else 0.",
+               ("model", "version", "kind")),
+    Definition("drift_severity", "gauge",
+               "Verdict severity: 0 none, 1 warning, 2 critical.", ("model", "version", "kind")),
+    Definition("model_performance", "gauge",
+               "Realized (joined labels; window_* over the sliding window) and estimated "
+               "(label-free, CBPE) performance.", ("model", "version", "metric")),
+    Definition("missing_ratio", "gauge", "Share of the window's rows missing the feature.",
+               ("model", "version", "feature")),
+    Definition("unseen_ratio", "gauge",
+               "Share of the window's values of a categorical feature not in its baseline.",
+               ("model", "version", "feature")),
+    Definition("window_fill_ratio", "gauge", "Closed slices in the window over its size.",
+               ("model", "version")),
+    Definition("label_outcomes_total", "counter", "Predictions joined with their label.",
+               ("model", "version")),
+    Definition("label_join_ratio", "gauge",
+               "Joined outcomes over predictions seen (labels arrive late or never).",
+               ("model", "version")),
+    Definition("actions_total", "counter", "Action events emitted (rollback/retrain/review).",
+               ("model", "action")),
+)}
+
+
+class Metrics:
+    """The instrumented metrics of one worker, on one registry; see the module docstring."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        d = DEFINITIONS
+        self.registry = registry
+        self.processing_lag = Histogram(
+            d["processing_lag_seconds"].full_name, d["processing_lag_seconds"].help,
+            buckets=LAG_BUCKETS, registry=registry)
+        self.consumer_lag = Gauge(d["consumer_lag_messages"].full_name,
+                                  d["consumer_lag_messages"].help,
+                                  d["consumer_lag_messages"].labels, registry=registry)
+        self.stalled = Gauge(d["stalled_partitions"].full_name, d["stalled_partitions"].help,
+                             registry=registry)
+        self.checkpoints = Counter(d["checkpoints_total"].full_name.removesuffix("_total"),
+                                   d["checkpoints_total"].help, registry=registry)
+        self.checkpoint_bytes = Gauge(d["checkpoint_bytes"].full_name,
+                                      d["checkpoint_bytes"].help, registry=registry)
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry,
+               services: Callable[[], Iterable[Any]]) -> Metrics:
+        """The instrumented metrics plus a collector reading ``services()`` (the worker's
+        :class:`~driftwarden.stream.service.StreamService` objects) at scrape time."""
+        m = cls(registry)
+        registry.register(StateCollector(services))
+        return m
+
+    def set_consumer_lag(self, lag: dict[tuple[str, int], int]) -> None:
+        """Replace the consumer-lag series by ``lag`` (partitions no longer held disappear)."""
+        self.consumer_lag.clear()
+        for (topic, partition), n in lag.items():
+            self.consumer_lag.labels(topic, str(partition)).set(n)
+
+
+def _family(name: str) -> Any:
+    d = DEFINITIONS[name]
+    if d.type == "counter":
+        return CounterMetricFamily(d.full_name, d.help, labels=d.labels)
+    return GaugeMetricFamily(d.full_name, d.help, labels=d.labels)
+
+
+class StateCollector(Collector):
+    """Reads the worker's state when Prometheus scrapes; see the module docstring."""
+
+    def __init__(self, services: Callable[[], Iterable[Any]]) -> None:
+        self.services = services
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # no describe-time scrape: the state may still be restoring
+
+    def collect(self) -> Iterator[Metric]:
+        fam = {name: _family(name) for name, d in DEFINITIONS.items()
+               if name in _STATE_METRICS}
+        invalid: dict[str, float] = {}
+        counts: dict[tuple[str, ...], float] = {}
+        actions: dict[tuple[str, ...], float] = {}
+        for svc in list(self.services()):
+            for reason, n in svc.invalid.items():
+                invalid[reason] = invalid.get(reason, 0) + n
+            for key, n in svc.counts.items():
+                k = tuple(key.split("\x1f"))
+                counts[k] = counts.get(k, 0) + n
+            for key, n in svc.actions.items():
+                k = tuple(key.split("\x1f"))
+                actions[k] = actions.get(k, 0) + n
+            for monitor in list(svc.monitors.values()):
+                _monitor_samples(fam, monitor)
+        for reason, n in sorted(invalid.items()):
+            fam["invalid_events_total"].add_metric([reason], n)
+        for k, n in sorted(counts.items()):
+            fam["events_total"].add_metric(list(k), n)
+        for k, n in sorted(actions.items()):
+            fam["actions_total"].add_metric(list(k), n)
+        yield from fam.values()
+
+
+_STATE_METRICS = {name for name in DEFINITIONS} - {
+    "processing_lag_seconds", "consumer_lag_messages", "stalled_partitions",
+    "checkpoints_total", "checkpoint_bytes"}
+
+
+def _monitor_samples(fam: dict[str, Any], m: Any) -> None:
+    mv = [m.model, m.version]
+    status = m.status()
+    fam["late_events_total"].add_metric(mv, m.n_late)
+    fam["label_outcomes_total"].add_metric(mv, m.n_outcomes)
+    if m.n_records:
+        fam["label_join_ratio"].add_metric(mv, min(1.0, m.n_outcomes / m.n_records))
+    if status["window_fill"] is not None:
+        fam["window_fill_ratio"].add_metric(mv, status["window_fill"])
+    for metric in ("accuracy", "auc", "mae", "window_accuracy", "window_auc", "window_mae",
+                   "estimated_accuracy", "baseline_estimated_accuracy"):
+        value = status.get(metric)
+        if value is not None and math.isfinite(value):
+            fam["model_performance"].add_metric([*mv, metric], value)
+    for kind in KINDS:
+        v = m.last_verdicts.get(kind)
+        if v is not None:
+            fam["drift_detected"].add_metric([*mv, kind], 1.0 if v["drift"] else 0.0)
+            fam["drift_severity"].add_metric([*mv, kind], SEVERITY.get(v["severity"], 0))
+    evidence = [e for kind in ("data", "prediction")
+                for e in m.last_evidence.get(kind, ())]
+    if len({e.feature for e in evidence}) > MAX_FEATURES:
+        top = sorted({e.feature: e.statistic / e.threshold if e.threshold else 0.0
+                      for e in evidence}.items(), key=lambda kv: -kv[1])[:MAX_FEATURES]
+        keep = {f for f, _ in top}
+        evidence = [e for e in evidence if e.feature in keep]
+    for e in evidence:
+        labels = [*mv, e.feature, e.test]
+        fam["feature_drift_score"].add_metric(labels, e.statistic)
+        fam["feature_drift_pvalue"].add_metric(labels, e.adjusted_pvalue)
+        fam["feature_drift_threshold"].add_metric(labels, e.threshold)
+    quality = m.last_evidence.get("quality", ())
+    for e in quality[:4 * MAX_FEATURES]:
+        if e.test in ("missing_ratio", "unseen_ratio"):
+            fam[e.test].add_metric([*mv, e.feature], e.statistic)
