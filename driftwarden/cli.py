@@ -296,6 +296,19 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
                + f" to {topic or settings.topics.predictions}")
 
 
+@cli.group()
+def alerts() -> None:
+    """Prometheus alerting rules."""
+
+
+@alerts.command("render")
+def alerts_render() -> None:
+    """Print the Prometheus rule file (YAML) to stdout."""
+    from driftwarden.alerts import render_rules
+
+    click.echo(render_rules(), nl=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every user error into one line and exit code 2."""
     try:

@@ -1,0 +1,144 @@
+"""Prometheus alerting rules, generated from the metric definitions of :mod:`driftwarden.metrics`.
+
+Every alert has a ``severity`` label (``critical`` pages, ``warning`` goes to the team's
+channel, ``info`` is a record) and ``summary``, ``description`` and ``runbook_url``
+annotations; the runbook of each alert is a section of ``docs/runbooks.md``. PromQL lives in
+small functions taking an :class:`AlertConfig`, so thresholds and the scrape job are set once.
+``driftwarden alerts render`` prints the rule file; ``deploy/prometheus/driftwarden-rules.yml``
+is a committed copy that a test keeps equal to it.
+
+>>> rules = render_rules()
+>>> rules.splitlines()[0]
+'groups:'
+>>> [a.name for a in alerts()][:2]
+['DriftwardenModelDriftWarning', 'DriftwardenModelDriftCritical']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml  # type: ignore[import-untyped]
+
+from driftwarden.metrics import DEFINITIONS
+
+RUNBOOK_BASE = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks.md"
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """What a deployment tunes: the scrape job, thresholds and how long each must hold."""
+
+    job: str = "driftwarden"
+    runbook_base: str = RUNBOOK_BASE
+    drift_for: str = "5m"              # a drift verdict already needs `hysteresis` windows
+    critical_for: str = "2m"
+    silence_for: str = "10m"           # no prediction from a model that was sending
+    dlq_ratio: float = 0.01            # dead letters over all messages
+    dlq_for: str = "10m"
+    lag_messages: int = 100_000
+    lag_for: str = "10m"
+    down_for: str = "2m"
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def rule(self, config: AlertConfig) -> dict[str, object]:
+        anchor = self.name.lower()
+        rule: dict[str, object] = {"alert": self.name, "expr": self.expr}
+        if self.for_ != "0m":
+            rule["for"] = self.for_
+        rule["labels"] = {"severity": self.severity, **self.labels}
+        rule["annotations"] = {"summary": self.summary, "description": self.description,
+                               "runbook_url": f"{config.runbook_base}#{anchor}"}
+        return rule
+
+
+def m(name: str) -> str:
+    """The full name of a declared metric (a typo fails here, not in production)."""
+    return DEFINITIONS[name].full_name
+
+
+# -- PromQL, one small function per question ------------------------------------------------------
+def drift_severity(kinds: str = "data|prediction") -> str:
+    return f'max by (model, version, kind) ({m("drift_severity")}{{kind=~"{kinds}"}})'
+
+
+def drift_detected(kind: str) -> str:
+    return f'max by (model, version) ({m("drift_detected")}{{kind="{kind}"}})'
+
+
+def event_rate(window: str = "5m") -> str:
+    return (f'sum by (model, version) (rate({m("events_total")}'
+            f'{{kind="prediction"}}[{window}]))')
+
+
+def dlq_ratio(window: str = "5m") -> str:
+    invalid = f'sum(rate({m("invalid_events_total")}[{window}]))'
+    return f"{invalid} / ({invalid} + sum(rate({m('events_total')}[{window}])))"
+
+
+def consumer_lag() -> str:
+    return f'sum by (topic) ({m("consumer_lag_messages")})'
+
+
+def actions_increase(window: str = "10m") -> str:
+    return f'sum by (model, action) (increase({m("actions_total")}[{window}]))'
+
+
+def alerts(config: AlertConfig | None = None) -> list[Alert]:
+    """Every alert, in the order of the rule file."""
+    c = config or AlertConfig()
+    mv = "{{ $labels.model }} v{{ $labels.version }}"
+    return [
+        Alert("DriftwardenModelDriftWarning", f"{drift_severity()} == 1", c.drift_for,
+              "warning", f"{{{{ $labels.kind }}}} drift on {mv}",
+              f"The {{{{ $labels.kind }}}} distribution of {mv} differs from its baseline "
+              "beyond the calibrated thresholds (warning: below the critical PSI)."),
+        Alert("DriftwardenModelDriftCritical", f"{drift_severity()} >= 2", c.critical_for,
+              "critical", f"critical {{{{ $labels.kind }}}} drift on {mv}",
+              f"The {{{{ $labels.kind }}}} distribution of {mv} moved far from its baseline "
+              "(PSI above the critical level): predictions are made on data the model has not "
+              "seen."),
+        Alert("DriftwardenConceptDrift", f"{drift_detected('concept')} == 1", c.drift_for,
+              "critical", f"concept drift on {mv}",
+              f"The error rate of {mv} on joined labels rose above its reference."),
+        Alert("DriftwardenDataQuality", f"{drift_detected('quality')} == 1", c.drift_for,
+              "warning", f"data quality problem on {mv}",
+              f"Missing, unseen or invalid values or a schema change on {mv}."),
+        Alert("DriftwardenNoEvents",
+              f"{event_rate()} == 0 and {event_rate('1h')} > 0", c.silence_for, "warning",
+              f"no predictions from {mv}",
+              f"{mv} sent predictions in the last hour but none for {c.silence_for}: the "
+              "serving pipeline or its logging may be stalled."),
+        Alert("DriftwardenDeadLetterRate", f"{dlq_ratio()} > {c.dlq_ratio}", c.dlq_for,
+              "warning", "malformed messages are going to the dead-letter topic",
+              "{{ $value | humanizePercentage }} of messages are rejected to the DLQ "
+              "(see driftwarden_invalid_events_total by reason)."),
+        Alert("DriftwardenConsumerLag", f"{consumer_lag()} > {c.lag_messages}", c.lag_for,
+              "warning", "driftwarden is behind on {{ $labels.topic }}",
+              "{{ $value }} messages are waiting on {{ $labels.topic }}: verdicts are late."),
+        Alert("DriftwardenWorkerDown", f'up{{job="{c.job}"}} == 0', c.down_for, "critical",
+              "driftwarden worker {{ $labels.instance }} is down",
+              "Prometheus cannot scrape {{ $labels.instance }}: its partitions are not "
+              "monitored until the group rebalances."),
+        Alert("DriftwardenActionEmitted", f"{actions_increase()} > 0", "0m", "info",
+              "{{ $labels.action }} requested for {{ $labels.model }}",
+              "driftwarden published a {{ $labels.action }} action event for "
+              "{{ $labels.model }} in the last 10 minutes."),
+    ]
+
+
+def render_rules(config: AlertConfig | None = None) -> str:
+    """The Prometheus rule file (YAML) of :func:`alerts`."""
+    c = config or AlertConfig()
+    doc = {"groups": [{"name": "driftwarden", "rules": [a.rule(c) for a in alerts(c)]}]}
+    return yaml.safe_dump(doc, sort_keys=False, width=100)
