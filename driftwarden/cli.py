@@ -309,6 +309,25 @@ def alerts_render() -> None:
     click.echo(render_rules(), nl=False)
 
 
+@cli.group()
+def dashboards() -> None:
+    """Grafana dashboards."""
+
+
+@dashboards.command("export")
+@click.argument("directory", type=click.Path(file_okay=False))
+def dashboards_export(directory: str) -> None:
+    """Write the dashboards as JSON files into DIRECTORY (Grafana file provisioning)."""
+    from driftwarden.dashboards import export
+
+    try:
+        paths = export(directory)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {directory}: {exc.strerror}") from None
+    for p in paths:
+        click.echo(str(p))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every user error into one line and exit code 2."""
     try:

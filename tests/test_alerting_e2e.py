@@ -20,6 +20,7 @@ import yaml
 from confluent_kafka import Producer
 
 from driftwarden import alerts as rules
+from driftwarden import dashboards
 from driftwarden.embedded import free_port
 
 PROMETHEUS = shutil.which("prometheus")
@@ -186,6 +187,18 @@ def test_drift_reaches_alertmanager_and_survives_its_restart(stack):
     wait_for("every rule expression to return data", all_blocks, 30)
     for a in rules.alerts(stack["config"]):  # and every full rule expression is valid PromQL
         query(prom_port, a.expr)
+
+    # every dashboard panel's PromQL, with Grafana's variables filled in, returns data
+    def panels_with_data():
+        empty = []
+        for d in dashboards.build_all():
+            for expr in dashboards.expressions(d):
+                e = (expr.replace("$model", "fraud").replace("$version", "1")
+                     .replace("$__rate_interval", "1m").replace("$__range", "10m"))
+                if not query(prom_port, e):
+                    empty.append(e)
+        return not empty or None
+    wait_for("every dashboard panel to return data", panels_with_data, 30)
 
     # Alertmanager away for a minute while the alert is active: Prometheus re-sends it
     stack["am"].stop()

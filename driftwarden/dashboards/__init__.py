@@ -1,0 +1,187 @@
+"""Grafana dashboards, built with ``grafana-foundation-sdk`` from the metric definitions.
+
+Two dashboards with stable UIDs: an **overview** of all models and a **per-model** dashboard
+with ``model`` and ``version`` variables. PromQL lives in small functions (every metric name
+goes through :func:`driftwarden.alerts.m`, so a renamed metric fails at build time); the
+panels are assembled from them. :func:`export` writes the JSON that Grafana's file
+provisioning loads; ``deploy/grafana/dashboards/`` holds committed copies that a test keeps
+equal to what this module builds.
+
+>>> [d["uid"] for d in build_all()]
+['driftwarden-overview', 'driftwarden-model']
+>>> sorted({v["name"] for v in build_all()[1]["templating"]["list"]})
+['model', 'version']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
+
+from driftwarden.alerts import m
+
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="driftwarden-prometheus")
+OVERVIEW_UID = "driftwarden-overview"
+MODEL_UID = "driftwarden-model"
+SEL = 'model="$model", version="$version"'
+
+
+# -- PromQL of the panels -------------------------------------------------------------------------
+def q_verdicts() -> str:
+    return f'max by (model, version, kind) ({m("drift_severity")})'
+
+
+def q_event_rate(sel: str = "") -> str:
+    return (f'sum by (model, version) (rate({m("events_total")}'
+            f'{{kind="prediction"{", " + sel if sel else ""}}}[$__rate_interval]))')
+
+
+def q_dlq_rate() -> str:
+    return f'sum by (reason) (rate({m("invalid_events_total")}[$__rate_interval]))'
+
+
+def q_processing_lag(quantile: float) -> str:
+    return (f'histogram_quantile({quantile}, sum by (le) '
+            f'(rate({m("processing_lag_seconds")}_bucket[$__rate_interval])))')
+
+
+def q_consumer_lag() -> str:
+    return f'sum by (topic) ({m("consumer_lag_messages")})'
+
+
+def q_actions() -> str:
+    return f'sum by (model, action) (increase({m("actions_total")}[$__range]))'
+
+
+def q_label_coverage(sel: str = "") -> str:
+    return f'{m("label_join_ratio")}{{{sel}}}'
+
+
+def q_drift(what: str) -> str:
+    return f'{m("feature_drift_" + what)}{{{SEL}}}'
+
+
+def q_quality(measure: str) -> str:
+    return f'{m(measure)}{{{SEL}}}'
+
+
+def q_performance() -> str:
+    return f'{m("model_performance")}{{{SEL}}}'
+
+
+def q_prediction_score() -> str:
+    return f'{m("feature_drift_score")}{{{SEL}, feature="__prediction__"}}'
+
+
+def q_window_fill() -> str:
+    return f'{m("window_fill_ratio")}{{{SEL}}}'
+
+
+def _target(expr: str, legend: str) -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend)
+
+
+def _ts(title: str, unit: str, *targets: prometheus.Dataquery, desc: str = "") -> Any:
+    p = timeseries.Panel().title(title).unit(unit).datasource(DATASOURCE).height(8).span(12)
+    if desc:
+        p = p.description(desc)
+    for t in targets:
+        p = p.with_target(t)
+    return p
+
+
+def _stat(title: str, expr: str, legend: str, unit: str = "none") -> Any:
+    return (stat.Panel().title(title).unit(unit).datasource(DATASOURCE).height(6).span(12)
+            .with_target(_target(expr, legend)))
+
+
+def overview() -> Dashboard:
+    """All models: verdicts, event and DLQ rates, lags, actions, label coverage."""
+    return (
+        Dashboard("driftwarden / overview").uid(OVERVIEW_UID)
+        .tags(["driftwarden", "generated"]).refresh("30s").time("now-6h", "now")
+        .with_row(Row("Verdicts"))
+        .with_panel(_stat("Verdict severity (0 none, 1 warning, 2 critical)", q_verdicts(),
+                          "{{model}} v{{version}} {{kind}}"))
+        .with_panel(_ts("Actions emitted", "short",
+                        _target(q_actions(), "{{model}} {{action}}")))
+        .with_row(Row("Traffic"))
+        .with_panel(_ts("Predictions per second", "reqps",
+                        _target(q_event_rate(), "{{model}} v{{version}}")))
+        .with_panel(_ts("Dead letters per second", "reqps",
+                        _target(q_dlq_rate(), "{{reason}}")))
+        .with_panel(_ts("Processing lag", "s", _target(q_processing_lag(0.5), "p50"),
+                        _target(q_processing_lag(0.99), "p99")))
+        .with_panel(_ts("Consumer lag", "short", _target(q_consumer_lag(), "{{topic}}")))
+        .with_panel(_ts("Label coverage", "percentunit",
+                        _target(q_label_coverage(), "{{model}} v{{version}}")))
+    )
+
+
+def model() -> Dashboard:
+    """One model version: drift vs threshold per feature and test, p-values, quality,
+    predictions, realized vs estimated performance, window fill."""
+    var = m("events_total")
+    return (
+        Dashboard("driftwarden / model").uid(MODEL_UID)
+        .tags(["driftwarden", "generated"]).refresh("30s").time("now-6h", "now")
+        .with_variable(QueryVariable("model").label("Model").datasource(DATASOURCE)
+                       .query(f"label_values({var}, model)")
+                       .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED))
+        .with_variable(QueryVariable("version").label("Version").datasource(DATASOURCE)
+                       .query(f'label_values({var}{{model="$model"}}, version)')
+                       .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED))
+        .with_row(Row("Drift"))
+        .with_panel(_ts("Drift score vs threshold", "short",
+                        _target(q_drift("score"), "{{feature}} {{test}}"),
+                        _target(q_drift("threshold"), "{{feature}} {{test}} threshold"),
+                        desc="A score above its threshold flags the test."))
+        .with_panel(_ts("Adjusted p-values", "short",
+                        _target(q_drift("pvalue"), "{{feature}} {{test}}")))
+        .with_row(Row("Data quality and predictions"))
+        .with_panel(_ts("Missing ratio", "percentunit",
+                        _target(q_quality("missing_ratio"), "{{feature}}")))
+        .with_panel(_ts("Unseen categories", "percentunit",
+                        _target(q_quality("unseen_ratio"), "{{feature}}")))
+        .with_panel(_ts("Prediction distribution drift", "short",
+                        _target(q_prediction_score(), "{{test}}")))
+        .with_panel(_ts("Window fill", "percentunit", _target(q_window_fill(), "fill")))
+        .with_row(Row("Performance"))
+        .with_panel(_ts("Realized vs estimated performance", "percentunit",
+                        _target(q_performance(), "{{metric}}")))
+        .with_panel(_ts("Predictions per second", "reqps",
+                        _target(q_event_rate(SEL), "v{{version}}")))
+    )
+
+
+def _json(builder: Dashboard) -> dict[str, Any]:
+    return json.loads(JSONEncoder(sort_keys=True).encode(builder.build()))
+
+
+def build_all() -> list[dict[str, Any]]:
+    """Both dashboards as Grafana JSON models."""
+    return [_json(overview()), _json(model())]
+
+
+def expressions(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression of a dashboard's panels."""
+    return [t["expr"] for p in dashboard.get("panels", []) for t in p.get("targets", [])
+            if "expr" in t]
+
+
+def export(directory: str | Path) -> list[Path]:
+    """Write each dashboard as ``<uid>.json`` (for Grafana's file provisioning)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for d in build_all():
+        path = out / f"{d['uid']}.json"
+        path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
