@@ -192,11 +192,13 @@ def demo(duration: float, rate: int, batch_mode: bool, as_json: bool) -> None:
 @click.option("--warmup", type=click.IntRange(100, 10_000_000), default=None,
               help="Records of a new (model, version) that become its baseline (default 5000).")
 @click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True,
-              help="Port of the health / verdicts endpoints (bound to 127.0.0.1).")
+              help="Port of the health / verdicts / metrics endpoints.")
+@click.option("--web-host", default="127.0.0.1", show_default=True,
+              help="Address the endpoints bind to (0.0.0.0 inside a container).")
 @click.option("--session-timeout", type=click.FloatRange(1, 300), default=10.0,
               show_default=True, help="Kafka consumer-group session timeout, seconds.")
 def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None,
-           web_port: int, session_timeout: float) -> None:
+           web_port: int, web_host: str, session_timeout: float) -> None:
     """Run a stream worker: consume predictions and labels, publish drift and action events."""
     import logging
 
@@ -218,7 +220,8 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
     logging.basicConfig(level=settings.log_level)
     logging.getLogger("driftwarden").info("settings: %s", settings.redacted())
     # the config first (a bad baseline file is reported before any connection), then the broker
-    app = create_app(settings, web_port=web_port, session_timeout=session_timeout)
+    app = create_app(settings, web_port=web_port, web_host=web_host,
+                     session_timeout=session_timeout)
     try:
         ensure_topics(settings)
     except Exception as exc:  # noqa: BLE001 - report the broker problem in one line

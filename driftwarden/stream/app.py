@@ -190,7 +190,7 @@ def _limit_fetch_wait(ms: int) -> None:
     aiokafka.AIOKafkaConsumer = Consumer  # type: ignore[misc]
 
 
-def create_app(settings: Settings, *, web_port: int = 6066,
+def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127.0.0.1",
                factory: Callable[[], StreamService] | None = None,
                session_timeout: float = 10.0, batch: int = 2000, within: float = 0.2) -> Any:
     """Build the Faust app of one worker (``app.dw_shards``: its :class:`Shards`).
@@ -219,7 +219,7 @@ def create_app(settings: Settings, *, web_port: int = 6066,
     app = faust.App(
         settings.kafka.group_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
-        web_host="127.0.0.1", web_bind="127.0.0.1", web_port=web_port,
+        web_host=web_host, web_bind=web_host, web_port=web_port,
         topic_partitions=settings.kafka.partitions, topic_allow_declare=False,
         broker_session_timeout=session_timeout,
         broker_heartbeat_interval=max(0.5, session_timeout / 10),
