@@ -331,6 +331,23 @@ def dashboards_export(directory: str) -> None:
         click.echo(str(p))
 
 
+@dashboards.command("push")
+@click.option("--grafana-url", required=True, metavar="URL", help="e.g. http://127.0.0.1:3000")
+@click.option("--folder", default="driftwarden", show_default=True, help="Folder title.")
+@click.option("--no-overwrite", is_flag=True, help="Fail instead of replacing a changed one.")
+@click.option("--timeout", type=click.FloatRange(0.1, 300), default=10.0, show_default=True)
+def dashboards_push(grafana_url: str, folder: str, no_overwrite: bool, timeout: float) -> None:
+    """Upload the dashboards to Grafana (token from GRAFANA_TOKEN); pushing twice changes
+    nothing."""
+    import os
+
+    from driftwarden.dashboards.push import push_all
+
+    for uid, what in push_all(grafana_url, token=os.environ.get("GRAFANA_TOKEN") or None,
+                              folder=folder, overwrite=not no_overwrite, timeout=timeout):
+        click.echo(f"{uid}: {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every user error into one line and exit code 2."""
     try:
