@@ -51,6 +51,7 @@ class Definition:
     type: str      # counter | gauge | histogram
     help: str
     labels: tuple[str, ...] = ()
+    instrumented: bool = False  # observed as it happens; else read from state at scrape time
 
     @property
     def full_name(self) -> str:
@@ -60,14 +61,18 @@ class Definition:
 DEFINITIONS = {d.name: d for d in (
     # instrumented
     Definition("processing_lag_seconds", "histogram",
-               "Seconds from a message's broker timestamp to the worker taking it."),
+               "Seconds from a message's broker timestamp to the worker taking it.",
+               instrumented=True),
     Definition("consumer_lag_messages", "gauge",
                "Messages waiting in a source partition (end offset minus the last taken).",
-               ("topic", "partition")),
+               ("topic", "partition"), instrumented=True),
     Definition("stalled_partitions", "gauge",
-               "Source partitions with waiting messages and no progress for stall_seconds."),
-    Definition("checkpoints_total", "counter", "State checkpoints written and confirmed."),
-    Definition("checkpoint_bytes", "gauge", "Compressed bytes of the last checkpoint."),
+               "Source partitions with waiting messages and no progress for stall_seconds.",
+               instrumented=True),
+    Definition("checkpoints_total", "counter", "State checkpoints written and confirmed.",
+               instrumented=True),
+    Definition("checkpoint_bytes", "gauge", "Compressed bytes of the last checkpoint.",
+               instrumented=True),
     # read from state at scrape time
     Definition("events_total", "counter",
                "Records taken per model, version and kind (prediction).",
@@ -163,8 +168,7 @@ class StateCollector(Collector):
         return iter(())  # no describe-time scrape: the state may still be restoring
 
     def collect(self) -> Iterator[Metric]:
-        fam = {name: _family(name) for name, d in DEFINITIONS.items()
-               if name in _STATE_METRICS}
+        fam = {name: _family(name) for name, d in DEFINITIONS.items() if not d.instrumented}
         invalid: dict[str, float] = {}
         counts: dict[tuple[str, ...], float] = {}
         actions: dict[tuple[str, ...], float] = {}
@@ -186,11 +190,6 @@ class StateCollector(Collector):
         for k, n in sorted(actions.items()):
             fam["actions_total"].add_metric(list(k), n)
         yield from fam.values()
-
-
-_STATE_METRICS = {name for name in DEFINITIONS} - {
-    "processing_lag_seconds", "consumer_lag_messages", "stalled_partitions",
-    "checkpoints_total", "checkpoint_bytes"}
 
 
 def _monitor_samples(fam: dict[str, Any], m: Any) -> None:

@@ -6,21 +6,20 @@ returns (Prometheus re-sends)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
 import urllib.parse
-import urllib.request
 
 import numpy as np
 import orjson
 import pytest
 import yaml
 from confluent_kafka import Producer
+from conftest import get_json
 
 from driftwarden import alerts as rules
-from driftwarden import dashboards
+from driftwarden import dashboards, promql
 from driftwarden.embedded import free_port
 
 PROMETHEUS = shutil.which("prometheus")
@@ -32,14 +31,6 @@ PREFIX = "e2e"
 TOPICS = ("predictions", "features", "labels", "summaries", "drift", "actions", "dlq", "late",
           "state")
 ALERT_BOUND = 45.0  # seconds from the drifted records being produced to the alert in AM
-
-
-def http_json(url, data=None, timeout=5.0):
-    try:
-        with urllib.request.urlopen(url, data=data, timeout=timeout) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
 
 
 def wait_for(what, check, timeout):
@@ -109,10 +100,8 @@ def stack(broker, spawn_worker, tmp_path):
     am.start()
     prom.start()
     try:
-        wait_for("alertmanager", lambda: http_json(
-            f"http://127.0.0.1:{am_port}/api/v2/status"), 30)
-        wait_for("prometheus", lambda: http_json(
-            f"http://127.0.0.1:{prom_port}/api/v1/status/buildinfo"), 30)
+        wait_for("alertmanager", lambda: get_json(am_port, "/api/v2/status"), 30)
+        wait_for("prometheus", lambda: get_json(prom_port, "/api/v1/status/buildinfo"), 30)
         yield {"broker": broker, "worker": proc, "worker_log": worker_log, "am": am,
                "am_port": am_port, "prom_port": prom_port, "config": config,
                "tmp": tmp_path}
@@ -141,14 +130,12 @@ def produce_scenario(bootstrap):
 
 
 def active_alerts(port):
-    got = http_json(f"http://127.0.0.1:{port}/api/v2/alerts?active=true&silenced=false")
+    got = get_json(port, "/api/v2/alerts?active=true&silenced=false")
     return [a for a in got or [] if a["status"]["state"] == "active"]
 
 
 def query(prom_port, expr):
-    url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode(
-        {"query": expr})
-    body = http_json(url)
+    body = get_json(prom_port, "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
     assert body is not None and body["status"] == "success", (expr, body)
     return body["data"]["result"]
 
@@ -174,13 +161,13 @@ def test_drift_reaches_alertmanager_and_survives_its_restart(stack):
 
     # every PromQL building block of the rules returns data in this scenario
     def all_blocks():
-        blocks = {"drift_severity": rules.drift_severity(),
-                  "drift_detected(data)": rules.drift_detected("data"),
-                  "drift_detected(quality)": rules.drift_detected("quality"),
-                  "drift_detected(concept)": rules.drift_detected("concept"),
-                  "event_rate": rules.event_rate(), "dlq_ratio": rules.dlq_ratio(),
-                  "consumer_lag": rules.consumer_lag(),
-                  "actions_increase": rules.actions_increase(),
+        blocks = {"drift_severity": promql.drift_severity(),
+                  "drift_detected(data)": promql.drift_detected("data"),
+                  "drift_detected(quality)": promql.drift_detected("quality"),
+                  "drift_detected(concept)": promql.drift_detected("concept"),
+                  "event_rate": promql.event_rate(), "dlq_ratio": promql.dlq_ratio(),
+                  "consumer_lag": promql.consumer_lag(),
+                  "actions_increase": promql.actions_increase(),
                   "up": f'up{{job="{stack["config"].job}"}}'}
         missing = [name for name, expr in blocks.items() if not query(prom_port, expr)]
         return not missing or None
@@ -205,8 +192,7 @@ def test_drift_reaches_alertmanager_and_survives_its_restart(stack):
     assert active_alerts(am_port) == []
     time.sleep(60)
     stack["am"].start()
-    wait_for("alertmanager back", lambda: http_json(
-        f"http://127.0.0.1:{am_port}/api/v2/status"), 30)
+    wait_for("alertmanager back", lambda: get_json(am_port, "/api/v2/status"), 30)
     back = wait_for("the drift alert after Alertmanager's restart", drift_alert, 30)
     assert back[0]["labels"] == labels
     assert stack["worker"].poll() is None, stack["worker_log"].read_text()[-2000:]

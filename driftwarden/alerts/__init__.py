@@ -3,7 +3,8 @@
 Every alert has a ``severity`` label (``critical`` pages, ``warning`` goes to the team's
 channel, ``info`` is a record) and ``summary``, ``description`` and ``runbook_url``
 annotations; the runbook of each alert is a section of ``docs/runbooks.md``. PromQL lives in
-small functions taking an :class:`AlertConfig`, so thresholds and the scrape job are set once.
+:mod:`driftwarden.promql` (shared with the dashboards); thresholds and the scrape job are set
+once, in an :class:`AlertConfig`.
 ``driftwarden alerts render`` prints the rule file; ``deploy/prometheus/driftwarden-rules.yml``
 is a committed copy that a test keeps equal to it.
 
@@ -20,7 +21,14 @@ from dataclasses import dataclass, field
 
 import yaml  # type: ignore[import-untyped]
 
-from driftwarden.metrics import DEFINITIONS
+from driftwarden.promql import (
+    actions_increase,
+    consumer_lag,
+    dlq_ratio,
+    drift_detected,
+    drift_severity,
+    event_rate,
+)
 
 RUNBOOK_BASE = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks.md"
 
@@ -60,38 +68,6 @@ class Alert:
         rule["annotations"] = {"summary": self.summary, "description": self.description,
                                "runbook_url": f"{config.runbook_base}#{anchor}"}
         return rule
-
-
-def m(name: str) -> str:
-    """The full name of a declared metric (a typo fails here, not in production)."""
-    return DEFINITIONS[name].full_name
-
-
-# -- PromQL, one small function per question ------------------------------------------------------
-def drift_severity(kinds: str = "data|prediction") -> str:
-    return f'max by (model, version, kind) ({m("drift_severity")}{{kind=~"{kinds}"}})'
-
-
-def drift_detected(kind: str) -> str:
-    return f'max by (model, version) ({m("drift_detected")}{{kind="{kind}"}})'
-
-
-def event_rate(window: str = "5m") -> str:
-    return (f'sum by (model, version) (rate({m("events_total")}'
-            f'{{kind="prediction"}}[{window}]))')
-
-
-def dlq_ratio(window: str = "5m") -> str:
-    invalid = f'sum(rate({m("invalid_events_total")}[{window}]))'
-    return f"{invalid} / ({invalid} + sum(rate({m('events_total')}[{window}])))"
-
-
-def consumer_lag() -> str:
-    return f'sum by (topic) ({m("consumer_lag_messages")})'
-
-
-def actions_increase(window: str = "10m") -> str:
-    return f'sum by (model, action) (increase({m("actions_total")}[{window}]))'
 
 
 def alerts(config: AlertConfig | None = None) -> list[Alert]:

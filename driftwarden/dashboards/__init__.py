@@ -1,11 +1,11 @@
 """Grafana dashboards, built with ``grafana-foundation-sdk`` from the metric definitions.
 
 Two dashboards with stable UIDs: an **overview** of all models and a **per-model** dashboard
-with ``model`` and ``version`` variables. PromQL lives in small functions (every metric name
-goes through :func:`driftwarden.alerts.m`, so a renamed metric fails at build time); the
-panels are assembled from them. :func:`export` writes the JSON that Grafana's file
-provisioning loads; ``deploy/grafana/dashboards/`` holds committed copies that a test keeps
-equal to what this module builds.
+with ``model`` and ``version`` variables. Panels are assembled from the PromQL building blocks
+of :mod:`driftwarden.promql` (shared with the alert rules) and the panel-only queries below.
+:func:`export` writes the JSON that Grafana's file provisioning loads;
+``deploy/grafana/dashboards/`` holds committed copies that a test keeps equal to what this
+module builds.
 
 >>> [d["uid"] for d in build_all()]
 ['driftwarden-overview', 'driftwarden-model']
@@ -24,7 +24,7 @@ from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
-from driftwarden.alerts import m
+from driftwarden.promql import actions_increase, consumer_lag, drift_severity, event_rate, m
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="driftwarden-prometheus")
 OVERVIEW_UID = "driftwarden-overview"
@@ -32,31 +32,17 @@ MODEL_UID = "driftwarden-model"
 SEL = 'model="$model", version="$version"'
 
 
-# -- PromQL of the panels -------------------------------------------------------------------------
-def q_verdicts() -> str:
-    return f'max by (model, version, kind) ({m("drift_severity")})'
+RATE = "$__rate_interval"
 
 
-def q_event_rate(sel: str = "") -> str:
-    return (f'sum by (model, version) (rate({m("events_total")}'
-            f'{{kind="prediction"{", " + sel if sel else ""}}}[$__rate_interval]))')
-
-
+# -- PromQL only the panels use -------------------------------------------------------------------
 def q_dlq_rate() -> str:
-    return f'sum by (reason) (rate({m("invalid_events_total")}[$__rate_interval]))'
+    return f'sum by (reason) (rate({m("invalid_events_total")}[{RATE}]))'
 
 
 def q_processing_lag(quantile: float) -> str:
     return (f'histogram_quantile({quantile}, sum by (le) '
-            f'(rate({m("processing_lag_seconds")}_bucket[$__rate_interval])))')
-
-
-def q_consumer_lag() -> str:
-    return f'sum by (topic) ({m("consumer_lag_messages")})'
-
-
-def q_actions() -> str:
-    return f'sum by (model, action) (increase({m("actions_total")}[$__range]))'
+            f'(rate({m("processing_lag_seconds")}_bucket[{RATE}])))')
 
 
 def q_label_coverage(sel: str = "") -> str:
@@ -107,18 +93,18 @@ def overview() -> Dashboard:
         Dashboard("driftwarden / overview").uid(OVERVIEW_UID)
         .tags(["driftwarden", "generated"]).refresh("30s").time("now-6h", "now")
         .with_row(Row("Verdicts"))
-        .with_panel(_stat("Verdict severity (0 none, 1 warning, 2 critical)", q_verdicts(),
+        .with_panel(_stat("Verdict severity (0 none, 1 warning, 2 critical)", drift_severity(".+"),
                           "{{model}} v{{version}} {{kind}}"))
         .with_panel(_ts("Actions emitted", "short",
-                        _target(q_actions(), "{{model}} {{action}}")))
+                        _target(actions_increase("$__range"), "{{model}} {{action}}")))
         .with_row(Row("Traffic"))
         .with_panel(_ts("Predictions per second", "reqps",
-                        _target(q_event_rate(), "{{model}} v{{version}}")))
+                        _target(event_rate(RATE), "{{model}} v{{version}}")))
         .with_panel(_ts("Dead letters per second", "reqps",
                         _target(q_dlq_rate(), "{{reason}}")))
         .with_panel(_ts("Processing lag", "s", _target(q_processing_lag(0.5), "p50"),
                         _target(q_processing_lag(0.99), "p99")))
-        .with_panel(_ts("Consumer lag", "short", _target(q_consumer_lag(), "{{topic}}")))
+        .with_panel(_ts("Consumer lag", "short", _target(consumer_lag(), "{{topic}}")))
         .with_panel(_ts("Label coverage", "percentunit",
                         _target(q_label_coverage(), "{{model}} v{{version}}")))
     )
@@ -156,7 +142,7 @@ def model() -> Dashboard:
         .with_panel(_ts("Realized vs estimated performance", "percentunit",
                         _target(q_performance(), "{{metric}}")))
         .with_panel(_ts("Predictions per second", "reqps",
-                        _target(q_event_rate(SEL), "v{{version}}")))
+                        _target(event_rate(RATE, SEL), "v{{version}}")))
     )
 
 

@@ -6,7 +6,9 @@ pushing twice changes nothing (no new dashboard version in Grafana's history). T
 created when missing. Every failure — Grafana down, slow, refusing the token — becomes one
 :class:`~driftwarden.errors.InputError` line, never a traceback.
 
->>> push_all("http://127.0.0.1:9", token=None, timeout=0.5)  # doctest: +SKIP
+>>> push_all("http://127.0.0.1:9", token=None, timeout=0.5)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+driftwarden.errors.InputError: Grafana at http://127.0.0.1:9: ...
 """
 
 from __future__ import annotations

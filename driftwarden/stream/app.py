@@ -297,9 +297,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                 for m in msgs:
                     m.ack(app.consumer)
             state["checkpoints"] += 1
-            metrics.checkpoints.inc()
-            metrics.checkpoint_bytes.set(sum(written.values()))
             state["checkpoint_bytes"] = sum(written.values())
+            metrics.checkpoints.inc()
+            metrics.checkpoint_bytes.set(state["checkpoint_bytes"])
 
     predictions = app.topic(settings.topics.predictions, settings.topics.features,
                             value_serializer="raw", key_serializer="raw")
