@@ -117,6 +117,26 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ConfigError(f"invalid detection setting: {exc}") from None
 
 
+class Grafana(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the worker posts drift and action events as annotations (no ``url``: nowhere).
+    The token is best given as ``DRIFTWARDEN_GRAFANA__TOKEN``."""
+
+    url: str = ""
+    token: str = ""
+    timeout: float = 5.0    # seconds per request; slower counts as a failure and is retried
+    queue: int = 10_000     # annotations waiting while Grafana is away (then oldest dropped)
+
+
+class Alertmanager(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Alertmanager the worker posts its verdicts to directly (no ``url``: only through
+    Prometheus' rules). Use one path or the other for drift alerts, not both."""
+
+    url: str = ""
+    resend_seconds: float = 60.0  # firing alerts are re-sent this often (endsAt: 4 resends)
+    timeout: float = 5.0
+    runbook_base: str = ""        # runbook links (default: the project's docs/runbooks.md)
+
+
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What the config says of one model (``[models.NAME]``)."""
 
@@ -136,6 +156,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     topics: Topics = msgspec.field(default_factory=Topics)
     detection: Detection = msgspec.field(default_factory=Detection)
     models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    grafana: Grafana = msgspec.field(default_factory=Grafana)
+    alertmanager: Alertmanager = msgspec.field(default_factory=Alertmanager)
     discovery: bool = True   # monitor models not in `models`, discovered from the stream
     max_models: int = 100    # cap on discovered models (bounded state and metric labels)
 
@@ -149,8 +171,8 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, k) for k, v in value.items()}
     if value and any(w in key.lower() for w in SECRET_WORDS):
         return "***"
-    if key == "database_url" and isinstance(value, str) and "@" in value:
-        scheme, _, rest = value.partition("://")
+    if isinstance(value, str) and "://" in value and "@" in value.partition("://")[2]:
+        scheme, _, rest = value.partition("://")  # a URL with credentials: database, Grafana
         return f"{scheme}://***@{rest.rpartition('@')[2]}"
     return value
 

@@ -113,6 +113,15 @@ DEFINITIONS = {d.name: d for d in (
                ("model", "version")),
     Definition("actions_total", "counter", "Action events emitted (rollback/retrain/review).",
                ("model", "action")),
+    Definition("notifications_sent_total", "counter",
+               "Items delivered to a side channel (grafana annotations, alertmanager).",
+               ("sink",)),
+    Definition("notifications_dropped_total", "counter",
+               "Items a side channel dropped: its queue was full, or the service refused them.",
+               ("sink",)),
+    Definition("notification_failures_total", "counter",
+               "Failed deliveries to a side channel (each retry counts).", ("sink",)),
+    Definition("notification_queue", "gauge", "Items waiting for a side channel.", ("sink",)),
 )}
 
 
@@ -136,12 +145,13 @@ class Metrics:
                                       d["checkpoint_bytes"].help, registry=registry)
 
     @classmethod
-    def create(cls, registry: CollectorRegistry,
-               services: Callable[[], Iterable[Any]]) -> Metrics:
+    def create(cls, registry: CollectorRegistry, services: Callable[[], Iterable[Any]],
+               sinks: Iterable[Any] = ()) -> Metrics:
         """The instrumented metrics plus a collector reading ``services()`` (the worker's
-        :class:`~driftwarden.stream.service.StreamService` objects) at scrape time."""
+        :class:`~driftwarden.stream.service.StreamService` objects) and ``sinks`` (its
+        :class:`~driftwarden.notify.SideSender` objects) at scrape time."""
         m = cls(registry)
-        registry.register(StateCollector(services))
+        registry.register(StateCollector(services, sinks))
         return m
 
     def set_consumer_lag(self, lag: dict[tuple[str, int], int]) -> None:
@@ -161,8 +171,9 @@ def _family(name: str) -> Any:
 class StateCollector(Collector):
     """Reads the worker's state when Prometheus scrapes; see the module docstring."""
 
-    def __init__(self, services: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, services: Callable[[], Iterable[Any]], sinks: Iterable[Any] = ()) -> None:
         self.services = services
+        self.sinks = list(sinks)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # no describe-time scrape: the state may still be restoring
@@ -189,6 +200,11 @@ class StateCollector(Collector):
             fam["events_total"].add_metric(list(k), n)
         for k, n in sorted(actions.items()):
             fam["actions_total"].add_metric(list(k), n)
+        for sink in self.sinks:
+            fam["notifications_sent_total"].add_metric([sink.name], sink.sent)
+            fam["notifications_dropped_total"].add_metric([sink.name], sink.dropped)
+            fam["notification_failures_total"].add_metric([sink.name], sink.failures)
+            fam["notification_queue"].add_metric([sink.name], sink.depth)
         yield from fam.values()
 
 

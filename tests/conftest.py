@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import settings
@@ -56,6 +60,66 @@ def get_json(port, path, timeout=5.0):
         return None
 
 
+def wait_for(what, check, timeout):
+    """``check()``'s first truthy answer, polled every half second; fails after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Service:
+    """A Debian binary (prometheus, alertmanager) on a loopback port, stopped at the end."""
+
+    def __init__(self, argv, log):
+        self.argv, self.log = argv, log
+        self.proc = None
+
+    def start(self):
+        import subprocess
+
+        self.proc = subprocess.Popen(self.argv, stdout=self.log.open("a"),
+                                     stderr=subprocess.STDOUT)
+
+    def stop(self):
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def alertmanager_service(tmp_path, port):
+    """Debian's Alertmanager on 127.0.0.1:port with a do-nothing receiver (not started)."""
+    import yaml
+
+    cfg = tmp_path / "alertmanager.yml"
+    cfg.write_text(yaml.safe_dump({
+        "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
+        "receivers": [{"name": "null"}]}))
+    return Service([ALERTMANAGER, f"--config.file={cfg}",
+                    f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+                    f"--storage.path={tmp_path / 'am'}"], tmp_path / "alertmanager.log")
+
+
+def active_alerts(port):
+    """Alertmanager's active, unsilenced alerts."""
+    got = get_json(port, "/api/v2/alerts?active=true&silenced=false")
+    return [a for a in got or [] if a["status"]["state"] == "active"]
+
+
 @pytest.fixture
 def spawn_worker(tmp_path):
     """Start real `driftwarden worker` processes: spawn(bootstrap, env) -> (proc, port, log).
@@ -95,3 +159,37 @@ def spawn_worker(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+POSTGRES_URL = os.environ.get("DRIFTWARDEN_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def fresh_postgres_database():
+    """A new, empty database on the machine's PostgreSQL (dropped after): its URL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"dw_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh database of each kind the store supports: a SQLite file, and a new database on
+    the real PostgreSQL server the machine runs (127.0.0.1:5432)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    with fresh_postgres_database() as url:
+        yield url

@@ -62,6 +62,16 @@ class Spec:
         return errors
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that timed out
+            super().handle_error(request, client_address)
+
+
 class GrafanaStub:
     """``with GrafanaStub() as g: g.url`` — requests in ``g.requests``, spec problems in
     ``g.problems``; set ``g.delay`` (seconds) or ``g.fail`` (an HTTP status) to misbehave."""
@@ -72,6 +82,7 @@ class GrafanaStub:
         self.problems: list[str] = []
         self.folders: dict[str, dict] = {}
         self.dashboards: dict[str, dict] = {}
+        self.annotations: list[dict] = []
         self.delay = 0.0
         self.fail: int | None = None
         stub = self
@@ -110,7 +121,7 @@ class GrafanaStub:
             def do_POST(self):
                 self._handle("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -133,6 +144,9 @@ class GrafanaStub:
             self.dashboards[dash["uid"]] = {
                 "dashboard": dash, "meta": {"folderUid": body.get("folderUid")}}
             return 200, {"status": "success", "uid": dash["uid"], "version": version}
+        if path == "/api/annotations" and method == "POST":
+            self.annotations.append({**body, "id": len(self.annotations) + 1})
+            return 200, {"message": "Annotation added", "id": len(self.annotations)}
         return 404, {"message": "not found"}
 
     def __enter__(self):

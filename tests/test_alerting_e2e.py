@@ -7,23 +7,30 @@ returns (Prometheus re-sends)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 import urllib.parse
+import urllib.request
 
 import numpy as np
 import orjson
 import pytest
 import yaml
 from confluent_kafka import Producer
-from conftest import get_json
+from conftest import (
+    ALERTMANAGER,
+    Service,
+    active_alerts,
+    alertmanager_service,
+    get_json,
+    wait_for,
+)
+from grafana_stub import GrafanaStub
 
 from driftwarden import alerts as rules
 from driftwarden import dashboards, promql
 from driftwarden.embedded import free_port
 
 PROMETHEUS = shutil.which("prometheus")
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None or ALERTMANAGER is None,
                                 reason="Debian packages prometheus, prometheus-alertmanager")
 
@@ -33,55 +40,25 @@ TOPICS = ("predictions", "features", "labels", "summaries", "drift", "actions", 
 ALERT_BOUND = 45.0  # seconds from the drifted records being produced to the alert in AM
 
 
-def wait_for(what, check, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Service:
-    """A Debian binary on a loopback port, stopped at the end."""
-
-    def __init__(self, argv, log):
-        self.argv, self.log = argv, log
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(self.argv, stdout=self.log.open("a"),
-                                     stderr=subprocess.STDOUT)
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def stack(broker, spawn_worker, tmp_path):
+    am_port, prom_port = free_port(), free_port()
+    grafana = GrafanaStub().__enter__()
+    grafana.fail, grafana.delay = 500, 2.0  # Grafana failing, and slowly, as the stream starts
     env = {f"DRIFTWARDEN_TOPICS__{t.upper()}": f"{PREFIX}.{t}" for t in TOPICS}
     env.update({"DRIFTWARDEN_KAFKA__GROUP_ID": f"{PREFIX}-workers",
                 "DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
                 "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0.2",
                 "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50",
-                "DRIFTWARDEN_KAFKA__STALL_SECONDS": "8"})
+                "DRIFTWARDEN_KAFKA__STALL_SECONDS": "8",
+                # the worker's side channels: annotations, and alerts posted directly
+                "DRIFTWARDEN_GRAFANA__URL": grafana.url, "DRIFTWARDEN_GRAFANA__TIMEOUT": "1",
+                "DRIFTWARDEN_GRAFANA__TOKEN": "s3cret-token",
+                "DRIFTWARDEN_ALERTMANAGER__URL": f"http://127.0.0.1:{am_port}",
+                "DRIFTWARDEN_ALERTMANAGER__RESEND_SECONDS": "2"})
     proc, worker_port, worker_log = spawn_worker(broker.bootstrap_servers, env)
 
-    am_port, prom_port = free_port(), free_port()
-    am_cfg = tmp_path / "alertmanager.yml"
-    am_cfg.write_text(yaml.safe_dump({
-        "route": {"receiver": "null", "group_wait": "1s", "group_interval": "1s"},
-        "receivers": [{"name": "null"}]}))
-    am = Service([ALERTMANAGER, f"--config.file={am_cfg}",
-                  f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
-                  f"--storage.path={tmp_path / 'am'}"], tmp_path / "alertmanager.log")
+    am = alertmanager_service(tmp_path, am_port)
     # the generated rules with `for:` shortened to seconds, so the test waits seconds
     config = rules.AlertConfig(drift_for="5s", critical_for="5s")
     (tmp_path / "rules.yml").write_text(rules.render_rules(config))
@@ -104,10 +81,11 @@ def stack(broker, spawn_worker, tmp_path):
         wait_for("prometheus", lambda: get_json(prom_port, "/api/v1/status/buildinfo"), 30)
         yield {"broker": broker, "worker": proc, "worker_log": worker_log, "am": am,
                "am_port": am_port, "prom_port": prom_port, "config": config,
-               "tmp": tmp_path}
+               "tmp": tmp_path, "worker_port": worker_port, "grafana": grafana}
     finally:
         prom.stop()
         am.stop()
+        grafana.__exit__(None, None, None)
 
 
 def produce_scenario(bootstrap):
@@ -129,9 +107,19 @@ def produce_scenario(bootstrap):
     assert p.flush(30) == 0
 
 
-def active_alerts(port):
-    got = get_json(port, "/api/v2/alerts?active=true&silenced=false")
-    return [a for a in got or [] if a["status"]["state"] == "active"]
+def sink_counts(port):
+    """The worker's side-channel counters for Grafana, once one was sent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.labels.get("sink") == "grafana" and sample.name.endswith("_total"):
+                what = sample.name.removeprefix("driftwarden_").split("_")[1]
+                out[what] = sample.value
+    return out if out.get("sent") else None
 
 
 def query(prom_port, expr):
@@ -145,15 +133,26 @@ def test_drift_reaches_alertmanager_and_survives_its_restart(stack):
     produce_scenario(stack["broker"].bootstrap_servers)
     am_port, prom_port = stack["am_port"], stack["prom_port"]
 
-    def drift_alert():
+    def drift_alert(source=None):  # source None: from Prometheus' rules; "worker": direct
         return [a for a in active_alerts(am_port)
                 if a["labels"]["alertname"].startswith("DriftwardenModelDrift")
-                and a["labels"].get("model") == "fraud"]
+                and a["labels"].get("model") == "fraud"
+                and a["labels"].get("source") == source]
 
     alert = wait_for("the drift alert in Alertmanager", drift_alert, ALERT_BOUND)[0]
     took = time.monotonic() - started
     print(f"drift alert active in Alertmanager {took:.1f} s after producing began")
     assert took <= ALERT_BOUND
+    # the worker posted its own alert too, named and annotated like the rule's
+    direct = wait_for("the worker's own alert", lambda: drift_alert("worker"), 10)[0]
+    assert direct["labels"]["kind"] == "data" and direct["labels"]["version"] == "1"
+    assert direct["annotations"]["runbook_url"] == alert["annotations"]["runbook_url"] or (
+        direct["labels"]["alertname"] != alert["labels"]["alertname"])
+    assert "{{" not in direct["annotations"]["summary"] + direct["annotations"]["description"]
+    assert "fraud v1" in direct["annotations"]["summary"]
+    # ... while Grafana answered every annotation with a slow 500: the stream did not wait
+    grafana = stack["grafana"]
+    assert grafana.requests and not grafana.annotations
     labels = alert["labels"]
     assert labels["kind"] == "data" and labels["version"] == "1"
     assert labels["severity"] in {"warning", "critical"}
@@ -189,10 +188,25 @@ def test_drift_reaches_alertmanager_and_survives_its_restart(stack):
 
     # Alertmanager away for a minute while the alert is active: Prometheus re-sends it
     stack["am"].stop()
+    outage = time.monotonic()
     assert active_alerts(am_port) == []
-    time.sleep(60)
+    # meanwhile Grafana recovers: the worker's queued annotations arrive, valid per its spec
+    grafana.fail, grafana.delay = None, 0.0
+
+    def drift_marks():
+        return [a for a in grafana.annotations
+                if {"driftwarden", "drift", "model:fraud", "kind:data", "state:onset"}
+                <= set(a["tags"])]
+    mark = wait_for("the drift onset as a Grafana annotation", drift_marks, 50)[0]
+    assert grafana.problems == [], grafana.problems
+    assert "fraud v1" in mark["text"] and mark["time"] >= 1_000_000  # ms of event time
+    counts = wait_for("the annotation counters", lambda: sink_counts(stack["worker_port"]), 10)
+    assert counts["sent"] >= 1 and counts["failures"] >= 1, counts
+    time.sleep(max(0.0, 60 - (time.monotonic() - outage)))
     stack["am"].start()
     wait_for("alertmanager back", lambda: get_json(am_port, "/api/v2/status"), 30)
     back = wait_for("the drift alert after Alertmanager's restart", drift_alert, 30)
     assert back[0]["labels"] == labels
+    wait_for("the worker's alert after Alertmanager's restart", lambda: drift_alert("worker"), 10)
+    assert "s3cret-token" not in stack["worker_log"].read_text()
     assert stack["worker"].poll() is None, stack["worker_log"].read_text()[-2000:]

@@ -54,6 +54,12 @@ def test_names_and_ports_agree_across_the_configs():
     host, am_port = am_target.split(":")
     assert host in SERVICES and any(p.endswith(f":{am_port}")
                                     for p in SERVICES[host]["ports"])
+    # the workers annotate the Grafana of the stack
+    from urllib.parse import urlsplit
+
+    g = urlsplit(SERVICES["worker"]["environment"]["DRIFTWARDEN_GRAFANA__URL"])
+    assert g.hostname in SERVICES and any(p.endswith(f":{g.port}")
+                                          for p in SERVICES[g.hostname]["ports"])
     # the rule file Prometheus loads is the one mounted
     mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["prometheus"]["volumes"]}
     for rf in prom["rule_files"]:

@@ -14,13 +14,17 @@ def test_file_then_environment(tmp_path):
                  '[kafka]\nclient = { "sasl.password" = "hunter2" }\n')
     s = load_settings(p, env={"DRIFTWARDEN_DETECTION__SLICES": "24",
                               "DRIFTWARDEN_DATABASE_URL": "postgresql://u:pw@db:5432/x",
+                              "DRIFTWARDEN_GRAFANA__URL": "http://admin:gpass@grafana:3000",
+                              "DRIFTWARDEN_GRAFANA__TOKEN": "glsa_tok",
                               "DRIFTWARDEN_DETECTION__NUMERIC_TESTS": '["ks"]'})
     assert s.detection.budget == 0.001 and s.detection.slices == 24
     assert s.detection.numeric_tests == ["ks"] and s.topics.dlq == "my.dlq"
     red = s.redacted()
     assert red["kafka"]["client"]["sasl.password"] == "***"
     assert red["database_url"] == "postgresql://***@db:5432/x"
-    assert "hunter2" not in repr(red) and "pw@" not in repr(red)
+    assert red["grafana"]["url"] == "http://***@grafana:3000"
+    for secret in ("hunter2", "pw@", "gpass", "glsa_tok"):
+        assert secret not in repr(red)
     assert s.detection.policy().budget == 0.001
 
 

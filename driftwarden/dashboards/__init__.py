@@ -11,6 +11,8 @@ module builds.
 ['driftwarden-overview', 'driftwarden-model']
 >>> sorted({v["name"] for v in build_all()[1]["templating"]["list"]})
 ['model', 'version']
+>>> [a["target"]["tags"][1:] for a in build_all()[1]["annotations"]["list"]]
+[['drift', 'model:$model', 'version:$version'], ['action', 'model:$model']]
 """
 
 from __future__ import annotations
@@ -20,13 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
-from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
+from grafana_foundation_sdk.builders.dashboard import (
+    AnnotationQuery,
+    AnnotationTarget,
+    Dashboard,
+    QueryVariable,
+    Row,
+)
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
 from driftwarden.promql import actions_increase, consumer_lag, drift_severity, event_rate, m
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="driftwarden-prometheus")
+# Grafana's own annotation store, where the worker posts drift and action events
+# (driftwarden.notify.annotation tags them "driftwarden", "drift" | "action", "model:<name>")
+GRAFANA = DataSourceRef(type_val="grafana", uid="-- Grafana --")
 OVERVIEW_UID = "driftwarden-overview"
 MODEL_UID = "driftwarden-model"
 SEL = 'model="$model", version="$version"'
@@ -69,6 +80,14 @@ def q_window_fill() -> str:
     return f'{m("window_fill_ratio")}{{{SEL}}}'
 
 
+def _events(what: str, color: str, *tags: str) -> AnnotationQuery:
+    """Annotations the worker posted with every one of ``tags``."""
+    return (AnnotationQuery().name(f"{what.capitalize()} events").datasource(GRAFANA)
+            .enable(True).icon_color(color)
+            .target(AnnotationTarget().type("tags").tags(["driftwarden", what, *tags])
+                    .match_any(False).limit(500)))
+
+
 def _target(expr: str, legend: str) -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).legend_format(legend)
 
@@ -92,6 +111,7 @@ def overview() -> Dashboard:
     return (
         Dashboard("driftwarden / overview").uid(OVERVIEW_UID)
         .tags(["driftwarden", "generated"]).refresh("30s").time("now-6h", "now")
+        .annotation(_events("drift", "orange")).annotation(_events("action", "red"))
         .with_row(Row("Verdicts"))
         .with_panel(_stat("Verdict severity (0 none, 1 warning, 2 critical)", drift_severity(".+"),
                           "{{model}} v{{version}} {{kind}}"))
@@ -117,6 +137,8 @@ def model() -> Dashboard:
     return (
         Dashboard("driftwarden / model").uid(MODEL_UID)
         .tags(["driftwarden", "generated"]).refresh("30s").time("now-6h", "now")
+        .annotation(_events("drift", "orange", "model:$model", "version:$version"))
+        .annotation(_events("action", "red", "model:$model"))
         .with_variable(QueryVariable("model").label("Model").datasource(DATASOURCE)
                        .query(f"label_values({var}, model)")
                        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED))

@@ -23,10 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from driftwarden.batch import fit_baseline_file
 from driftwarden.config import Settings
 from driftwarden.kafka import client_config, produce
 from driftwarden.metrics import Metrics
+from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
 from driftwarden.stream.shards import Shards
@@ -241,7 +244,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()  # this worker's, never the global one
-    metrics = Metrics.create(registry, lambda: list(shards.services.values()))
+    annotations, alerting, am = _side_channels(settings)
+    sinks = [s for s in (annotations, alerting) if s is not None]
+    metrics = Metrics.create(registry, lambda: list(shards.services.values()), sinks)
     app.dw_metrics = metrics  # type: ignore[attr-defined]
     state: dict[str, Any] = {"batches": 0, "started": False,
                              "checkpointed": time.monotonic(), "checkpoints": 0,
@@ -305,18 +310,37 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                             value_serializer="raw", key_serializer="raw")
     labels = app.topic(settings.topics.labels, value_serializer="raw", key_serializer="raw")
 
+    notable = {settings.topics.drift, settings.topics.actions}
+
+    def _send(outputs: list[Output]) -> None:
+        changed = False
+        for o in outputs:  # drift and action events are rare: a JSON decode each is nothing
+            if o.topic in notable:
+                changed = True
+                event = orjson.loads(o.value)
+                if annotations is not None:
+                    annotations.put((event["event_id"], annotation(event)))
+        producer.send(outputs)
+        if changed and alerting is not None and am is not None:  # page now, not later
+            alerting.put(am.snapshot(shards.verdicts()))
+
     @app.agent(predictions)
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            producer.send(shards.handle("predictions", await _take(events)))
+            _send(shards.handle("predictions", await _take(events)))
             state["batches"] += 1
             await _checkpoint()
 
     @app.agent(labels)
     async def join_labels(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            producer.send(shards.handle("labels", await _take(events)))
+            _send(shards.handle("labels", await _take(events)))
             await _checkpoint()
+
+    if alerting is not None and am is not None:
+        @app.timer(settings.alertmanager.resend_seconds)
+        async def resend_alerts() -> None:
+            alerting.put(am.snapshot(shards.verdicts()))
 
     @app.timer(max(0.5, settings.kafka.checkpoint_seconds))
     async def checkpoint_when_idle() -> None:
@@ -363,6 +387,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     @app.task
     async def _started() -> None:
         state["started"] = True
+        for sink in sinks:
+            sink.start()
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
@@ -395,10 +421,29 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
 
     async def _flush(sender: Any, **kwargs: Any) -> None:  # noqa: ARG001
         await _checkpoint(force=True)  # which flushes the events with it
+        for sink in sinks:  # a last try for what is queued, never a long wait
+            await asyncio.to_thread(sink.close, 2.0)
 
     app.on_before_shutdown.connect(_flush)  # type: ignore[arg-type]
 
     return app
+
+
+def _side_channels(settings: Settings) -> tuple[
+        SideSender | None, SideSender | None, AlertmanagerAlerts | None]:
+    """The worker's Grafana-annotation and Alertmanager senders and the alert state behind the
+    latter (None where not configured)."""
+    g, a = settings.grafana, settings.alertmanager
+    annotations = alerting = am = None
+    if g.url:
+        annotations = SideSender("grafana", GrafanaAnnotations(g.url, g.token, g.timeout),
+                                 capacity=g.queue)
+    if a.url:
+        am = AlertmanagerAlerts(a.url, resend=a.resend_seconds, timeout=a.timeout,
+                                runbook_base=a.runbook_base or None)
+        # capacity 1: only the newest snapshot of the alerts matters
+        alerting = SideSender("alertmanager", am, capacity=1)
+    return annotations, alerting, am
 
 
 def _pairs(headers: Any) -> list[tuple[str, bytes | None]]:
