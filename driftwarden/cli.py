@@ -348,6 +348,174 @@ def dashboards_push(grafana_url: str, folder: str, no_overwrite: bool, timeout: 
         click.echo(f"{uid}: {what}")
 
 
+# -- the store: baselines, models, incidents, audit -----------------------------------------------
+def _open_store(config: str | None) -> Any:
+    """The store of ``DRIFTWARDEN_DATABASE_URL`` (or the default SQLite file); a database that
+    cannot be reached is one line."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from driftwarden.config import load_settings
+    from driftwarden.dashboards.push import _safe
+    from driftwarden.store import Store, database_url
+
+    url = database_url(load_settings(config))
+    try:
+        return Store(url)
+    except ArgumentError:
+        raise InputError(f"DRIFTWARDEN_DATABASE_URL is not a database URL: {_safe(url)}") from None
+    except (SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise InputError(f"database {_safe(url)}: {reason}") from None
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _emit(rows: Any, as_json: bool, columns: list[tuple[str, str]], title: str) -> None:
+    """Rows as a JSON array (``--json``) or a rich table of ``columns`` (key, header)."""
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header in columns:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*[_cell(row.get(key)) for key, _ in columns])
+    Console().print(table if rows else f"{title}: none")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+config_option = click.option("--config", metavar="FILE", help="driftwarden TOML config.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@cli.group()
+def baseline() -> None:
+    """Versioned baselines in the store."""
+
+
+@baseline.command("fit")
+@click.option("--model", required=True)
+@click.option("--version", "model_version", required=True)
+@click.option("--data", required=True, metavar="FILE", help="Reference table (CSV / Parquet).")
+@click.option("--types", metavar="TYPES.json", help="Column types ({name: numeric|categorical}).")
+@config_option
+@json_option
+def baseline_fit(model: str, model_version: str, data: str, types: str | None,
+                 config: str | None, as_json: bool) -> None:
+    """Fit a baseline of MODEL VERSION from a reference file and store it as a new revision."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from driftwarden.batch import fit_baseline_file
+    from driftwarden.config import load_settings
+
+    settings = load_settings(config)
+    store = _open_store(config)
+    size = Path(data).stat().st_size if Path(data).exists() else 0
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  transient=True, disable=as_json or size < 5_000_000 or not sys.stderr.isatty(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"fitting {Path(data).name} ({size / 1e6:.0f} MB)", total=2)
+        fitted = fit_baseline_file(data, settings.detection, _load_types(types))
+        bar.update(task, advance=1, description="storing")
+        row = store.add_baseline(model, model_version, fitted.to_state(), rows=fitted.n_rows,
+                                 source=str(Path(data).resolve()), actor=_actor())
+        bar.update(task, advance=1)
+    row["features"] = len(fitted.specs)
+    if as_json:
+        _emit(row, True, [], "")
+        return
+    click.echo(f"{model} v{model_version}: baseline revision {row['revision']} "
+               f"({row['rows']:,} rows, {row['features']} features) from {data}")
+
+
+@cli.group()
+def models() -> None:
+    """Registered models and their versions."""
+
+
+@models.command("list")
+@config_option
+@json_option
+def models_list(config: str | None, as_json: bool) -> None:
+    """List models, their versions and statuses."""
+    rows = _open_store(config).models()
+    if not as_json:
+        for r in rows:
+            r["versions"] = [f"{v['version']} ({v['status']})" for v in r["versions"]]
+    _emit(rows, as_json, [("name", "model"), ("owner", "owner"), ("versions", "versions")],
+          "models")
+
+
+@cli.group()
+def incidents() -> None:
+    """Drift incidents: list and acknowledge."""
+
+
+@incidents.command("list")
+@click.option("--model", default=None)
+@click.option("--status", type=click.Choice(["open", "escalated", "acknowledged", "resolved"]))
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@config_option
+@json_option
+def incidents_list(model: str | None, status: str | None, limit: int, config: str | None,
+                   as_json: bool) -> None:
+    """List incidents, newest first (``--json``: one object per incident with its evidence)."""
+    rows = _open_store(config).incidents(model=model, status=status, limit=limit)
+    _emit(rows, as_json, [("id", "incident"), ("model", "model"), ("version", "version"),
+                          ("kind", "kind"), ("status", "status"), ("severity", "severity"),
+                          ("features", "features"), ("opened_at", "opened")], "incidents")
+
+
+@incidents.command("ack")
+@click.argument("incident_id")
+@click.option("--note", default="", help="Why, or what happens next.")
+@config_option
+@json_option
+def incidents_ack(incident_id: str, note: str, config: str | None, as_json: bool) -> None:
+    """Acknowledge an incident (recorded in the audit log with who did it)."""
+    from driftwarden.store import NotFound
+
+    try:
+        row = _open_store(config).ack_incident(incident_id, actor=_actor(), note=note)
+    except NotFound as exc:
+        raise InputError(str(exc)) from None
+    if as_json:
+        _emit(row, True, [], "")
+        return
+    click.echo(f"{row['id']}: acknowledged by {row['acknowledged_by']}")
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@config_option
+@json_option
+def audit(limit: int, config: str | None, as_json: bool) -> None:
+    """The audit log, newest first."""
+    _emit(_open_store(config).audit_log(limit=limit), as_json,
+          [("at", "at"), ("actor", "actor"), ("operation", "operation"), ("target", "target"),
+           ("outcome", "outcome")], "audit log")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every user error into one line and exit code 2."""
     try:

@@ -137,6 +137,15 @@ class Alertmanager(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     runbook_base: str = ""        # runbook links (default: the project's docs/runbooks.md)
 
 
+class Api(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The admin API's bearer tokens (best set as ``DRIFTWARDEN_API__ADMIN_TOKENS='["…"]'``).
+    With no token configured every request is refused (401)."""
+
+    read_tokens: list[str] = msgspec.field(default_factory=list)
+    admin_tokens: list[str] = msgspec.field(default_factory=list)
+    max_body: int = 1 << 20  # bytes; larger request bodies get 413
+
+
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What the config says of one model (``[models.NAME]``)."""
 
@@ -158,6 +167,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
     grafana: Grafana = msgspec.field(default_factory=Grafana)
     alertmanager: Alertmanager = msgspec.field(default_factory=Alertmanager)
+    api: Api = msgspec.field(default_factory=Api)
     discovery: bool = True   # monitor models not in `models`, discovered from the stream
     max_models: int = 100    # cap on discovered models (bounded state and metric labels)
 

@@ -156,6 +156,7 @@ def run_demo(duration: float = 75.0, rate: int = 1000, *, as_json: bool = False,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo; returns what happened (events, actions, counts)."""
     from driftwarden.config import load_settings
+    from driftwarden.store import database_url
     from driftwarden.stream.app import ensure_topics
 
     data_dir = Path(tempfile.mkdtemp(prefix="driftwarden-demo-"))
@@ -163,7 +164,10 @@ def run_demo(duration: float = 75.0, rate: int = 1000, *, as_json: bool = False,
     lock = threading.Lock()
     with EmbeddedBroker(log_path=data_dir / "broker.log") as broker:
         env = {**os.environ, **SETTINGS_ENV, "DRIFTWARDEN_DATA_DIR": str(data_dir),
-               "DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+               "DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+               # incidents and actions go to the user's store (the SQLite file in
+               # ./.driftwarden by default), where `driftwarden incidents list` finds them
+               "DRIFTWARDEN_DATABASE_URL": database_url(load_settings())}
         ensure_topics(load_settings(env={k: v for k, v in env.items()
                                          if k.startswith("DRIFTWARDEN_")}))
         port = free_port()

@@ -193,3 +193,51 @@ def db_url(request, tmp_path):
         return
     with fresh_postgres_database() as url:
         yield url
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (Debian's binaries, a temporary cluster on a free
+    loopback port), so a test can stop and start it without touching the machine's server."""
+
+    def __init__(self):
+        import glob
+        import tempfile
+
+        from driftwarden.embedded import free_port
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            pytest.skip("PostgreSQL server binaries (Debian package postgresql) not installed")
+        self.bin = bins[-1]
+        self.dir = tempfile.mkdtemp(prefix="dw-pg-")
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", f"{self.dir}/data", "-A", "trust", "-U", "postgres")
+
+    def _run(self, tool, *args):
+        import subprocess
+
+        argv = [f"{self.bin}/{tool}", *args]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self):
+        self._run("pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/log", "-w", "-o",
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self):
+        self._run("pg_ctl", "-D", f"{self.dir}/data", "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def private_postgres():
+    pg = PrivatePostgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        shutil.rmtree(pg.dir, ignore_errors=True)

@@ -4,6 +4,7 @@ drifts, events and actions, nothing left running."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,10 +14,12 @@ def _tansu_processes() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if "tansu" in line and "broker" in line}
 
 
-def test_demo_detects_both_drifts_and_acts():
+def test_demo_detects_both_drifts_and_acts(tmp_path):
     before = _tansu_processes()
+    env = {**os.environ, "DRIFTWARDEN_DATA_DIR": str(tmp_path / "dw")}
+    env.pop("DRIFTWARDEN_DATABASE_URL", None)  # the default store: SQLite in the data dir
     run = subprocess.run([sys.executable, "-m", "driftwarden.cli", "demo", "--duration", "40",
-                          "--json"], capture_output=True, text=True, timeout=240)
+                          "--json"], capture_output=True, text=True, timeout=240, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
     onsets = {(e["model"], e["kind"]): e for e in result["drift_events"]
@@ -39,3 +42,25 @@ def test_demo_detects_both_drifts_and_acts():
         records[m["model"]] = records.get(m["model"], 0) + m["records"]
     assert records == {k: v for k, v in result["produced"].items() if k != "labels"}
     assert _tansu_processes() <= before  # the embedded broker is gone
+
+    # the demo recorded its incidents and actions: the CLI lists them, with evidence
+    listed = subprocess.run([sys.executable, "-m", "driftwarden.cli", "incidents", "list",
+                             "--json"], capture_output=True, text=True, timeout=60, env=env)
+    assert listed.returncode == 0, listed.stderr
+    incidents = json.loads(listed.stdout)
+    by = {(i["model"], i["kind"]): i for i in incidents}
+    assert {e["incident_id"] for e in onsets.values()} <= {i["id"] for i in incidents}
+    assert by[("fraud", "data")]["evidence"] and "amount" in by[("fraud", "data")]["features"]
+    assert by[("churn", "concept")]["version"] == "2"
+    for i in incidents:
+        assert {"model", "version", "kind", "status", "severity", "features",
+                "evidence"} <= set(i)
+    table = subprocess.run([sys.executable, "-m", "driftwarden.cli", "incidents", "list"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert "fraud" in table.stdout and "churn" in table.stdout
+    from driftwarden.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'dw' / 'driftwarden.db'}")
+    recorded = {a["event_id"]: a["status"] for a in store.actions()}
+    assert set(recorded) == {a["event_id"] for a in result["actions"]}
+    assert set(recorded.values()) == {"delivered"}

@@ -16,6 +16,7 @@ State is kept per source partition and checkpointed to the compacted state topic
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from driftwarden.config import Settings
 from driftwarden.kafka import client_config, produce
 from driftwarden.metrics import Metrics
 from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
+from driftwarden.store import database_url
+from driftwarden.store.sink import StoreSink
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
 from driftwarden.stream.shards import Shards
@@ -93,16 +96,25 @@ class OutputProducer:
                        # never give up on an action: retry until delivered
                        "message.timeout.ms": 0}), logger=log)
         self.failed = 0
+        # called with the event_id of each action event the broker acknowledged
+        self.on_action_delivered: Callable[[str], None] | None = None
+        self.actions_topic = settings.topics.actions
 
-    def _delivered(self, err: Any, msg: Any) -> None:
+    def _delivered(self, err: Any, msg: Any, event_id: str | None = None) -> None:
         if err is not None:
             self.failed += 1
             log.error("delivery to %s failed: %s", msg.topic(), err)
+        elif event_id is not None and self.on_action_delivered is not None:
+            self.on_action_delivered(event_id)
 
     def send(self, outputs: list[Output]) -> None:
         for o in outputs:
+            callback = self._delivered
+            if o.topic == self.actions_topic:  # delivery reports carry no headers: bind the id
+                event_id = dict(o.headers).get("dw.event_id", b"").decode() or None
+                callback = functools.partial(self._delivered, event_id=event_id)
             produce(self.raw, o.topic, o.value, o.key, headers=list(o.headers),
-                    on_delivery=self._delivered)
+                    on_delivery=callback)
         self.raw.poll(0)
 
     def flush(self, timeout: float = 30.0) -> int:
@@ -245,7 +257,12 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
 
     registry = CollectorRegistry()  # this worker's, never the global one
     annotations, alerting, am = _side_channels(settings)
-    sinks = [s for s in (annotations, alerting) if s is not None]
+    # incidents and actions to the SQL store, off the event loop (a database that is down
+    # or slow never stalls the stream; writes are retried until they succeed)
+    store_sink = StoreSink(database_url(settings))
+    records = SideSender("database", store_sink, capacity=1_000_000)
+    producer.on_action_delivered = lambda event_id: records.put(("delivered", event_id))
+    sinks = [s for s in (records, annotations, alerting) if s is not None]
     metrics = Metrics.create(registry, lambda: list(shards.services.values()), sinks)
     app.dw_metrics = metrics  # type: ignore[attr-defined]
     state: dict[str, Any] = {"batches": 0, "started": False,
@@ -318,9 +335,11 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             if o.topic in notable:
                 changed = True
                 event = orjson.loads(o.value)
+                records.put(("action" if o.topic == settings.topics.actions else "event",
+                             event))
                 if annotations is not None:
                     annotations.put((event["event_id"], annotation(event)))
-        producer.send(outputs)
+        producer.send(outputs)  # after the records: an action's delivery mark comes later
         if changed and alerting is not None and am is not None:  # page now, not later
             alerting.put(am.snapshot(shards.verdicts()))
 
@@ -403,6 +422,15 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         body = generate_latest(registry)
         # aiohttp refuses a charset inside content_type: the header goes in as is
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # the admin API, on this web server (one Store shared with the writer; None while the
+    # database is unreachable)
+    from driftwarden.api import ApiTokens, create_api
+
+    app.web.web_app.add_subapp("/api/v1", create_api(  # type: ignore[attr-defined]
+        store_sink.connect, ApiTokens(tuple(settings.api.read_tokens),
+                                      tuple(settings.api.admin_tokens)),
+        shards.verdicts, max_body=settings.api.max_body, detection=settings.detection))
 
     @app.page("/verdicts")
     async def verdicts(web: Any, request: Any) -> Any:

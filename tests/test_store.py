@@ -1,0 +1,127 @@
+"""The SQL store, on SQLite and on the real PostgreSQL: migrations equal the models, incidents
+follow their drift events, everything the stream records is idempotent, lineage and baselines,
+and one audit row per change."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from driftwarden.store import Conflict, NotFound, Store
+from driftwarden.store.models import Base
+
+
+def drift(state, event_id, severity="warning", ts=1764300000.0, features=("amount",)):
+    return {"event_id": event_id, "incident_id": "inc-1", "model": "fraud", "version": "7",
+            "kind": "data", "state": state, "severity": severity, "features": list(features),
+            "evidence": [{"feature": f, "test": "psi", "statistic": 0.3} for f in features],
+            "ts": ts}
+
+
+def test_migrations_make_exactly_the_models_schema_and_are_idempotent(db_url):
+    store = Store(db_url)
+    store.migrate()  # a second time: nothing to do, nothing broken
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                Base.metadata)
+        assert diff == []
+        tables = set(sa.inspect(conn).get_table_names())
+        version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
+    assert {"models", "model_versions", "baselines", "incidents", "incident_events", "actions",
+            "silences", "audit_log"} <= tables
+    assert version == "0001"
+    store.close()
+
+
+def test_an_incident_follows_its_drift_events_and_replays_record_nothing_twice(db_url):
+    store = Store(db_url)
+    assert store.record_event(drift("onset", "e1"))
+    assert not store.record_event(drift("onset", "e1"))  # replayed after a restart
+    assert store.record_event(drift("escalation", "e2", "critical", 1764300060.0,
+                                    ("amount", "country")))
+    inc = store.incident("inc-1")
+    assert (inc["status"], inc["severity"], inc["features"]) == (
+        "escalated", "critical", ["amount", "country"])
+    assert inc["evidence"][1] == {"feature": "country", "test": "psi", "statistic": 0.3}
+    assert inc["opened_at"].startswith("2025-11-28T03:20:00")
+    acked = store.ack_incident("inc-1", actor="cli:alice", note="looking")
+    assert acked["status"] == "acknowledged" and acked["acknowledged_by"] == "cli:alice"
+    assert store.record_event(drift("recovery", "e3", "none", 1764300120.0))
+    inc = store.incident("inc-1")
+    assert inc["status"] == "resolved" and inc["resolved_at"].startswith("2025-11-28T03:22")
+    assert [e["state"] for e in inc["events"]] == ["onset", "escalation", "recovery"]
+    assert [i["id"] for i in store.incidents(status="resolved")] == ["inc-1"]
+    assert store.incidents(model="other") == []
+    with pytest.raises(NotFound):
+        store.ack_incident("nope", actor="cli:alice")
+    store.close()
+
+
+def test_actions_are_recorded_once_audited_and_marked_delivered(db_url):
+    store = Store(db_url)
+    action = {"event_id": "a1", "action": "rollback", "model": "fraud", "version": "7",
+              "target_version": "6", "incident_id": "inc-1", "reason": "concept drift",
+              "evidence": {"kind": "concept"}, "ts": 1764300000.0}
+    assert store.record_action(action) and not store.record_action(action)
+    [row] = store.actions()
+    assert (row["status"], row["target_version"]) == ("pending", "6")
+    store.mark_delivered("a1")
+    assert store.actions(model="fraud")[0]["status"] == "delivered"
+    audit = store.audit_log()
+    assert [(a["actor"], a["operation"], a["target"]) for a in audit] == [
+        ("worker", "action.rollback", "fraud")]
+    store.close()
+
+
+def test_versions_with_lineage_promotion_baselines_and_an_audit_row_per_change(db_url):
+    store = Store(db_url)
+    store.register_model("fraud", actor="admin", owner="risk-team")
+    with pytest.raises(Conflict):
+        store.register_model("fraud", actor="admin")
+    lineage = {"training_data_hash": "sha256:abc", "code_ref": "git:1234",
+               "hyperparameters": {"depth": 6}, "evaluation": {"auc": 0.91},
+               "approved_by": "bob"}
+    v6 = store.register_version("fraud", "6", actor="admin", lineage=lineage, status="live")
+    assert v6["deployed_at"] and v6["approved_by"] == "bob"
+    store.register_version("fraud", "7", actor="admin", status="canary")
+    promoted = store.promote("fraud", "7", "live", actor="admin")
+    assert promoted["status"] == "live"
+    [model] = store.models()
+    assert {v["version"]: v["status"] for v in model["versions"]} == {"6": "retired", "7": "live"}
+    assert model["versions"][0]["hyperparameters"] == {"depth": 6}
+    with pytest.raises(NotFound):
+        store.promote("fraud", "99", "live", actor="admin")
+    with pytest.raises(Conflict):
+        store.promote("fraud", "7", "sideways", actor="admin")
+    b1 = store.add_baseline("fraud", "7", {"features": {"a": 1}}, rows=5000, source="warm-up",
+                            actor="worker")
+    b2 = store.add_baseline("fraud", "7", {"features": {"a": 2}}, rows=900, source="ref.csv",
+                            actor="admin")
+    assert (b1["revision"], b2["revision"]) == (1, 2)
+    assert store.baseline("fraud", "7")["summary"] == {"features": {"a": 2}}
+    assert store.baseline("fraud", "7", 1)["rows"] == 5000
+    until = datetime.now(UTC) + timedelta(hours=1)
+    store.silence("fraud", until, actor="admin", reason="planned retrain")
+    assert store.silenced_until("fraud") is not None and store.silenced_until("churn") is None
+    assert store.silenced_until("fraud", until + timedelta(seconds=1)) is None
+    ops = [a["operation"] for a in reversed(store.audit_log())]
+    # one row per change that happened; the refused ones raised before writing anything
+    assert ops == ["model.register", "version.register", "version.register", "version.promote",
+                   "baseline.add", "baseline.add", "model.silence"]
+    assert store.audit_log()[3]["detail"] == {"from": "canary", "to": "live", "retired": ["6"]}
+    store.close()
+
+
+def test_the_database_refuses_to_change_or_delete_audit_rows(db_url):
+    store = Store(db_url)
+    store.audit("api:read-token", "incident.ack", "inc-1", "refused", {"status": 403})
+    for statement in ("UPDATE audit_log SET outcome = 'ok'", "DELETE FROM audit_log"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), store.engine.begin() as c:
+            c.execute(sa.text(statement))
+    [row] = store.audit_log()
+    assert (row["outcome"], row["detail"]) == ("refused", {"status": 403})
+    store.close()
