@@ -391,15 +391,18 @@ def _emit(rows: Any, as_json: bool, columns: list[tuple[str, str]], title: str) 
     for _, header in columns:
         table.add_column(header)
     for row in rows:
-        table.add_row(*[_cell(row.get(key)) for key, _ in columns])
+        table.add_row(*[_cell(row.get(key), key) for key, _ in columns])
     Console().print(table if rows else f"{title}: none")
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, key: str = "") -> str:
+    """A table cell: lists joined, times to the second in UTC."""
     if v is None:
         return "-"
     if isinstance(v, list):
         return ", ".join(map(str, v))
+    if (key == "at" or key.endswith("_at")) and isinstance(v, str) and "T" in v:
+        return v[:19].replace("T", " ")
     return str(v)
 
 

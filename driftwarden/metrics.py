@@ -73,6 +73,9 @@ DEFINITIONS = {d.name: d for d in (
                instrumented=True),
     Definition("checkpoint_bytes", "gauge", "Compressed bytes of the last checkpoint.",
                instrumented=True),
+    Definition("model_silenced", "gauge",
+               "1 while a model is silenced through the admin API (no actions, no pages).",
+               ("model",), instrumented=True),
     # read from state at scrape time
     Definition("events_total", "counter",
                "Records taken per model, version and kind (prediction).",
@@ -143,6 +146,8 @@ class Metrics:
                                    d["checkpoints_total"].help, registry=registry)
         self.checkpoint_bytes = Gauge(d["checkpoint_bytes"].full_name,
                                       d["checkpoint_bytes"].help, registry=registry)
+        self.silenced = Gauge(d["model_silenced"].full_name, d["model_silenced"].help,
+                              d["model_silenced"].labels, registry=registry)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, services: Callable[[], Iterable[Any]],
@@ -153,6 +158,12 @@ class Metrics:
         m = cls(registry)
         registry.register(StateCollector(services, sinks))
         return m
+
+    def set_silenced(self, models: Iterable[str]) -> None:
+        """Replace the silenced-model series (a model whose silence ended disappears)."""
+        self.silenced.clear()
+        for model in models:
+            self.silenced.labels(model).set(1)
 
     def set_consumer_lag(self, lag: dict[tuple[str, int], int]) -> None:
         """Replace the consumer-lag series by ``lag`` (partitions no longer held disappear)."""

@@ -25,6 +25,11 @@ def drift_detected(kind: str) -> str:
     return f'max by (model, version) ({m("drift_detected")}{{kind="{kind}"}})'
 
 
+def unsilenced(condition: str) -> str:
+    """``condition`` without the models silenced through the admin API."""
+    return f'{condition} unless on (model) {m("model_silenced")} == 1'
+
+
 def event_rate(window: str = "5m", selector: str = "") -> str:
     """Predictions per second per model version (``selector``: more label matchers)."""
     extra = f", {selector}" if selector else ""

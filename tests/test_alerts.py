@@ -135,6 +135,12 @@ def test_promtool_unit_tests_for_every_alert(tmp_path):
         tests.append(_case(name, series, labels, summary, description, fors[name]))
     for name, series, labels, summary, description, at in _extra_cases(c):
         tests.append(_case(name, series, labels, summary, description, at))
+    # a model silenced through the admin API does not page, though its verdict says drift
+    silenced = ("driftwarden_model_silenced{model='fraud',instance='w1'}", "1+0x30")
+    for name, (series, labels, summary, description) in CASES.items():
+        quiet = _case(name, [*series, silenced], labels, summary, description, fors[name])
+        quiet["alert_rule_test"][1]["exp_alerts"] = []
+        tests.append(quiet)
     # an action: fires at once (no `for:`), and not before the action happened
     tests.append({"interval": "1m", "input_series": [{
         "series": 'driftwarden_actions_total{model="fraud",action="retrain",instance="w1"}',

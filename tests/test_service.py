@@ -51,6 +51,19 @@ def test_drift_injected_at_a_known_time_gives_events_and_actions_and_dlq_keeps_b
     assert {a["action"] for a in actions} <= {"review", "retrain"}
 
 
+def test_a_silenced_model_still_reports_drift_but_emits_no_action():
+    rng = np.random.default_rng(0)
+    svc = StreamService(SETTINGS)
+    svc.silenced = frozenset({"fraud"})
+    outs = []
+    for t in range(20):  # the same stream as above, whose drift gives actions when not silenced
+        outs += svc.handle_predictions(messages(rng, t, 500, shift=1.0 if t >= 12 else 0.0,
+                                                offset0=t * 1000))
+    assert any(o.topic == "driftwarden.drift" for o in outs)
+    assert not any(o.topic == "driftwarden.actions" for o in outs)
+    assert svc.suppressed["fraud"] >= 1
+
+
 def test_labels_join_and_late_labels():
     rng = np.random.default_rng(1)
     svc = StreamService(SETTINGS)

@@ -46,14 +46,17 @@ def recorded(url):
         return None
 
 
-def api(port, path, token="reader-1"):
-    """GET the worker's admin API: the JSON answer, or the error status."""
+def api(port, path, token="reader-1", body=None):
+    """GET (or POST ``body`` to) the worker's admin API: the JSON answer, or the error
+    status."""
     import json
     import urllib.error
     import urllib.request
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1{path}", headers=headers)
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1{path}", headers=headers,
+                                 data=data, method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
@@ -77,6 +80,7 @@ def test_database_outage_during_an_incident_loses_and_doubles_nothing(
     env.update({"DRIFTWARDEN_KAFKA__GROUP_ID": f"{PREFIX}-workers",
                 "DRIFTWARDEN_DATABASE_URL": pg.url,
                 "DRIFTWARDEN_API__READ_TOKENS": '["reader-1"]',
+                "DRIFTWARDEN_API__ADMIN_TOKENS": '["admin-1"]',
                 "DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
                 "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0.2",
                 "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50"})
@@ -125,4 +129,17 @@ def test_database_outage_during_an_incident_loses_and_doubles_nothing(
         a["operation"] for a in store.audit_log()].count("action.retrain") + [
         a["operation"] for a in store.audit_log()].count("action.rollback") == len(want_actions)
     store.close()
+
+    # a silence set through the admin API reaches the worker (metric; rules skip the model)
+    assert api(port, "/models/churn/silence", token="admin-1",
+               body={"minutes": 30, "reason": "retraining"})["model"] == "churn"
+    wait_for("the silence on the worker's /metrics",
+             lambda: 'driftwarden_model_silenced{model="churn"} 1.0' in metrics_text(port), 30)
     assert proc.poll() is None, log.read_text()[-2000:]
+
+
+def metrics_text(port):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()

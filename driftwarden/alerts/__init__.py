@@ -28,6 +28,7 @@ from driftwarden.promql import (
     drift_detected,
     drift_severity,
     event_rate,
+    unsilenced,
 )
 
 RUNBOOK_BASE = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks.md"
@@ -75,19 +76,22 @@ def alerts(config: AlertConfig | None = None) -> list[Alert]:
     c = config or AlertConfig()
     mv = "{{ $labels.model }} v{{ $labels.version }}"
     return [
-        Alert("DriftwardenModelDriftWarning", f"{drift_severity()} == 1", c.drift_for,
+        Alert("DriftwardenModelDriftWarning", unsilenced(f"{drift_severity()} == 1"), c.drift_for,
               "warning", f"{{{{ $labels.kind }}}} drift on {mv}",
               f"The {{{{ $labels.kind }}}} distribution of {mv} differs from its baseline "
               "beyond the calibrated thresholds (warning: below the critical PSI)."),
-        Alert("DriftwardenModelDriftCritical", f"{drift_severity()} >= 2", c.critical_for,
+        Alert("DriftwardenModelDriftCritical", unsilenced(f"{drift_severity()} >= 2"),
+              c.critical_for,
               "critical", f"critical {{{{ $labels.kind }}}} drift on {mv}",
               f"The {{{{ $labels.kind }}}} distribution of {mv} moved far from its baseline "
               "(PSI above the critical level): predictions are made on data the model has not "
               "seen."),
-        Alert("DriftwardenConceptDrift", f"{drift_detected('concept')} == 1", c.drift_for,
+        Alert("DriftwardenConceptDrift", unsilenced(f"{drift_detected('concept')} == 1"),
+              c.drift_for,
               "critical", f"concept drift on {mv}",
               f"The error rate of {mv} on joined labels rose above its reference."),
-        Alert("DriftwardenDataQuality", f"{drift_detected('quality')} == 1", c.drift_for,
+        Alert("DriftwardenDataQuality", unsilenced(f"{drift_detected('quality')} == 1"),
+              c.drift_for,
               "warning", f"data quality problem on {mv}",
               f"Missing, unseen or invalid values or a schema change on {mv}."),
         Alert("DriftwardenNoEvents",

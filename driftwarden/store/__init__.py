@@ -342,14 +342,20 @@ class Store:
             return {"id": row.id, "model": model, "until": _utc(until), "reason": reason,
                     "created_by": actor}
 
+    def active_silences(self, at: datetime | None = None) -> dict[str, datetime]:
+        """Every silenced model and the end of its longest silence active at ``at``."""
+        at = at or now()
+        out: dict[str, datetime] = {}
+        with self.session() as s:
+            for model, until in s.execute(select(Silence.model, Silence.until)):
+                until = until if until.tzinfo else until.replace(tzinfo=UTC)
+                if until > at and (model not in out or until > out[model]):
+                    out[model] = until
+        return out
+
     def silenced_until(self, model: str, at: datetime | None = None) -> datetime | None:
         """The end of the longest silence of ``model`` active at ``at`` (None: not silenced)."""
-        at = at or now()
-        with self.session() as s:
-            ends = [u if u.tzinfo else u.replace(tzinfo=UTC)
-                    for u in s.scalars(select(Silence.until).where(Silence.model == model))]
-            live = [u for u in ends if u > at]
-            return max(live) if live else None
+        return self.active_silences(at).get(model)
 
     def actions(self, *, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.session() as s:

@@ -39,6 +39,7 @@ from driftwarden.stream.shards import Shards
 from driftwarden.stream.watchdog import StallWatchdog
 
 log = logging.getLogger("driftwarden.stream")
+SILENCE_REFRESH = 10.0  # seconds between reads of the silences in the store
 
 
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
@@ -329,6 +330,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
 
     notable = {settings.topics.drift, settings.topics.actions}
 
+    def _paging_verdicts() -> list[dict[str, Any]]:
+        return [v for v in shards.verdicts() if v["model"] not in shards.silenced]
+
     def _send(outputs: list[Output]) -> None:
         changed = False
         for o in outputs:  # drift and action events are rare: a JSON decode each is nothing
@@ -341,7 +345,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                     annotations.put((event["event_id"], annotation(event)))
         producer.send(outputs)  # after the records: an action's delivery mark comes later
         if changed and alerting is not None and am is not None:  # page now, not later
-            alerting.put(am.snapshot(shards.verdicts()))
+            alerting.put(am.snapshot(_paging_verdicts()))
 
     @app.agent(predictions)
     async def ingest(stream: Any) -> None:
@@ -359,7 +363,23 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     if alerting is not None and am is not None:
         @app.timer(settings.alertmanager.resend_seconds)
         async def resend_alerts() -> None:
-            alerting.put(am.snapshot(shards.verdicts()))
+            alerting.put(am.snapshot(_paging_verdicts()))
+
+    @app.timer(SILENCE_REFRESH)
+    async def refresh_silences() -> None:
+        """Silences set through the admin API, read from the store off the event loop."""
+        def read() -> frozenset[str] | None:
+            store = store_sink.connect()
+            try:
+                return None if store is None else frozenset(store.active_silences())
+            except Exception as exc:  # noqa: BLE001 - the database is away: keep the last
+                log.debug("silences unavailable: %s", exc)
+                return None
+        models = await asyncio.to_thread(read)
+        if models is not None and models != shards.silenced:
+            log.info("silenced models: %s", sorted(models) or "none")
+            shards.set_silenced(models)
+            metrics.set_silenced(models)
 
     @app.timer(max(0.5, settings.kafka.checkpoint_seconds))
     async def checkpoint_when_idle() -> None:

@@ -92,6 +92,10 @@ class StreamService:
         # already holds, so a replay after a restart skips it (exactly-once effect on state)
         self.offsets: dict[str, int] = {}
         self.replayed = 0  # messages skipped because the state already held them
+        # models silenced through the admin API (set by the worker from the store): their
+        # verdicts are still published and recorded, their actions are not emitted
+        self.silenced: frozenset[str] = frozenset()
+        self.suppressed: Counter[str] = Counter()  # actions not emitted, by model
 
     def _fresh(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
         """The messages not yet applied to this state (each partition's in offset order)."""
@@ -206,6 +210,9 @@ class StreamService:
         out = []
         for ev in events:
             out.append(Output(self.topics.drift, ev["model"].encode(), _dumps(ev)))
+            if ev["model"] in self.silenced:
+                self.suppressed[ev["model"]] += 1
+                continue
             for action in self.policy.decide(ev):
                 self.actions[f"{action['model']}\x1f{action['action']}"] += 1
                 out.append(Output(self.topics.actions, action["model"].encode(),

@@ -37,12 +37,20 @@ class Shards:
         self.services: dict[int, StreamService] = {}
         self.dirty: set[int] = set()
         self.restored: dict[int, int] = {}  # partition -> checkpoint generation restored
+        self.silenced: frozenset[str] = frozenset()
+
+    def set_silenced(self, models: frozenset[str]) -> None:
+        """Models whose actions are not emitted (silenced through the admin API)."""
+        self.silenced = models
+        for svc in self.services.values():
+            svc.silenced = models
 
     def ensure(self, partition: int) -> StreamService:
         """The shard of ``partition``, restored from its checkpoint when it is new here."""
         svc = self.services.get(partition)
         if svc is None:
             svc = self.factory()
+            svc.silenced = self.silenced
             if self.store is not None:
                 svc.labels.journal = True  # checkpoints save the label table's changes
                 saved = self.store.read(partition)
