@@ -62,6 +62,10 @@ def test_a_silenced_model_still_reports_drift_but_emits_no_action():
     assert any(o.topic == "driftwarden.drift" for o in outs)
     assert not any(o.topic == "driftwarden.actions" for o in outs)
     assert svc.suppressed["fraud"] >= 1
+    # the warm-up baseline is handed to the store once
+    [fitted] = svc.take_fresh_baselines()
+    assert (fitted["model"], fitted["version"], fitted["rows"]) == ("fraud", "3", 2000)
+    assert fitted["summary"]["n_rows"] == 2000 and svc.take_fresh_baselines() == []
 
 
 def test_labels_join_and_late_labels():

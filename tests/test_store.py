@@ -104,6 +104,10 @@ def test_versions_with_lineage_promotion_baselines_and_an_audit_row_per_change(d
     assert (b1["revision"], b2["revision"]) == (1, 2)
     assert store.baseline("fraud", "7")["summary"] == {"features": {"a": 2}}
     assert store.baseline("fraud", "7", 1)["rows"] == 5000
+    # a worker refitting the same warm-up after a replay stores no new revision
+    same = store.add_baseline("fraud", "7", {"features": {"a": 2}}, rows=900, source="warm-up",
+                              actor="worker", unless_same=True)
+    assert same["revision"] == 2 and store.baseline("fraud", "7")["source"] == "ref.csv"
     until = datetime.now(UTC) + timedelta(hours=1)
     store.silence("fraud", until, actor="admin", reason="planned retrain")
     assert store.silenced_until("fraud") is not None and store.silenced_until("churn") is None

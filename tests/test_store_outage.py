@@ -122,6 +122,10 @@ def test_database_outage_during_an_incident_loses_and_doubles_nothing(
     listed = api(port, "/incidents")
     assert sorted(i["model"] for i in listed) == sorted({e["model"] for e in drift})
     store = Store(pg.url, migrate=False)
+    for model in ("fraud", "churn"):  # the baselines they were judged against
+        b = store.baseline(model, "1")
+        assert (b["revision"], b["rows"], b["fitted_by"]) == (1, 2000, "worker")
+        assert b["source"].startswith("warm-up") and b["summary"]["n_rows"] == 2000
     incidents = store.incidents()
     assert {i["model"] for i in incidents} == {"fraud", "churn"}
     assert all(i["evidence"] for i in incidents)

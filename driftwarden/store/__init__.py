@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -255,11 +255,16 @@ class Store:
             return _version_dict(v)
 
     def add_baseline(self, model: str, version: str, summary: Mapping[str, Any], *, rows: int,
-                     source: str, actor: str) -> dict[str, Any]:
-        """Store a new revision of the baseline of (model, version)."""
+                     source: str, actor: str, unless_same: bool = False) -> dict[str, Any]:
+        """Store a new revision of the baseline of (model, version); with ``unless_same``, a
+        summary equal to the newest revision's is not stored again (a refit after a replay)."""
         with self.session() as s:
-            rev = (s.scalar(select(func.max(Baseline.revision)).where(
-                Baseline.model == model, Baseline.version == version)) or 0) + 1
+            newest = s.scalars(select(Baseline).where(
+                Baseline.model == model, Baseline.version == version)
+                .order_by(Baseline.revision.desc()).limit(1)).first()
+            if unless_same and newest is not None and newest.summary == dict(summary):
+                return _baseline_dict(newest, summary=False)
+            rev = (newest.revision if newest is not None else 0) + 1
             b = Baseline(model=model, version=version, revision=rev, summary=dict(summary),
                          rows=int(rows), source=source, fitted_by=actor, created_at=now())
             s.add(b)

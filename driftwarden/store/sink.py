@@ -30,7 +30,8 @@ log = logging.getLogger("driftwarden.store")
 
 class StoreSink:
     """``deliver`` for a SideSender: items ``("event", drift_event)``, ``("action",
-    action_event)`` or ``("delivered", event_id)``."""
+    action_event)``, ``("delivered", event_id)`` or ``("baseline", {model, version, summary,
+    rows, source})`` (a warm-up fit; not stored again when equal to the newest revision)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -58,6 +59,10 @@ class StoreSink:
                 store.record_action(payload)
             elif what == "delivered":
                 store.mark_delivered(payload)
+            elif what == "baseline":
+                store.add_baseline(payload["model"], payload["version"], payload["summary"],
+                                   rows=payload["rows"], source=payload["source"],
+                                   actor="worker", unless_same=True)
             else:
                 raise ValueError(f"unknown store item {what!r}")
         except OperationalError as exc:

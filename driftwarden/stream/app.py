@@ -334,6 +334,13 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         return [v for v in shards.verdicts() if v["model"] not in shards.silenced]
 
     def _send(outputs: list[Output]) -> None:
+        try:
+            _side(outputs)
+        except Exception:  # noqa: BLE001 - bookkeeping for side channels never stops a partition
+            log.exception("side channels: could not queue the records of a batch")
+        producer.send(outputs)  # after the records: an action's delivery mark comes later
+
+    def _side(outputs: list[Output]) -> None:
         changed = False
         for o in outputs:  # drift and action events are rare: a JSON decode each is nothing
             if o.topic in notable:
@@ -343,7 +350,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                              event))
                 if annotations is not None:
                     annotations.put((event["event_id"], annotation(event)))
-        producer.send(outputs)  # after the records: an action's delivery mark comes later
+        for fitted in shards.take_fresh_baselines():  # once per model version's warm-up
+            records.put(("baseline", fitted))
         if changed and alerting is not None and am is not None:  # page now, not later
             alerting.put(am.snapshot(_paging_verdicts()))
 

@@ -93,6 +93,7 @@ class ModelMonitor:
         self.policy = self.detection.policy()
         self.task = task
         self.baseline: Baseline | None = None
+        self.fresh_baseline = False  # a warm-up fit not yet handed to the store
         self.executor = executor
         self._calibration: Calibration | Future[Calibration] | None = None
         self.window: SlidingWindow | None = None
@@ -128,6 +129,7 @@ class ModelMonitor:
     def _install(self, baseline: Baseline, rows_per_window: int | None) -> None:
         d = self.detection
         self.baseline = baseline
+        self.fresh_baseline = False  # a warm-up fit not yet handed to the store
         rows = rows_per_window or MAX_CALIBRATION_ROWS
         def run() -> Calibration:
             return calibrate(baseline, max(50, min(rows, MAX_CALIBRATION_ROWS)),
@@ -164,6 +166,7 @@ class ModelMonitor:
         rate = len(ts) / span if span > 0 else float(len(ts))
         self._install(base, int(rate * d.slices * d.slice_seconds))
         self._warm = []
+        self.fresh_baseline = True  # for the store: taken (and reset) by the service
 
     # -- the stream ---------------------------------------------------------------------------
     def add(self, records: Sequence[PredictionRecord] | RecordBatch) -> list[dict[str, Any]]:

@@ -266,6 +266,18 @@ class StreamService:
         self.invalid = Counter(state["invalid"])
         self.actions = Counter(state["actions"])
 
+    def take_fresh_baselines(self) -> list[dict[str, Any]]:
+        """Baselines fitted from a warm-up since the last call, JSON-ready, for the store."""
+        out = []
+        for m in self.monitors.values():
+            if m.fresh_baseline and m.baseline is not None:
+                m.fresh_baseline = False
+                out.append({"model": m.model, "version": m.version,
+                            "summary": orjson.loads(_dumps(m.baseline.to_state())),
+                            "rows": m.baseline.n_rows,
+                            "source": f"warm-up: the first {m.baseline.n_rows} records"})
+        return out
+
     def verdicts(self) -> list[dict[str, Any]]:
         """The current verdict of every monitored model version and kind."""
         return [v for m in self.monitors.values() for v in m.last_verdicts.values()]

@@ -94,6 +94,9 @@ class Shards:
     def monitors(self) -> list[ModelMonitor]:
         return [m for svc in self.services.values() for m in svc.monitors.values()]
 
+    def take_fresh_baselines(self) -> list[dict[str, Any]]:
+        return [b for svc in self.services.values() for b in svc.take_fresh_baselines()]
+
     def verdicts(self) -> list[dict[str, Any]]:
         return [v for svc in self.services.values() for v in svc.verdicts()]
 
