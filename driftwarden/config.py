@@ -160,6 +160,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     data_dir: str = ".driftwarden"
     database_url: str | None = None
+    outbox_seconds: float = 30.0  # how often the worker re-sends actions still pending
     log_level: str = "INFO"
     kafka: Kafka = msgspec.field(default_factory=Kafka)
     topics: Topics = msgspec.field(default_factory=Topics)

@@ -157,6 +157,15 @@ def test_bad_bodies_get_clear_errors_and_are_audited():
         assert outcomes.count("refused") == len(cases) + 4 and outcomes.count("ok") == 1
 
 
+def test_the_documented_statuses_are_the_stores():
+    from typing import get_args
+
+    from driftwarden.api import Status
+    from driftwarden.store.models import VERSION_STATUSES
+
+    assert get_args(Status) == VERSION_STATUSES
+
+
 # -- schemathesis: requests generated from the served OpenAPI document -------------------------
 def test_the_api_conforms_to_its_openapi_document(monkeypatch):
     """For every operation of the served document, schemathesis generates requests (valid and

@@ -69,8 +69,14 @@ def test_actions_are_recorded_once_audited_and_marked_delivered(db_url):
     assert store.record_action(action) and not store.record_action(action)
     [row] = store.actions()
     assert (row["status"], row["target_version"]) == ("pending", "6")
+    # the outbox: pending and old enough, for the models asked about; each read is an attempt
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    assert store.pending_actions(datetime(2000, 1, 1, tzinfo=UTC)) == []  # not old enough
+    assert store.pending_actions(later, ["churn"]) == []
+    assert store.pending_actions(later, ["fraud"]) == [action]  # the event as produced
     store.mark_delivered("a1")
     assert store.actions(model="fraud")[0]["status"] == "delivered"
+    assert store.pending_actions(later) == []
     audit = store.audit_log()
     assert [(a["actor"], a["operation"], a["target"]) for a in audit] == [
         ("worker", "action.rollback", "fraud")]

@@ -81,6 +81,7 @@ def test_database_outage_during_an_incident_loses_and_doubles_nothing(
                 "DRIFTWARDEN_DATABASE_URL": pg.url,
                 "DRIFTWARDEN_API__READ_TOKENS": '["reader-1"]',
                 "DRIFTWARDEN_API__ADMIN_TOKENS": '["admin-1"]',
+                "DRIFTWARDEN_OUTBOX_SECONDS": "2",
                 "DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
                 "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0.2",
                 "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50"})
@@ -132,6 +133,18 @@ def test_database_outage_during_an_incident_loses_and_doubles_nothing(
     assert [a["operation"] for a in store.audit_log()].count("action.review") + [
         a["operation"] for a in store.audit_log()].count("action.retrain") + [
         a["operation"] for a in store.audit_log()].count("action.rollback") == len(want_actions)
+
+    # the outbox: an action recorded but never acknowledged (a worker died between the two)
+    # is produced again by the worker holding its model, with its event_id, then delivered
+    lost = {**actions[0], "event_id": "lost-action-1"}
+    assert store.record_action(lost)
+    resent = consume(bootstrap, [f"{PREFIX}.actions"], lambda g: any(
+        orjson.loads(v)["event_id"] == "lost-action-1" for _, v, _ in g), timeout=60)
+    [(_, value, headers)] = [m for m in resent if orjson.loads(m[1])["event_id"] == "lost-action-1"]
+    assert orjson.loads(value) == lost and headers["dw.event_id"] == b"lost-action-1"
+    wait_for("the re-sent action marked delivered", lambda: next(
+        a for a in store.actions(limit=1000) if a["event_id"] == "lost-action-1")["status"]
+        == "delivered", 30)
     store.close()
 
     # a silence set through the admin API reaches the worker (metric; rules skip the model)

@@ -21,7 +21,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,7 +175,9 @@ class Store:
                              action=action["action"],
                              target_version=action.get("target_version"),
                              reason=str(action.get("reason", "")), payload=dict(action),
-                             status="pending", attempts=1, created_at=_ts(action.get("ts"))))
+                             # when recorded (the event's own time is in the payload): the
+                             # outbox's age is wall-clock time, also for replayed old logs
+                             status="pending", attempts=1, created_at=now()))
                 s.add(_audit("worker", f"action.{action['action']}", action["model"], "ok",
                              {"event_id": action["event_id"],
                               "incident_id": action["incident_id"],
@@ -189,6 +191,22 @@ class Store:
             a = s.get(Action, event_id)
             if a is not None and a.status != "delivered":
                 a.status, a.delivered_at = "delivered", now()
+
+    def pending_actions(self, older_than: datetime, models: Iterable[str] | None = None,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        """Action events recorded before ``older_than`` and still not acknowledged by the
+        broker (the outbox), oldest first; each counts one more attempt."""
+        with self.session() as s:
+            q = (select(Action).where(Action.status == "pending",
+                                      Action.created_at < older_than)
+                 .order_by(Action.created_at, Action.event_id).limit(limit))
+            if models is not None:
+                q = q.where(Action.model.in_(list(models)))
+            out = []
+            for a in s.scalars(q):
+                a.attempts += 1
+                out.append(dict(a.payload))
+            return out
 
     # -- models, versions, baselines ------------------------------------------------------
     def register_model(self, name: str, *, actor: str, description: str = "",

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,30 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         @app.timer(settings.alertmanager.resend_seconds)
         async def resend_alerts() -> None:
             alerting.put(am.snapshot(_paging_verdicts()))
+
+    @app.timer(settings.outbox_seconds)
+    async def resend_pending_actions() -> None:
+        """The outbox: actions of this worker's models recorded in the store but still not
+        acknowledged by the broker after two rounds are produced again, with the same
+        event_id (consumers drop duplicates by it)."""
+        held = {m.model for m in shards.monitors}
+
+        def read() -> list[dict[str, Any]]:
+            store = store_sink.connect()
+            if store is None or not held:
+                return []
+            cutoff = datetime.now(UTC) - timedelta(seconds=2 * settings.outbox_seconds)
+            try:
+                return store.pending_actions(cutoff, held)
+            except Exception as exc:  # noqa: BLE001 - the database is away: next round
+                log.debug("outbox unavailable: %s", exc)
+                return []
+        pending = await asyncio.to_thread(read)
+        if pending:
+            log.warning("re-sending %d action(s) still pending in the outbox", len(pending))
+            producer.send([Output(settings.topics.actions, a["model"].encode(),
+                                  orjson.dumps(a), [("dw.event_id", a["event_id"].encode())])
+                           for a in pending])
 
     @app.timer(SILENCE_REFRESH)
     async def refresh_silences() -> None:
