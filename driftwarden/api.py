@@ -29,7 +29,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
+from driftwarden.statuses import INCIDENT_STATUSES
 from driftwarden.store import Conflict, NotFound, Store
 
 MAX_BODY = 1 << 20  # 1 MiB: a fitted baseline of a few hundred features fits easily
@@ -129,14 +131,8 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
             raise _Refused(404, str(exc)) from None
         except Conflict as exc:
             raise _Refused(409, str(exc)) from None
-        except _Refused:
-            raise
-        except Exception as exc:  # noqa: BLE001 - sqlalchemy: the database went away
-            from sqlalchemy.exc import SQLAlchemyError
-
-            if isinstance(exc, SQLAlchemyError):
-                raise _Refused(503, "the database is unavailable; try again later") from None
-            raise
+        except SQLAlchemyError:  # the database went away
+            raise _Refused(503, "the database is unavailable; try again later") from None
 
     async def body(request: web.Request, kind: type[Any]) -> Any:
         if request.content_length is not None and request.content_length > max_body:
@@ -193,9 +189,8 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
     async def list_incidents(request: web.Request, actor: str) -> Any:
         q = request.query
         status = q.get("status") or None
-        if status is not None and status not in ("open", "escalated", "acknowledged",
-                                                 "resolved"):
-            raise _Refused(400, "status must be open, escalated, acknowledged or resolved")
+        if status is not None and status not in INCIDENT_STATUSES:
+            raise _Refused(400, f"status must be one of {', '.join(INCIDENT_STATUSES)}")
         return await db(Store.incidents, model=q.get("model") or None, status=status,
                         limit=_limit(q.get("limit")))
 
@@ -388,8 +383,8 @@ def openapi() -> dict[str, Any]:
                            [p("model")])},
             "/incidents": {
                 "get": op("Incidents, newest first", "200", False,
-                          params=[model, q("status", {"type": "string", "enum": [
-                              "open", "escalated", "acknowledged", "resolved"]}), limit],
+                          params=[model, q("status", {"type": "string",
+                                               "enum": list(INCIDENT_STATUSES)}), limit],
                           ok_type="array")},
             "/incidents/{incident_id}": {
                 "get": op("One incident with its events", "200", False, None,

@@ -16,6 +16,7 @@ import click
 
 from driftwarden import __version__
 from driftwarden.errors import DriftwardenError, InputError
+from driftwarden.statuses import INCIDENT_STATUSES
 
 EXIT_USAGE = 2
 
@@ -354,18 +355,18 @@ def _open_store(config: str | None) -> Any:
     cannot be reached is one line."""
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from driftwarden.config import load_settings
-    from driftwarden.dashboards.push import _safe
+    from driftwarden.config import load_settings, safe_url
     from driftwarden.store import Store, database_url
 
     url = database_url(load_settings(config))
     try:
         return Store(url)
     except ArgumentError:
-        raise InputError(f"DRIFTWARDEN_DATABASE_URL is not a database URL: {_safe(url)}") from None
+        raise InputError(f"DRIFTWARDEN_DATABASE_URL is not a database URL: "
+                         f"{safe_url(url)}") from None
     except (SQLAlchemyError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise InputError(f"database {_safe(url)}: {reason}") from None
+        raise InputError(f"database {safe_url(url)}: {reason}") from None
 
 
 def _actor() -> str:
@@ -476,7 +477,7 @@ def incidents() -> None:
 
 @incidents.command("list")
 @click.option("--model", default=None)
-@click.option("--status", type=click.Choice(["open", "escalated", "acknowledged", "resolved"]))
+@click.option("--status", type=click.Choice(INCIDENT_STATUSES))
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @config_option
 @json_option

@@ -177,6 +177,21 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return _redact(msgspec.to_builtins(self))
 
 
+def safe_url(url: str) -> str:
+    """``url`` without credentials or query (for an error line: secrets never reach one).
+
+    >>> safe_url("postgresql+psycopg://u:pw@db:5432/x?sslmode=require")
+    'postgresql+psycopg://db:5432/x'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def _redact(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _redact(v, k) for k, v in value.items()}

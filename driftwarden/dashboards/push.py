@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from driftwarden.config import safe_url
 from driftwarden.dashboards import build_all
 from driftwarden.errors import InputError
 
@@ -61,17 +62,7 @@ def push_all(url: str, *, token: str | None, folder: str = "driftwarden",
             out.append((built["uid"], "created" if stored is None else "updated"))
         return out
     except GrafanaException as exc:
-        raise InputError(f"Grafana at {_safe(url)}: {exc.message}") from None
+        raise InputError(f"Grafana at {safe_url(url)}: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS: one line
-        raise InputError(f"Grafana at {_safe(url)}: {type(exc).__name__}: {exc}") from None
+        raise InputError(f"Grafana at {safe_url(url)}: {type(exc).__name__}: {exc}") from None
 
-
-def _safe(url: str) -> str:
-    """The URL without credentials (they never reach a log line)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -305,11 +305,12 @@ class Store:
 
     def models(self) -> list[dict[str, Any]]:
         with self.session() as s:
-            out = []
-            for m in s.scalars(select(Model).order_by(Model.name)):
-                versions = s.scalars(select(ModelVersion).where(ModelVersion.model_id == m.id)
-                                     .order_by(ModelVersion.created_at, ModelVersion.id))
-                out.append(_model_dict(m, [_version_dict(v) for v in versions]))
+            versions: dict[int, list[dict[str, Any]]] = {}
+            for v in s.scalars(select(ModelVersion).order_by(ModelVersion.created_at,
+                                                             ModelVersion.id)):
+                versions.setdefault(v.model_id, []).append(_version_dict(v))
+            out = [_model_dict(m, versions.get(m.id, []))
+                   for m in s.scalars(select(Model).order_by(Model.name))]
             # models seen only by the stream (incidents) appear too
             known = {m["name"] for m in out}
             for (name,) in s.execute(select(Incident.model).distinct()):

@@ -23,9 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-VERSION_STATUSES = ("registered", "shadow", "canary", "live", "retired")
-INCIDENT_STATUSES = ("open", "escalated", "acknowledged", "resolved")
-ACTION_STATUSES = ("pending", "delivered")
+from driftwarden.statuses import INCIDENT_STATUSES, VERSION_STATUSES  # noqa: F401 - re-exported
 
 
 class Base(DeclarativeBase):

@@ -18,6 +18,7 @@ write whose commit was lost records nothing twice.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -36,16 +37,18 @@ class StoreSink:
     def __init__(self, url: str) -> None:
         self.url = url
         self.store: Store | None = None
+        self._lock = threading.Lock()  # the writer thread and the API / timers' threads
         self.connect()  # best effort now; else at the first item
 
     def connect(self) -> Store | None:
         """The store, opened (and migrated) on first use; None while the database is away."""
-        if self.store is None:
-            try:
-                self.store = Store(self.url, timeout=5.0)
-            except (OperationalError, DBAPIError) as exc:
-                log.warning("database unavailable (%s); will retry", type(exc).__name__)
-        return self.store
+        with self._lock:
+            if self.store is None:
+                try:
+                    self.store = Store(self.url, timeout=5.0)
+                except (OperationalError, DBAPIError) as exc:
+                    log.warning("database unavailable (%s); will retry", type(exc).__name__)
+            return self.store
 
     def __call__(self, item: tuple[str, Any]) -> None:
         store = self.connect()

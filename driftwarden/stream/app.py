@@ -346,6 +346,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         for o in outputs:  # drift and action events are rare: a JSON decode each is nothing
             if o.topic in notable:
                 changed = True
+                # decoded from the bytes produced, not taken from the service's dict: JSON-safe
+                # (no NaN, no numpy) and exactly what consumers of the topics see
                 event = orjson.loads(o.value)
                 records.put(("action" if o.topic == settings.topics.actions else "event",
                              event))
