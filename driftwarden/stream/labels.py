@@ -76,8 +76,10 @@ class LabelJoiner:
         # with journal on, what changed in the pending table since take_delta(): checkpoints
         # then save that, not the whole table (see driftwarden.stream.checkpoint)
         self.journal = False
-        self._added: list[list[Any]] = []  # [model, version, ids, predictions, ts]
-        self._removed: list[tuple[str, str]] = []  # keys joined
+        # the changes in order (the cap depends on it): ["add", model, version, ids,
+        # predictions, ts] (an id already pending moves to the end), ["update", ...] (the
+        # bulk path: it keeps its place), ["remove", [[model, id], ...]] (joined)
+        self._journal: list[list[Any]] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -98,13 +100,13 @@ class LabelJoiner:
         self._pending.pop(key, None)
         self._pending[key] = (version, prediction, ts)
         if self.journal:
-            last = self._added[-1] if self._added else None
-            if last is not None and last[0] == model and last[1] == version:
-                last[2].append(id)  # single records: grow one entry, not one per record
-                last[3].append(prediction)
-                last[4].append(ts)
+            last = self._journal[-1] if self._journal else None
+            if last is not None and last[0] == "add" and last[1] == model and last[2] == version:
+                last[3].append(id)  # single records: grow one entry, not one per record
+                last[4].append(prediction)
+                last[5].append(ts)
             else:
-                self._added.append([model, version, [id], [prediction], [ts]])
+                self._journal.append(["add", model, version, [id], [prediction], [ts]])
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.expired += 1
@@ -136,8 +138,8 @@ class LabelJoiner:
         self.watermark = max(self.watermark, max(ts))
         self._pending.update(zip(zip(repeat(model), ids),  # type: ignore[arg-type]  # no None
                                  zip(repeat(version), predictions, ts)))
-        if self.journal:  # copies: a later single record may grow this entry
-            self._added.append([model, version, list(ids), list(predictions), list(ts)])
+        if self.journal:
+            self._journal.append(["update", model, version, list(ids), list(predictions), list(ts)])
         excess = len(self._pending) - self.max_pending
         for _ in range(max(0, excess)):
             self._pending.popitem(last=False)
@@ -160,7 +162,11 @@ class LabelJoiner:
             return None
         version, prediction, pred_ts = hit
         if self.journal:
-            self._removed.append((model, id))
+            last = self._journal[-1] if self._journal else None
+            if last is not None and last[0] == "remove":
+                last[1].append((model, id))
+            else:
+                self._journal.append(["remove", [(model, id)]])
         self.joined += 1
         return Outcome(model, version, id, prediction, label, max(0.0, ts - pred_ts))
 
@@ -202,21 +208,32 @@ class LabelJoiner:
         >>> k = LabelJoiner(); k.apply_delta(j.take_delta()); list(k._pending)
         [('m', 'b')]
         """
-        out = {"added": self._added, "removed": self._removed}
-        self._added, self._removed = [], []
+        out = {"ops": self._journal}
+        self._journal = []
         return out
 
     def apply_delta(self, delta: Mapping[str, Any]) -> None:
-        """Replay a delta of :meth:`take_delta` (and the cap, as live)."""
+        """Replay a delta of :meth:`take_delta`, in order, with the cap applied after each
+        addition as it was live (so a table at its cap rebuilds exactly)."""
         pending = self._pending
-        for model, version, ids, preds, ts in delta["added"]:
-            for i, p, t in zip(ids, preds, ts):
-                pending.pop((model, i), None)
-                pending[(model, i)] = (version, p, t)
-        for model, i in delta["removed"]:
-            pending.pop((model, i), None)
-        while len(pending) > self.max_pending:
-            pending.popitem(last=False)
+        if "ops" not in delta:  # a checkpoint of an earlier version: additions, then joins
+            ops = [["add", *a] for a in delta["added"]] + [["remove", delta["removed"]]]
+        else:
+            ops = delta["ops"]
+        for op in ops:
+            if op[0] == "remove":
+                for model, i in op[1]:
+                    pending.pop((model, i), None)
+                continue
+            _, model, version, ids, preds, ts = op
+            if op[0] == "update":
+                pending.update(zip(zip(repeat(model), ids), zip(repeat(version), preds, ts)))
+            else:
+                for i, p, t in zip(ids, preds, ts):
+                    pending.pop((model, i), None)
+                    pending[(model, i)] = (version, p, t)
+            while len(pending) > self.max_pending:
+                pending.popitem(last=False)
 
     def pending_state(self) -> list[Any]:
         """The whole pending table (``[[model, id], [version, prediction, ts]]`` pairs, made
