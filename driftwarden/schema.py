@@ -89,7 +89,7 @@ class RecordBatch:
     version: str
     ids: list[str | None]
     ts: list[float]
-    features: list[dict[str, Any]]
+    features: Sequence[dict[str, Any]]  # a list, or MatrixRows
     predictions: list[Any]
     numeric: bool = False  # every feature value is a float (checked while decoding)
 
@@ -108,8 +108,14 @@ class RecordBatch:
         if len(batches) == 1:
             return batches[0]
         first = batches[0]
+        features: Sequence[dict[str, Any]]
+        mats = [b.features for b in batches if isinstance(b.features, MatrixRows)]
+        if len(mats) == len(batches) and all(m.names == mats[0].names for m in mats):
+            features = MatrixRows(mats[0].names, np.concatenate([m.matrix for m in mats]))
+        else:
+            features = [f for b in batches for f in b.features]
         return cls(first.model, first.version, [i for b in batches for i in b.ids],
-                   [t for b in batches for t in b.ts], [f for b in batches for f in b.features],
+                   [t for b in batches for t in b.ts], features,
                    [p for b in batches for p in b.predictions], all(b.numeric for b in batches))
 
     def __getitem__(self, s: slice) -> RecordBatch:
@@ -128,6 +134,8 @@ class RecordBatch:
         feats = self.features
         if not feats:
             return {}
+        if isinstance(feats, MatrixRows):
+            return dict(zip(feats.names, feats.matrix.T.copy()))
         names = list(feats[0])
         if not all(list(f) == names for f in feats):
             return records_to_columns(feats)
@@ -185,11 +193,11 @@ class _Record(msgspec.Struct):
     segment: dict[str, str] | None = None
 
 
-V = TypeVar("V")
+F = TypeVar("F")  # the type of a record's features: a dict, or a struct of known names
 
 
-class _FastRecord(msgspec.Struct, Generic[V], gc=False):  # no cycles: leave GC alone
-    features: dict[str, V]
+class _FastRecord(msgspec.Struct, Generic[F], gc=False):  # no cycles: leave GC alone
+    features: F
     id: str | None = None
     ts: float | None = None
     prediction: Any = None
@@ -199,16 +207,79 @@ class _FastRecord(msgspec.Struct, Generic[V], gc=False):  # no cycles: leave GC 
     segment: dict[str, str] | None = None
 
 
-class _FastBatch(msgspec.Struct, Generic[V], gc=False):
-    records: list[_FastRecord[V]]
+class _FastBatch(msgspec.Struct, Generic[F], gc=False):
+    records: list[_FastRecord[F]]
     model: str
     version: str | int | None = None
 
 
 # every feature a number (ints arrive as floats: the same values and categories), or anything
-_FAST_NUMERIC = msgspec.json.Decoder(_FastBatch[float])
-_FAST_ANY = msgspec.json.Decoder(_FastBatch[Any])
-_FAST_SINGLE = msgspec.json.Decoder(_FastRecord[Any])
+_FAST_NUMERIC = msgspec.json.Decoder(_FastBatch[dict[str, float]])
+_FAST_ANY = msgspec.json.Decoder(_FastBatch[dict[str, Any]])
+_FAST_SINGLE = msgspec.json.Decoder(_FastRecord[dict[str, Any]])
+
+
+class _Shape:
+    """A decoder for batches whose records all carry exactly the numeric features ``names``:
+    each record's features decode into a struct (no dict, no key strings), and the batch
+    becomes one float64 matrix. ~25 % less time than dicts for 20 features (decode and
+    columns: 1.33 against 1.85 µs per record). A record with a feature more or less, or a
+    value that is not a number, fails it; the dict path then takes the batch."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        fields = [f"f{i}" for i in range(len(names))]
+        features = msgspec.defstruct("Features", [(f, float) for f in fields],
+                                     rename=dict(zip(fields, names)),
+                                     forbid_unknown_fields=True, gc=False)
+        self.decoder = msgspec.json.Decoder(_FastBatch[features])  # type: ignore[valid-type]
+
+    def matrix(self, features: Sequence[Any]) -> np.ndarray:
+        n, k = len(features), len(self.names)
+        values = chain.from_iterable(map(msgspec.structs.astuple, features))  # names' order
+        return np.fromiter(values, np.float64, count=n * k).reshape(n, k)
+
+
+_SHAPES: list[_Shape] = []  # the feature sets of recent numeric batches, newest use first
+_MAX_SHAPES = 4
+
+
+def _learn_shape(features: Sequence[Mapping[str, Any]]) -> None:
+    """Remember the feature names of an all-numeric batch whose records all list the same."""
+    names = tuple(features[0])
+    if not names or any(s.names == names for s in _SHAPES):
+        return
+    if all(len(f) == len(names) for f in features) and all(tuple(f) == names
+                                                            for f in features):
+        _SHAPES.insert(0, _Shape(names))
+        del _SHAPES[_MAX_SHAPES:]
+
+
+class MatrixRows(Sequence[dict[str, Any]]):
+    """Feature rows held as one float64 matrix (rows × ``names``): what a batch of a known
+    numeric shape decodes into. Reads like a list of dicts (built on demand), slices stay
+    matrices, and :meth:`RecordBatch.columns` takes the matrix's columns at once.
+
+    >>> rows = MatrixRows(("a", "b"), np.array([[1.0, 2.0], [3.0, 4.0]]))
+    >>> rows[1], len(rows[:1]), list(rows[1:])
+    ({'a': 3.0, 'b': 4.0}, 1, [{'a': 3.0, 'b': 4.0}])
+    """
+
+    def __init__(self, names: tuple[str, ...], matrix: np.ndarray) -> None:
+        self.names = names
+        self.matrix = matrix
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return MatrixRows(self.names, self.matrix[i])
+        return dict(zip(self.names, self.matrix[i].tolist()))
+
+    def __iter__(self) -> Any:
+        names = self.names
+        return (dict(zip(names, row)) for row in self.matrix.tolist())
 
 
 def _fast_single(value: bytes, now: float) -> PredictionRecord | None:
@@ -326,16 +397,28 @@ def _fast_batch(value: bytes, now: float) -> RecordBatch | None:
     decoded straight into typed structs (validation in C) and returned as one
     :class:`RecordBatch`; None when anything needs the careful path, which then reports it."""
     numeric = True
-    try:
-        b: _FastBatch[Any] = _FAST_NUMERIC.decode(value)
-    except msgspec.ValidationError:  # a string, bool or null feature: most fail early
-        numeric = False
+    b: _FastBatch[Any] | None = None
+    shape = None
+    for i, candidate in enumerate(_SHAPES):  # a mismatch fails within the first record
         try:
-            b = _FAST_ANY.decode(value)
-        except msgspec.DecodeError:  # includes ValidationError
+            b = candidate.decoder.decode(value)
+        except msgspec.DecodeError:
+            continue
+        shape = candidate
+        if i:
+            _SHAPES.insert(0, _SHAPES.pop(i))
+        break
+    if b is None:
+        try:
+            b = _FAST_NUMERIC.decode(value)
+        except msgspec.ValidationError:  # a string, bool or null feature: most fail early
+            numeric = False
+            try:
+                b = _FAST_ANY.decode(value)
+            except msgspec.DecodeError:  # includes ValidationError
+                return None
+        except msgspec.DecodeError:
             return None
-    except msgspec.DecodeError:
-        return None
     recs = b.records
     if not b.model or not recs:
         return None
@@ -348,7 +431,12 @@ def _fast_batch(value: bytes, now: float) -> RecordBatch | None:
     ts = [now if r.ts is None else r.ts for r in recs]
     if not math.isfinite(sum(ts)):  # an inf or NaN somewhere (or an overflow): be careful
         return None
-    return RecordBatch(b.model, version, [r.id for r in recs], ts, [r.features for r in recs],
+    features: Sequence[dict[str, Any]] = [r.features for r in recs]
+    if shape is not None:
+        features = MatrixRows(shape.names, shape.matrix(features))
+    elif numeric:
+        _learn_shape(features)
+    return RecordBatch(b.model, version, [r.id for r in recs], ts, features,
                        [r.prediction for r in recs], numeric)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given
@@ -187,3 +188,62 @@ def test_batch_columns_equal_the_per_record_columns(rows, same_order):
         assert [category_key(v) for v in list(col)] == [category_key(v) for v in want[name]]
         if batch.numeric:
             assert not any(isinstance(v, bool) for v in want[name])
+
+
+def test_batches_of_a_learned_shape_decode_exactly_like_dicts(monkeypatch):
+    """Numeric batches of a feature set seen before decode into a matrix (MatrixRows); every
+    batch — of that shape, with a feature more or less, a string, an int, another order —
+    gives the same records, columns and concatenation as the dict path."""
+    from driftwarden import schema
+    from driftwarden.schema import MatrixRows, RecordBatch
+
+    rng = np.random.default_rng(7)
+    names = ["a", "b", "c"]
+
+    def message() -> bytes:
+        recs = []
+        for i in range(int(rng.integers(1, 6))):
+            feats: dict = {n: float(rng.normal()) for n in names}
+            r = rng.random()
+            if r < 0.05:
+                feats.pop("b")
+            elif r < 0.1:
+                feats["extra"] = 1.0
+            elif r < 0.15:
+                feats["c"] = "x"
+            elif r < 0.2:
+                feats["a"] = int(rng.integers(0, 5))
+            elif r < 0.25:
+                feats = dict(reversed(feats.items()))
+            recs.append({"id": f"r{i}", "ts": 100.0 + i, "features": feats,
+                         "prediction": float(rng.random())})
+        return orjson.dumps({"model": "m", "version": "1", "records": recs})
+
+    msgs = [message() for _ in range(400)]
+
+    def decode_all() -> list[RecordBatch | None]:
+        return [(d.batches or [None])[0] for d in
+                (decode_predictions(m, now=0.0) for m in msgs)]
+
+    def columns(b: RecordBatch) -> dict:
+        return {k: list(v) for k, v in b.columns().items()}
+
+    monkeypatch.setattr(schema, "_MAX_SHAPES", 0)  # nothing learned: the dict path
+    schema._SHAPES.clear()
+    expected = decode_all()
+    monkeypatch.setattr(schema, "_MAX_SHAPES", 4)
+    got = decode_all()
+    schema._SHAPES.clear()
+    assert sum(isinstance(b.features, MatrixRows) for b in got if b) > 100
+    assert sum(isinstance(b.features, list) for b in got if b) > 50
+    for e, g in zip(expected, got):
+        assert (e is None) == (g is None)
+        if e is None or g is None:
+            continue
+        assert g.records() == e.records() and g.numeric == e.numeric
+        assert columns(g) == columns(e) and columns(g[1:]) == columns(e[1:])
+    for lo in range(0, 400, 37):  # runs of batches: matrices alone, or mixed with dicts
+        es = [b for b in expected[lo:lo + 5] if b]
+        gs = [b for b in got[lo:lo + 5] if b]
+        assert columns(RecordBatch.concat(gs)) == columns(RecordBatch.concat(es))
+        assert RecordBatch.concat(gs).records() == RecordBatch.concat(es).records()
