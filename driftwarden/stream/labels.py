@@ -22,7 +22,7 @@ True
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -140,10 +140,10 @@ class LabelJoiner:
                                  zip(repeat(version), predictions, ts)))
         if self.journal:
             self._journal.append(["update", model, version, list(ids), list(predictions), list(ts)])
-        excess = len(self._pending) - self.max_pending
-        for _ in range(max(0, excess)):
-            self._pending.popitem(last=False)
-        self.expired += max(0, excess)
+        excess = max(0, len(self._pending) - self.max_pending)
+        if excess:  # the oldest go, in a C loop (at the cap, one per record added)
+            deque(map(self._pending.popitem, repeat(False, excess)), maxlen=0)
+        self.expired += excess
         return []
 
     def add_label(self, model: str, id: str, label: Any, ts: float,
