@@ -346,28 +346,44 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                                   m.offset, float(m.timestamp or time.time())))
         return out
 
+    confirming: list[asyncio.Future[None]] = []  # the checkpoint being confirmed, if any
+
+    async def _confirm(written: dict[int, int], release: dict[int, list[Any]]) -> None:
+        left = await asyncio.to_thread(producer.flush, 30.0)
+        if left:  # the broker is away: keep holding; the next checkpoint covers them
+            log.warning("checkpoint not confirmed (%d messages in flight)", left)
+            for p, msgs in release.items():
+                held[p] = msgs + held.get(p, [])
+                shards.dirty.add(p)
+            return
+        for msgs in release.values():
+            for m in msgs:
+                m.ack(app.consumer)
+        state["checkpoints"] += 1
+        state["checkpoint_bytes"] = sum(written.values())
+        metrics.checkpoints.inc()
+        metrics.checkpoint_bytes.set(state["checkpoint_bytes"])
+
     async def _checkpoint(force: bool = False, partitions: Any = None) -> None:
-        if not force and time.monotonic() - state["checkpointed"] < (
-                settings.kafka.checkpoint_seconds):
+        """Write a checkpoint of the changed shards; the messages it covers are released once
+        the producer has flushed it. The flush (a checkpoint of a busy partition is tens of
+        MB) runs in the background while the agents go on: awaiting it stalled processing
+        ~0.5 s in every 5 s of batch traffic. One is confirmed at a time (a checkpoint due
+        meanwhile waits for the next round); forced ones (rebalance, shutdown) wait for it."""
+        if not force and (time.monotonic() - state["checkpointed"]
+                          < settings.kafka.checkpoint_seconds
+                          or (confirming and not confirming[0].done())):
             return
         async with lock:
+            if confirming:
+                await confirming.pop()
             written = shards.checkpoint(partitions)
             release = {p: held.pop(p, []) for p in written}
             state["checkpointed"] = time.monotonic()
-            left = await asyncio.to_thread(producer.flush, 30.0)
-            if left:  # the broker is away: keep holding; the next checkpoint covers them
-                log.warning("checkpoint not confirmed (%d messages in flight)", left)
-                for p, msgs in release.items():
-                    held[p] = msgs + held.get(p, [])
-                    shards.dirty.add(p)
-                return
-            for msgs in release.values():
-                for m in msgs:
-                    m.ack(app.consumer)
-            state["checkpoints"] += 1
-            state["checkpoint_bytes"] = sum(written.values())
-            metrics.checkpoints.inc()
-            metrics.checkpoint_bytes.set(state["checkpoint_bytes"])
+            task = asyncio.ensure_future(_confirm(written, release))
+            confirming.append(task)
+        if force:
+            await task
 
     predictions = app.topic(settings.topics.predictions, settings.topics.features,
                             value_serializer="raw", key_serializer="raw")
