@@ -108,9 +108,9 @@ async def aiokafka_ceiling(bootstrap: str, topic: str, n_messages: int) -> float
 FAUST_BARE = textwrap.dedent('''
     import sys, time, orjson, faust
     bootstrap, topic, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    # the same consumer and GC tuning as the worker's (fetch size, fetch wait, GC
-    # thresholds), so (b) isolates what driftwarden adds
-    from driftwarden.stream.app import _limit_fetch_wait, tune_gc
+    # the same consumer and GC tuning as the worker's (fetch size, fetch wait, batches of
+    # 2,000 messages or 1 MB, GC thresholds), so (b) isolates what driftwarden adds
+    from driftwarden.stream.app import BatchLimit, _limit_fetch_wait, tune_gc
     _limit_fetch_wait(100)
     app = faust.App("bench-bare-%d" % time.time_ns(), broker="kafka://" + bootstrap,
                     web_enabled=False, broker_session_timeout=6, topic_allow_declare=False,
@@ -121,7 +121,10 @@ FAUST_BARE = textwrap.dedent('''
     state = {"n": 0, "start": None}
     @app.agent(t)
     async def bare(stream):
-        async for events in stream.take_events(5000, within=0.1):
+        limit = BatchLimit(2000, 1 << 20)
+        stream.add_processor(limit.count)
+        async for events in stream.take_events(limit, within=0.2):
+            limit.reset()
             if state["start"] is None:
                 state["start"] = time.perf_counter()
             for e in events:
