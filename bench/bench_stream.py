@@ -1,6 +1,6 @@
 """Benchmark of the stream worker against the consumption ceilings, on one embedded broker.
 
-    python bench/bench_stream.py [--records 200000] [--batch-records 1000000]
+    python bench/bench_stream.py [--records 200000] [--batch-records 2000000]
 
 In one run, on the same broker and the same messages (20 numeric features per record):
 
@@ -15,7 +15,7 @@ In one run, on the same broker and the same messages (20 numeric features per re
 
 Event time: single records advance 1,000 records per second of event time; batches advance
 as fast as the 200k target. Throughput runs use the default 5-second slices (a slice
-evaluation every 5,000 single records, or once per second at the batch target rate).
+evaluation every 5,000 single records, or every 5 seconds at the batch target rate).
 Parts can be run alone: ``--only single|batch|latency`` (repeatable).
 """
 
