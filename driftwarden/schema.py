@@ -399,7 +399,7 @@ def _fast_batch(value: bytes, now: float) -> RecordBatch | None:
     numeric = True
     b: _FastBatch[Any] | None = None
     shape = None
-    for i, candidate in enumerate(_SHAPES):  # a mismatch fails within the first record
+    for i, candidate in enumerate(_SHAPES):  # another feature set fails in its first record
         try:
             b = candidate.decoder.decode(value)
         except msgspec.DecodeError:
