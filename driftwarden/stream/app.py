@@ -32,7 +32,7 @@ from driftwarden.config import Settings
 from driftwarden.kafka import client_config, produce
 from driftwarden.metrics import Metrics
 from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
-from driftwarden.store import database_url
+from driftwarden.store import Store, database_url
 from driftwarden.store.sink import StoreSink
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
@@ -442,24 +442,29 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         async def resend_alerts() -> None:
             alerting.put(am.snapshot(_paging_verdicts()))
 
+    async def _from_store(what: str, read: Callable[[Store], Any], default: Any) -> Any:
+        """``read(store)`` off the event loop; ``default`` while the database is away."""
+        def run() -> Any:
+            store = store_sink.connect()
+            if store is None:
+                return default
+            try:
+                return read(store)
+            except Exception as exc:  # noqa: BLE001 - the database is away: next round
+                log.debug("%s unavailable: %s", what, exc)
+                return default
+        return await asyncio.to_thread(run)
+
     @app.timer(settings.outbox_seconds)
     async def resend_pending_actions() -> None:
         """The outbox: actions of this worker's models recorded in the store but still not
         acknowledged by the broker after two rounds are produced again, with the same
         event_id (consumers drop duplicates by it)."""
         held = {m.model for m in shards.monitors}
-
-        def read() -> list[dict[str, Any]]:
-            store = store_sink.connect()
-            if store is None or not held:
-                return []
-            cutoff = datetime.now(UTC) - timedelta(seconds=2 * settings.outbox_seconds)
-            try:
-                return store.pending_actions(cutoff, held)
-            except Exception as exc:  # noqa: BLE001 - the database is away: next round
-                log.debug("outbox unavailable: %s", exc)
-                return []
-        pending = await asyncio.to_thread(read)
+        if not held:
+            return
+        cutoff = datetime.now(UTC) - timedelta(seconds=2 * settings.outbox_seconds)
+        pending = await _from_store("outbox", lambda s: s.pending_actions(cutoff, held), [])
         if pending:
             log.warning("re-sending %d action(s) still pending in the outbox", len(pending))
             producer.send([Output(settings.topics.actions, a["model"].encode(),
@@ -468,15 +473,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
 
     @app.timer(SILENCE_REFRESH)
     async def refresh_silences() -> None:
-        """Silences set through the admin API, read from the store off the event loop."""
-        def read() -> frozenset[str] | None:
-            store = store_sink.connect()
-            try:
-                return None if store is None else frozenset(store.active_silences())
-            except Exception as exc:  # noqa: BLE001 - the database is away: keep the last
-                log.debug("silences unavailable: %s", exc)
-                return None
-        models = await asyncio.to_thread(read)
+        """Silences set through the admin API, read from the store (the last ones kept while
+        the database is away)."""
+        models = await _from_store("silences", lambda s: frozenset(s.active_silences()), None)
         if models is not None and models != shards.silenced:
             log.info("silenced models: %s", sorted(models) or "none")
             shards.set_silenced(models)

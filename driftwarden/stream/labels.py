@@ -107,9 +107,7 @@ class LabelJoiner:
                 last[5].append(ts)
             else:
                 self._journal.append(["add", model, version, [id], [prediction], [ts]])
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
-            self.expired += 1
+        self.expired += self._trim()
         return None
 
     def add_predictions(self, model: str, version: str, ids: Sequence[str | None],
@@ -140,11 +138,17 @@ class LabelJoiner:
                                  zip(repeat(version), predictions, ts)))
         if self.journal:
             self._journal.append(["update", model, version, list(ids), list(predictions), list(ts)])
-        excess = max(0, len(self._pending) - self.max_pending)
-        if excess:  # the oldest go, in a C loop (at the cap, one per record added)
-            deque(map(self._pending.popitem, repeat(False, excess)), maxlen=0)
-        self.expired += excess
+        self.expired += self._trim()
         return []
+
+    def _trim(self) -> int:
+        """Drop the oldest predictions over ``max_pending``; returns how many (at the cap,
+        one per prediction added, so in a C loop)."""
+        excess = len(self._pending) - self.max_pending
+        if excess <= 0:
+            return 0
+        deque(map(self._pending.popitem, repeat(False, excess)), maxlen=0)
+        return excess
 
     def add_label(self, model: str, id: str, label: Any, ts: float,
                   raw: bytes = b"") -> Outcome | None:
@@ -232,8 +236,7 @@ class LabelJoiner:
                 for i, p, t in zip(ids, preds, ts):
                     pending.pop((model, i), None)
                     pending[(model, i)] = (version, p, t)
-            while len(pending) > self.max_pending:
-                pending.popitem(last=False)
+            self._trim()  # not counted: the restored counters already hold these
 
     def pending_state(self) -> list[Any]:
         """The whole pending table (``[[model, id], [version, prediction, ts]]`` pairs, made
