@@ -117,6 +117,21 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ConfigError(f"invalid detection setting: {exc}") from None
 
 
+class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Bounds on what one producer can make the service hold (``[limits]``). A record over a
+    bound is dead-lettered with reason ``limit_exceeded`` (the detail names the bound); a
+    timestamp outside the accepted range with ``bad_timestamp``. See the README's *failure
+    modes and limits*."""
+
+    max_features: int = 1000             # features in one record
+    max_features_per_model: int = 2000   # distinct feature names one model may have
+    max_name_chars: int = 256            # model, version, feature and segment names
+    max_value_chars: int = 1024          # a string value (category, label) or a record id
+    max_segments: int = 16               # segment keys of one record
+    max_future_seconds: float = 3600.0   # event time ahead of the message's clock
+    dlq_max_bytes: int = 262_144         # larger bodies are dead-lettered truncated (+ SHA-256)
+
+
 class Grafana(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Where the worker posts drift and action events as annotations (no ``url``: nowhere).
     The token is best given as ``DRIFTWARDEN_GRAFANA__TOKEN``."""
@@ -169,12 +184,33 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     grafana: Grafana = msgspec.field(default_factory=Grafana)
     alertmanager: Alertmanager = msgspec.field(default_factory=Alertmanager)
     api: Api = msgspec.field(default_factory=Api)
+    limits: Limits = msgspec.field(default_factory=Limits)
     discovery: bool = True   # monitor models not in `models`, discovered from the stream
     max_models: int = 100    # cap on discovered models (bounded state and metric labels)
+    # for the fault suite only: handling the message at every offset N-1 mod N raises
+    # (dead-lettered as internal_error); 0 never
+    fault_every: int = 0
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked (safe to log)."""
         return _redact(msgspec.to_builtins(self))
+
+
+def private_dir(path: str | Path) -> Path:
+    """Create ``path`` (and its missing parents) readable by this user only (0700): the data
+    directory holds the store and Faust's files. An existing directory is left as it is.
+
+    >>> import tempfile
+    >>> d = private_dir(Path(tempfile.mkdtemp()) / "a" / "b")
+    >>> oct(d.stat().st_mode & 0o777), oct(d.parent.stat().st_mode & 0o777)
+    ('0o700', '0o700')
+    """
+    p = Path(path)
+    missing = [q for q in [p, *p.parents] if not q.exists()]
+    for q in reversed(missing):
+        q.mkdir(mode=0o700, exist_ok=True)
+        q.chmod(0o700)  # the umask may have taken bits away; never added any
+    return p
 
 
 def safe_url(url: str) -> str:

@@ -30,6 +30,7 @@ records and a :class:`Rejection` per unusable message or record, with a reason c
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections import OrderedDict
@@ -37,11 +38,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
+import orjson
 
+from driftwarden.config import Limits
 from driftwarden.detectors.summary import records_to_columns
 
 MAX_MESSAGE_BYTES = 1_048_576
@@ -55,7 +58,11 @@ REASONS = (
     "bad_label",        # label missing, NaN / inf, or not a number, bool or string
     "shape_mismatch",   # an OIP tensor whose data does not fit its shape
     "unknown_model",    # a model not in the config while discovery is off
+    "limit_exceeded",   # over a bound of [limits] (the detail names it)
+    "internal_error",   # handling the message raised (exception class and message in detail)
 )
+MAX_EXACT_INT = 2 ** 53
+_DEFAULT_LIMITS = Limits()  # integers beyond ±2^53 become floats (JSON numbers are doubles)
 
 Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes | None]] | None
 
@@ -121,6 +128,12 @@ class RecordBatch:
     def __getitem__(self, s: slice) -> RecordBatch:
         return RecordBatch(self.model, self.version, self.ids[s], self.ts[s], self.features[s],
                            self.predictions[s], self.numeric)
+
+    def feature_names(self) -> Any:
+        """Every feature name of the batch (a set, or the matrix's names)."""
+        if isinstance(self.features, MatrixRows):
+            return self.features.names
+        return set().union(*self.features)
 
     def records(self) -> list[PredictionRecord]:
         return [PredictionRecord(self.model, self.version, i, t, f, p)
@@ -193,32 +206,6 @@ class _Record(msgspec.Struct):
     segment: dict[str, str] | None = None
 
 
-F = TypeVar("F")  # the type of a record's features: a dict, or a struct of known names
-
-
-class _FastRecord(msgspec.Struct, Generic[F], gc=False):  # no cycles: leave GC alone
-    features: F
-    id: str | None = None
-    ts: float | None = None
-    prediction: Any = None
-    model: str | None = None
-    version: str | int | None = None
-    latency_ms: float | None = None      # validated like the careful path; not used downstream
-    segment: dict[str, str] | None = None
-
-
-class _FastBatch(msgspec.Struct, Generic[F], gc=False):
-    records: list[_FastRecord[F]]
-    model: str
-    version: str | int | None = None
-
-
-# every feature a number (ints arrive as floats: the same values and categories), or anything
-_FAST_NUMERIC = msgspec.json.Decoder(_FastBatch[dict[str, float]])
-_FAST_ANY = msgspec.json.Decoder(_FastBatch[dict[str, Any]])
-_FAST_SINGLE = msgspec.json.Decoder(_FastRecord[dict[str, Any]])
-
-
 class _Shape:
     """A decoder for batches whose records all carry exactly the numeric features ``names``:
     each record's features decode into a struct (no dict, no key strings), and the batch
@@ -226,13 +213,13 @@ class _Shape:
     columns: 1.33 against 1.85 µs per record). A record with a feature more or less, or a
     value that is not a number, fails it; the dict path then takes the batch."""
 
-    def __init__(self, names: tuple[str, ...]) -> None:
+    def __init__(self, names: tuple[str, ...], codecs: _Codecs) -> None:
         self.names = names
         fields = [f"f{i}" for i in range(len(names))]
         features = msgspec.defstruct("Features", [(f, float) for f in fields],
                                      rename=dict(zip(fields, names)),
                                      forbid_unknown_fields=True, gc=False)
-        self.decoder = msgspec.json.Decoder(_FastBatch[features])  # type: ignore[valid-type]
+        self.decoder = msgspec.json.Decoder(codecs.batch_of(features))
 
     def matrix(self, features: Sequence[Any]) -> np.ndarray:
         n, k = len(features), len(self.names)
@@ -240,19 +227,65 @@ class _Shape:
         return np.fromiter(values, np.float64, count=n * k).reshape(n, k)
 
 
-_SHAPES: list[_Shape] = []  # the feature sets of recent numeric batches, newest use first
-_MAX_SHAPES = 4
+class _Codecs:
+    """The typed decoders of the fast paths for one set of :class:`Limits`: counts and lengths
+    are checked by msgspec in C (``Meta`` constraints), so a batch that passes needs no
+    per-value check in Python; one that fails takes the careful path, which says why."""
+
+    MAX_SHAPES = 4
+
+    def __init__(self, limits: Limits) -> None:
+        def text(n: int) -> Any:
+            return Annotated[str, msgspec.Meta(max_length=n)]
+
+        name, value = text(limits.max_name_chars), text(limits.max_value_chars)
+        self.name, self.value = name, value
+        self.segment = Annotated[dict[name, name], msgspec.Meta(  # type: ignore[valid-type]
+            max_length=limits.max_segments)]
+
+        def features(v: Any) -> Any:
+            return Annotated[dict[name, v], msgspec.Meta(  # type: ignore[valid-type]
+                max_length=limits.max_features)]
+
+        # every feature a number (ints arrive as floats: the same values and categories), or
+        # any scalar; objects and arrays fail here and are rejected by the careful path
+        self.numeric = msgspec.json.Decoder(self.batch_of(features(float)))
+        scalar = float | value | bool | None  # type: ignore[operator,valid-type]
+        self.any = msgspec.json.Decoder(self.batch_of(features(scalar)))
+        self.single = msgspec.json.Decoder(self.record_of(features(scalar)))
+        # the feature sets of recent numeric batches, newest use first
+        self.shapes: list[_Shape] = []
+
+    def record_of(self, features: Any) -> Any:
+        return msgspec.defstruct("FastRecord", [
+            ("features", features), ("id", self.value | None, None),  # type: ignore[operator]
+            ("ts", Annotated[float, msgspec.Meta(ge=0)] | None, None),
+            ("prediction", Any, None), ("model", self.name | None, None),  # type: ignore
+            ("version", self.name | int | None, None),  # type: ignore[operator]
+            ("latency_ms", float | None, None), ("segment", self.segment | None, None)],
+            gc=False)  # no cycles: leave GC alone
+
+    def batch_of(self, features: Any) -> Any:
+        return msgspec.defstruct("FastBatch", [
+            ("records", list[self.record_of(features)]),  # type: ignore[misc]
+            ("model", self.name), ("version", self.name | int | None, None)],  # type: ignore
+            gc=False)
+
+    def learn_shape(self, features: Sequence[Mapping[str, Any]]) -> None:
+        """Remember the feature names of an all-numeric batch whose records all list the
+        same."""
+        names = tuple(features[0])
+        if not names or any(s.names == names for s in self.shapes):
+            return
+        if all(len(f) == len(names) for f in features) and all(tuple(f) == names
+                                                                for f in features):
+            self.shapes.insert(0, _Shape(names, self))
+            del self.shapes[self.MAX_SHAPES:]
 
 
-def _learn_shape(features: Sequence[Mapping[str, Any]]) -> None:
-    """Remember the feature names of an all-numeric batch whose records all list the same."""
-    names = tuple(features[0])
-    if not names or any(s.names == names for s in _SHAPES):
-        return
-    if all(len(f) == len(names) for f in features) and all(tuple(f) == names
-                                                            for f in features):
-        _SHAPES.insert(0, _Shape(names))
-        del _SHAPES[_MAX_SHAPES:]
+@functools.lru_cache(maxsize=8)
+def _codecs(limits: Limits) -> _Codecs:
+    return _Codecs(limits)
 
 
 class MatrixRows(Sequence[dict[str, Any]]):
@@ -282,17 +315,146 @@ class MatrixRows(Sequence[dict[str, Any]]):
         return (dict(zip(names, row)) for row in self.matrix.tolist())
 
 
-def _fast_single(value: bytes, now: float) -> PredictionRecord | None:
-    """A plain native record decoded in one typed pass; None: take the careful path."""
+class _Bad(Exception):
+    """A value that breaks a rule: the reason code and a detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _text(value: Any, what: str, limit: int) -> str:
+    """``value`` (a string or an integer) as text of at most ``limit`` characters."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = str(value)
+        except ValueError:  # an integer of more than 4,300 digits
+            raise _Bad("limit_exceeded", f"{what} is a number too long to print") from None
+    if len(text) > limit:
+        raise _Bad("limit_exceeded", f"{what} of {len(text)} characters > {limit}")
+    return text
+
+
+def _scalar(value: Any, what: str, limits: Limits) -> Any:
+    """A feature value or a prediction as the monitors may hold it: a float, an integer within
+    ±2^53, a string of at most ``max_value_chars``, a boolean or None; an integer beyond
+    ±2^53 becomes a float, anything else raises :class:`_Bad`."""
+    t = type(value)
+    if t is float or t is bool or value is None:
+        return value
+    if t is int:
+        if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Bad("invalid_record", f"{what} is an integer beyond a double's range"
+                       ) from None
+    if t is str:
+        if len(value) > limits.max_value_chars:
+            raise _Bad("limit_exceeded", f"{what}: a string of {len(value)} characters > "
+                                         f"max_value_chars {limits.max_value_chars}")
+        return value
+    kind = "an object" if t is dict else "an array" if t is list else f"a {t.__name__}"
+    raise _Bad("invalid_record", f"{what} is {kind}, not a number, string, boolean or null")
+
+
+def _features(features: Any, limits: Limits) -> dict[str, Any]:
+    """Check a record's features (count, names, values) and normalise their values."""
+    if not isinstance(features, dict):
+        raise _Bad("invalid_record", "`features` is not an object")
+    if len(features) > limits.max_features:
+        raise _Bad("limit_exceeded", f"{len(features)} features > max_features "
+                                     f"{limits.max_features}")
+    out = features
+    for k, v in features.items():
+        if len(k) > limits.max_name_chars:
+            raise _Bad("limit_exceeded", f"a feature name of {len(k)} characters > "
+                                         f"max_name_chars {limits.max_name_chars}")
+        if type(v) is float or type(v) is str and len(v) <= limits.max_value_chars:
+            continue
+        w = _scalar(v, f"feature {k[:64]!r}", limits)
+        if w is not v:
+            if out is features:
+                out = dict(features)
+            out[k] = w
+    return out
+
+
+def _segment(segment: Any, limits: Limits) -> dict[str, str]:
+    if not segment:
+        return {}
+    if len(segment) > limits.max_segments:
+        raise _Bad("limit_exceeded", f"{len(segment)} segment keys > max_segments "
+                                     f"{limits.max_segments}")
+    for k, v in segment.items():
+        if not isinstance(v, str):
+            raise _Bad("invalid_record", f"segment {k[:64]!r} is not a string")
+        if max(len(k), len(v)) > limits.max_name_chars:
+            raise _Bad("limit_exceeded", f"a segment name or value longer than max_name_chars "
+                                         f"{limits.max_name_chars}")
+    return dict(segment)
+
+
+def check_ts(ts: float, max_ts: float) -> None:
+    """Raise :class:`ValueError` for an event time before the epoch or after ``max_ts``."""
+    if not 0.0 <= ts <= max_ts:
+        raise ValueError(f"timestamp {ts!r} is before the epoch or more than the allowed "
+                         "lead ahead of the message's clock")
+
+
+def checked_record(model: Any, version: Any, rid: Any, ts: Any, features: Any,
+                   prediction: Any, latency_ms: Any, segment: Any, *, now: float,
+                   max_ts: float, limits: Limits, index: int | None = None
+                   ) -> PredictionRecord | Rejection:
+    """A :class:`PredictionRecord` from decoded fields, every value checked against the
+    rules and ``limits``; the :class:`Rejection` naming the first broken one otherwise.
+
+    >>> lim = Limits()
+    >>> checked_record("m", 1, 7, None, {"x": 2 ** 64}, 1, None, None, now=5.0, max_ts=10.0,
+    ...                limits=lim).features
+    {'x': 1.8446744073709552e+19}
+    >>> checked_record("m", 1, 7, 1e11, {}, 1, None, None, now=5.0, max_ts=10.0,
+    ...                limits=lim).reason
+    'bad_timestamp'
+    """
     try:
-        r = _FAST_SINGLE.decode(value)
-    except msgspec.DecodeError:  # includes ValidationError
+        if not isinstance(model, str) or not model:
+            raise _Bad("invalid_record", "Object missing required field `model`")
+        model = _text(model, "model name", limits.max_name_chars)
+        version = "" if version is None else _text(version, "version", limits.max_name_chars)
+        rid = None if rid is None else _text(rid, "id", limits.max_value_chars)
+        feats = _features(features, limits)
+        prediction = _scalar(prediction, "prediction", limits)
+        if latency_ms is not None:
+            latency_ms = _scalar(latency_ms, "latency_ms", limits)
+            latency_ms = float(latency_ms) if isinstance(latency_ms, (int, float)) else None
+        seg = _segment(segment, limits)
+    except _Bad as bad:
+        return Rejection(bad.reason, bad.detail, index)
+    try:
+        t = parse_ts(ts, now)
+        check_ts(t, max_ts)
+    except ValueError as exc:
+        return Rejection("bad_timestamp", str(exc), index)
+    return PredictionRecord(model, version, rid, t, feats, prediction, latency_ms, seg)
+
+
+def _fast_single(value: bytes, now: float, max_ts: float, limits: Limits
+                 ) -> PredictionRecord | Rejection | None:
+    """A plain native record decoded in one typed pass and checked; None: take the careful
+    path (which also reports what this one could not decode)."""
+    try:
+        r = _codecs(limits).single.decode(value)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
-    ts = now if r.ts is None else r.ts
-    if not r.model or not math.isfinite(ts):
+    if not r.model:
         return None
-    return PredictionRecord(r.model, "" if r.version is None else str(r.version), r.id, ts,
-                            r.features, r.prediction, r.latency_ms, r.segment or {})
+    return checked_record(r.model, r.version, r.id, r.ts, r.features, r.prediction,
+                          r.latency_ms, r.segment, now=now, max_ts=max_ts, limits=limits)
 
 
 class _Label(msgspec.Struct):
@@ -313,7 +475,10 @@ def parse_ts(value: Any, default: float) -> float:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a timestamp")
     if isinstance(value, (int, float)):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:
+            raise ValueError("timestamp out of range") from None
     elif isinstance(value, str):
         dt = datetime.fromisoformat(value.strip())
         if dt.tzinfo is None:
@@ -350,7 +515,9 @@ def _load(value: bytes, max_bytes: int) -> tuple[Any, Decoded]:
         return msgspec.json.decode(value), out
     except msgspec.DecodeError as exc:
         out.rejections.append(Rejection("bad_json", str(exc)))
-        return None, out
+    except RecursionError:
+        out.rejections.append(Rejection("bad_json", "nested too deeply"))
+    return None, out
 
 
 def pop_expired(items: OrderedDict[Any, Any], now: float, max_age: float,
@@ -372,72 +539,69 @@ def pop_expired(items: OrderedDict[Any, Any], now: float, max_age: float,
 
 
 def _record(obj: Any, default_model: str | None, default_version: str | None, now: float,
-            index: int | None) -> PredictionRecord | Rejection:
+            max_ts: float, limits: Limits, index: int | None) -> PredictionRecord | Rejection:
     try:
         r = msgspec.convert(obj, _Record)
     except msgspec.ValidationError as exc:
         return Rejection("invalid_record", str(exc), index)
-    model = r.model or default_model
-    if not model:
-        return Rejection("invalid_record", "Object missing required field `model`", index)
-    version = r.version if r.version is not None else default_version
-    try:
-        ts = parse_ts(r.ts, now)
-    except ValueError as exc:
-        return Rejection("bad_timestamp", str(exc), index)
-    return PredictionRecord(model, "" if version is None else str(version),
-                            None if r.id is None else str(r.id), ts, r.features, r.prediction,
-                            None if r.latency_ms is None else float(r.latency_ms),
-                            r.segment or {})
+    return checked_record(r.model or default_model,
+                          r.version if r.version is not None else default_version, r.id, r.ts,
+                          r.features, r.prediction, r.latency_ms, r.segment, now=now,
+                          max_ts=max_ts, limits=limits, index=index)
 
 
-def _fast_batch(value: bytes, now: float) -> RecordBatch | None:
-    """The common case of a native batch — a model, every record a dict of features with a
-    numeric ``ts`` (or none), a string ``id`` (or none) and no other model or version —
-    decoded straight into typed structs (validation in C) and returned as one
-    :class:`RecordBatch`; None when anything needs the careful path, which then reports it."""
+def _fast_batch(value: bytes, now: float, max_ts: float, limits: Limits
+                ) -> RecordBatch | None:
+    """The common case of a native batch — a model, every record a dict of scalar features
+    with a numeric ``ts`` (or none), a string ``id`` (or none) and no other model or version,
+    every count and length within ``limits`` — decoded straight into typed structs
+    (validation in C) and returned as one :class:`RecordBatch`; None when anything needs the
+    careful path, which then reports it."""
+    codecs = _codecs(limits)
     numeric = True
-    b: _FastBatch[Any] | None = None
+    b: Any = None
     shape = None
-    for i, candidate in enumerate(_SHAPES):  # another feature set fails in its first record
-        try:
-            b = candidate.decoder.decode(value)
-        except msgspec.DecodeError:
-            continue
-        shape = candidate
-        if i:
-            _SHAPES.insert(0, _SHAPES.pop(i))
-        break
-    if b is None:
-        try:
-            b = _FAST_NUMERIC.decode(value)
-        except msgspec.ValidationError:  # a string, bool or null feature: most fail early
-            numeric = False
+    try:
+        for i, candidate in enumerate(codecs.shapes):  # another feature set fails at once
             try:
-                b = _FAST_ANY.decode(value)
-            except msgspec.DecodeError:  # includes ValidationError
-                return None
-        except msgspec.DecodeError:
-            return None
-    recs = b.records
-    if not b.model or not recs:
+                b = candidate.decoder.decode(value)
+            except msgspec.DecodeError:
+                continue
+            shape = candidate
+            if i:
+                codecs.shapes.insert(0, codecs.shapes.pop(i))
+            break
+        if b is None:
+            try:
+                b = codecs.numeric.decode(value)
+            except msgspec.ValidationError:  # a string, bool or null feature: most fail early
+                numeric = False
+                b = codecs.any.decode(value)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # incl. ValidationError
         return None
-    version = "" if b.version is None else str(b.version)
+    recs = b.records
+    if not recs:
+        return None
+    try:
+        version = "" if b.version is None else _text(b.version, "version",
+                                                     limits.max_name_chars)
+        preds = [_scalar(r.prediction, "prediction", limits) for r in recs]
+    except _Bad:
+        return None
     if {r.model for r in recs} - {None, b.model}:
         return None
     versions = {r.version for r in recs} - {None}
     if versions and {str(v) for v in versions} != {version}:
         return None
     ts = [now if r.ts is None else r.ts for r in recs]
-    if not math.isfinite(sum(ts)):  # an inf or NaN somewhere (or an overflow): be careful
+    if not (math.isfinite(sum(ts)) and max(ts) <= max_ts):  # inf, NaN, future: be careful
         return None
     features: Sequence[dict[str, Any]] = [r.features for r in recs]
     if shape is not None:
         features = MatrixRows(shape.names, shape.matrix(features))
     elif numeric:
-        _learn_shape(features)
-    return RecordBatch(b.model, version, [r.id for r in recs], ts, features,
-                       [r.prediction for r in recs], numeric)
+        codecs.learn_shape(features)
+    return RecordBatch(b.model, version, [r.id for r in recs], ts, features, preds, numeric)
 
 
 def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:
@@ -449,27 +613,34 @@ def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:
 
 def decode_predictions(value: bytes, headers: Headers = None, *,
                        max_bytes: int = MAX_MESSAGE_BYTES, now: float | None = None,
+                       clock: float | None = None, limits: Limits | None = None,
                        feature_names: Mapping[str, Sequence[str]] | None = None,
                        joiner: CloudEventJoiner | None = None) -> Decoded:
     """Decode one message of the prediction or feature topic.
 
     ``now`` is the time given to records without ``ts`` (the caller passes the Kafka message
-    timestamp). ``feature_names`` names the columns of models whose payloads carry bare
-    vectors (KServe v1 ``instances``, OIP tensors). CloudEvents need a ``joiner``; without
-    one a CloudEvent is rejected as ``unknown_format``.
+    timestamp). An event time before the epoch or more than ``limits.max_future_seconds``
+    after ``clock`` (default: the wall clock; the stream passes the earlier of the message's
+    timestamp and the wall clock) is a ``bad_timestamp``. ``feature_names`` names the columns
+    of models whose payloads carry bare vectors (KServe v1 ``instances``, OIP tensors).
+    CloudEvents need a ``joiner``; without one a CloudEvent is rejected as ``unknown_format``.
     """
     now = time.time() if now is None else now
+    limits = limits or _DEFAULT_LIMITS
+    max_ts = (time.time() if clock is None else clock) + limits.max_future_seconds
     hdr = headers_dict(headers)
     cloudevent = "ce_type" in hdr or "ce-type" in hdr
     if not cloudevent and len(value) <= max_bytes:
         if b'"records"' in value:
-            fast = _fast_batch(value, now)
+            fast = _fast_batch(value, now, max_ts, limits)
             if fast is not None:
                 return Decoded(batches=[fast])
         elif b'"features"' in value:
-            single = _fast_single(value, now)
-            if single is not None:
+            single = _fast_single(value, now, max_ts, limits)
+            if isinstance(single, PredictionRecord):
                 return Decoded(records=[single])
+            if single is not None:
+                return Decoded(rejections=[single])
     obj, out = _load(value, max_bytes)
     if out.rejections:
         return out
@@ -478,7 +649,7 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
         if joiner is None:
             out.rejections.append(Rejection("unknown_format", "a CloudEvent, no joiner"))
             return out
-        return joiner.add(obj, hdr, now, names)
+        return _checked(joiner.add(obj, hdr, now, names), now, max_ts, limits)
     if not isinstance(obj, dict):
         out.rejections.append(Rejection("unknown_format", f"a JSON {type(obj).__name__}"))
         return out
@@ -491,27 +662,38 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
         if model is not None and not isinstance(model, str):
             out.rejections.append(Rejection("invalid_record", "`model` is not a string"))
             return out
-        default_version = None if version is None else str(version)
         for i, rec in enumerate(records):
-            _sort(out, _record(rec, model, default_version, now, i))
+            _sort(out, _record(rec, model, version, now, max_ts, limits, i))
         return out
     if "inputs" in obj or "outputs" in obj:
         model = obj.get("model_name")
         if not isinstance(model, str):
             out.rejections.append(Rejection("invalid_record", "OIP payload without model_name"))
             return out
-        return _oip_records(obj, obj if "outputs" in obj else None, model,
-                            str(obj.get("model_version", "")), obj.get("id"), now, names)
+        return _checked(_oip_records(obj, obj if "outputs" in obj else None, model,
+                                     obj.get("model_version"), obj.get("id"), now, names),
+                        now, max_ts, limits)
     if "features" in obj:
-        _sort(out, _record(obj, None, None, now, None))
+        _sort(out, _record(obj, None, None, now, max_ts, limits, None))
         return out
     out.rejections.append(Rejection("unknown_format", "no `features`, `records`, `inputs` or "
                                                       "`outputs` field"))
     return out
 
 
+def _checked(decoded: Decoded, now: float, max_ts: float, limits: Limits) -> Decoded:
+    """The records of an adapter (OIP, KServe v1) passed through :func:`checked_record`."""
+    out = Decoded(rejections=decoded.rejections)
+    for i, r in enumerate(decoded.records):
+        _sort(out, checked_record(r.model, r.version, r.id, r.ts, r.features, r.prediction,
+                                  r.latency_ms, r.segment, now=now, max_ts=max_ts,
+                                  limits=limits, index=i if len(decoded.records) > 1 else None))
+    return out
+
+
 def decode_label(value: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES,
-                 now: float | None = None) -> Decoded:
+                 now: float | None = None, clock: float | None = None,
+                 limits: Limits | None = None) -> Decoded:
     """Decode one message of the label topic.
 
     >>> decode_label(b'{"model":"fraud","id":"r1","label":1}', now=5.0).records
@@ -520,19 +702,31 @@ def decode_label(value: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES,
     'bad_json'
     """
     now = time.time() if now is None else now
+    limits = limits or _DEFAULT_LIMITS
+    max_ts = (time.time() if clock is None else clock) + limits.max_future_seconds
     obj, out = _load(value, max_bytes)
     if out.rejections:
         return out
     try:
         r = msgspec.convert(obj, _Label)
+        model = _text(r.model, "model name", limits.max_name_chars)
+        rid = _text(r.id, "id", limits.max_value_chars)
+        if isinstance(r.label, str):
+            _scalar(r.label, "label", limits)
     except msgspec.ValidationError as exc:
         out.rejections.append(Rejection("invalid_record", str(exc)))
+        return out
+    except _Bad as bad:
+        out.rejections.append(Rejection(bad.reason, bad.detail))
         return out
     label = r.label
     if isinstance(label, bool):
         label = float(label)
     if isinstance(label, (int, float)):
-        label = float(label)
+        try:
+            label = float(label)
+        except OverflowError:
+            label = math.inf
         if not math.isfinite(label):
             out.rejections.append(Rejection("bad_label", "label is NaN or infinite"))
             return out
@@ -542,10 +736,11 @@ def decode_label(value: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES,
         return out
     try:
         ts = parse_ts(r.ts, now)
+        check_ts(ts, max_ts)
     except ValueError as exc:
         out.rejections.append(Rejection("bad_timestamp", str(exc)))
         return out
-    out.records.append(LabelRecord(r.model, str(r.id), label, ts))
+    out.records.append(LabelRecord(model, rid, label, ts))
     return out
 
 
@@ -607,7 +802,7 @@ def _oip_predictions(outputs: Any, n: int) -> list[Any]:
     return [r[0] if len(r) == 1 else r for r in rows]
 
 
-def _oip_records(request: Any, response: Any, model: str, version: str, rid: Any, ts: float,
+def _oip_records(request: Any, response: Any, model: str, version: Any, rid: Any, ts: float,
                  names: Mapping[str, Sequence[str]]) -> Decoded:
     out = Decoded()
     try:
@@ -625,14 +820,18 @@ def _oip_records(request: Any, response: Any, model: str, version: str, rid: Any
     except (ValueError, TypeError, AttributeError, IndexError) as exc:
         out.rejections.append(Rejection("shape_mismatch", str(exc)))
         return out
-    base_id = None if rid is None else str(rid)
+    try:
+        base_id = None if rid is None else _text(rid, "id", 256)
+    except _Bad as bad:
+        out.rejections.append(Rejection(bad.reason, bad.detail))
+        return out
     for i, (f, p) in enumerate(zip(feats, preds)):
         rec_id = base_id if len(feats) == 1 or base_id is None else f"{base_id}:{i}"
         out.records.append(PredictionRecord(model, version, rec_id, ts, f, p))
     return out
 
 
-def _v1_records(request: Any, response: Any, model: str, version: str, rid: str | None,
+def _v1_records(request: Any, response: Any, model: str, version: Any, rid: str | None,
                 ts: float, names: Mapping[str, Sequence[str]]) -> Decoded:
     out = Decoded()
     instances = request.get("instances") if isinstance(request, dict) else None
@@ -678,10 +877,16 @@ class CloudEventJoiner:
     ('iris', 'e1', {'sepal_length': 5.1, 'sepal_width': 3.5}, 0)
     """
 
-    def __init__(self, ttl: float = 300.0, max_pending: int = 100_000) -> None:
+    def __init__(self, ttl: float = 300.0, max_pending: int = 100_000,
+                 max_bytes: int = 64 << 20) -> None:
         self.ttl = ttl
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, tuple[str, Any, dict[str, bytes], float]] = OrderedDict()
+        self.max_bytes = max_bytes  # bodies held at most (the oldest halves go first)
+        # ce_id -> (kind, body as JSON bytes, headers, ts): bytes, so what is held and
+        # checkpointed is bounded by size and always encodable
+        self._pending: OrderedDict[str, tuple[str, bytes, dict[str, bytes], float]] = (
+            OrderedDict())
+        self.bytes = 0
         self.expired = 0
 
     def __len__(self) -> int:
@@ -703,13 +908,22 @@ class CloudEventJoiner:
             with contextlib.suppress(ValueError):
                 ts = parse_ts(h["ce_time"].decode("utf-8", "replace"), ts)
         other = self._pending.pop(ce_id, None)
+        if other is not None:
+            self.bytes -= len(other[1])
         if other is None or other[0] == kind:
-            self._pending[ce_id] = (kind, body, h, ts)
-            while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
+            try:
+                raw = orjson.dumps(body)
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                out.rejections.append(Rejection("invalid_record", f"CloudEvent body: {exc}"))
+                return out
+            self._pending[ce_id] = (kind, raw, h, ts)
+            self.bytes += len(raw)
+            while len(self._pending) > self.max_pending or self.bytes > self.max_bytes:
+                self.bytes -= len(self._pending.popitem(last=False)[1][1])
                 self.expired += 1
             return out
-        _, other_body, other_h, other_ts = other
+        _, other_raw, other_h, other_ts = other
+        other_body = orjson.loads(other_raw)
         request, response = (other_body, body) if kind == "response" else (body, other_body)
         req_h = other_h if kind == "response" else h
         model = (req_h.get("ce_inferenceservicename") or h.get("ce_inferenceservicename")
@@ -719,9 +933,9 @@ class CloudEventJoiner:
         if not model:
             out.rejections.append(Rejection("invalid_record", "CloudEvent without a model name"))
             return out
-        version = ""
-        if isinstance(response, dict) and response.get("model_version") is not None:
-            version = str(response["model_version"])
+        version = None  # checked with the records
+        if isinstance(response, dict):
+            version = response.get("model_version")
         when = min(ts, other_ts)
         if isinstance(request, dict) and "inputs" in request:
             return _oip_records(request, response, model, version, ce_id, when, names)
@@ -729,20 +943,26 @@ class CloudEventJoiner:
 
     def expire(self, now: float) -> int:
         """Drop halves older than ``ttl`` at event time ``now``; returns how many."""
-        n = len(pop_expired(self._pending, now, self.ttl))
-        self.expired += n
-        return n
+        gone = pop_expired(self._pending, now, self.ttl)
+        self.bytes -= sum(len(g[1]) for g in gone)
+        self.expired += len(gone)
+        return len(gone)
 
     def to_state(self) -> dict[str, Any]:
         """The unmatched halves as JSON (headers as latin-1 text, which round-trips bytes)."""
-        return {"ttl": self.ttl, "max_pending": self.max_pending, "expired": self.expired,
-                "pending": [[ce_id, kind, body, {k: v.decode("latin-1") for k, v in h.items()}, ts]
+        return {"ttl": self.ttl, "max_pending": self.max_pending, "max_bytes": self.max_bytes,
+                "expired": self.expired,
+                "pending": [[ce_id, kind, body.decode(),
+                             {k: v.decode("latin-1") for k, v in h.items()}, ts]
                             for ce_id, (kind, body, h, ts) in self._pending.items()]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CloudEventJoiner:
-        j = cls(state["ttl"], state["max_pending"])
+        j = cls(state["ttl"], state["max_pending"], state.get("max_bytes", 64 << 20))
         j.expired = state["expired"]
         for ce_id, kind, body, h, ts in state["pending"]:
-            j._pending[ce_id] = (kind, body, {k: v.encode("latin-1") for k, v in h.items()}, ts)
+            # bodies were JSON values in state of earlier versions
+            raw = body.encode() if isinstance(body, str) else orjson.dumps(body)
+            j._pending[ce_id] = (kind, raw, {k: v.encode("latin-1") for k, v in h.items()}, ts)
+            j.bytes += len(raw)
         return j

@@ -151,12 +151,13 @@ def test_good_labels():
 
 
 def test_fast_batch_path_gives_the_records_of_the_careful_path():
+    from driftwarden.config import Limits
     from driftwarden.schema import _record
 
     recs = [{"id": f"r{i}", "ts": 10 + i, "features": {"x": i, "c": "a"}, "prediction": 0.5,
              "model": "m", "version": 2} for i in range(5)]
     fast = decode_predictions(orjson.dumps({"model": "m", "version": 2, "records": recs}))
-    careful = [_record(r, "m", "2", 0.0, i) for i, r in enumerate(recs)]
+    careful = [_record(r, "m", "2", 0.0, 1e12, Limits(), i) for i, r in enumerate(recs)]
     assert fast.batches[0].records() == careful and fast.rejections == []
     # one odd record sends the whole batch down the careful path, with the same good records
     mixed = recs + [{"id": 7, "features": {"x": 1}}]
@@ -228,12 +229,13 @@ def test_batches_of_a_learned_shape_decode_exactly_like_dicts(monkeypatch):
     def columns(b: RecordBatch) -> dict:
         return {k: list(v) for k, v in b.columns().items()}
 
-    monkeypatch.setattr(schema, "_MAX_SHAPES", 0)  # nothing learned: the dict path
-    schema._SHAPES.clear()
+    codecs = schema._codecs(schema._DEFAULT_LIMITS)
+    monkeypatch.setattr(codecs, "MAX_SHAPES", 0)  # nothing learned: the dict path
+    codecs.shapes.clear()
     expected = decode_all()
-    monkeypatch.setattr(schema, "_MAX_SHAPES", 4)
+    monkeypatch.setattr(codecs, "MAX_SHAPES", 4)
     got = decode_all()
-    schema._SHAPES.clear()
+    codecs.shapes.clear()
     assert sum(isinstance(b.features, MatrixRows) for b in got if b) > 100
     assert sum(isinstance(b.features, list) for b in got if b) > 50
     for e, g in zip(expected, got):

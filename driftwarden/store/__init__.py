@@ -89,7 +89,11 @@ class Store:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[1] if "///" in url else ""
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                from driftwarden.config import private_dir
+
+                private_dir(Path(path).parent)
+                if not Path(path).exists():  # the store: readable by this user only
+                    Path(path).touch(mode=0o600)
             args["connect_args"] = {"timeout": timeout}
             if path in ("", ":memory:"):  # one in-memory database shared by every session
                 from sqlalchemy.pool import StaticPool

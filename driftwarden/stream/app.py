@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from driftwarden.batch import fit_baseline_file
-from driftwarden.config import Settings
+from driftwarden.config import Settings, private_dir
 from driftwarden.kafka import client_config, produce
 from driftwarden.metrics import Metrics
 from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
@@ -71,6 +71,7 @@ class EndOffsets:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._consumer: Any = None
+        self._group: Any = None
 
     def get(self, tps: list[tuple[str, int]], timeout: float = 5.0) -> dict[tuple[str, int], int]:
         from confluent_kafka import Consumer, TopicPartition
@@ -85,6 +86,25 @@ class EndOffsets:
                                                           timeout=timeout, cached=False)
             out[(topic, partition)] = int(high)
         return out
+
+    def committed(self, tps: list[tuple[str, int]], timeout: float = 5.0
+                  ) -> dict[tuple[str, int], int]:
+        """The workers' group's committed offsets (the next offset to read; partitions with
+        none are left out). Asked by a client that never joins the group."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._group is None:
+            self._group = Consumer(client_config(
+                self.settings, {"group.id": self.settings.kafka.group_id,
+                                "enable.auto.commit": False}), logger=log)
+        got = self._group.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
+        return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
+
+
+class BrokerHealth:
+    """Whether the broker has been unreachable for ``stall_seconds`` (set by the watchdog)."""
+
+    unreachable = False
 
 
 class OutputProducer:
@@ -112,13 +132,19 @@ class OutputProducer:
             self.on_action_delivered(event_id)
 
     def send(self, outputs: list[Output]) -> None:
+        """Produce every output; one the client refuses (too large, say) is logged and
+        counted, and the ones after it are still produced."""
         for o in outputs:
             callback = self._delivered
             if o.topic == self.actions_topic:  # delivery reports carry no headers: bind the id
                 event_id = dict(o.headers).get("dw.event_id", b"").decode() or None
                 callback = functools.partial(self._delivered, event_id=event_id)
-            produce(self.raw, o.topic, o.value, o.key, headers=list(o.headers),
-                    on_delivery=callback)
+            try:
+                produce(self.raw, o.topic, o.value, o.key, headers=list(o.headers),
+                        on_delivery=callback)
+            except Exception as exc:  # noqa: BLE001 - KafkaException: MSG_SIZE_TOO_LARGE, ...
+                self.failed += 1
+                log.error("could not produce %d bytes to %s: %s", len(o.value), o.topic, exc)
         self.raw.poll(0)
 
     def flush(self, timeout: float = 30.0) -> int:
@@ -276,7 +302,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     factory = factory or (lambda: StreamService(
         settings, discovery=settings.discovery, max_models=settings.max_models,
         models=models, executor=executor))
-    Path(settings.data_dir, "faust").mkdir(parents=True, exist_ok=True)
+    private_dir(Path(settings.data_dir, "faust"))
     app = faust.App(
         settings.kafka.group_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -294,6 +320,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         broker_commit_every=settings.kafka.commit_every,
         # fetch big: a batch message is ~60 kB, and while an agent works no fetch goes out
         consumer_max_fetch_size=16 * 1024 * 1024,
+        # Faust's own pages answer with tracebacks or expose tables: only ours are served
+        web_router_enabled=False, web_tables_enabled=False, web_graph_enabled=False,
+        web_stats_enabled=False, web_metrics_enabled=False,
     )
     producer = OutputProducer(settings)
     shards = Shards(factory, StateStore(settings, producer.raw))
@@ -311,7 +340,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     sinks = [s for s in (records, annotations, alerting) if s is not None]
     metrics = Metrics.create(registry, lambda: list(shards.services.values()), sinks)
     app.dw_metrics = metrics  # type: ignore[attr-defined]
-    state: dict[str, Any] = {"batches": 0, "started": False,
+    broker = BrokerHealth()
+    state: dict[str, Any] = {"batches": 0, "started": False, "broker_away_since": None,
                              "checkpointed": time.monotonic(), "checkpoints": 0,
                              "checkpoint_bytes": 0}
     held: dict[int, list[Any]] = {}
@@ -489,22 +519,36 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     async def stall_watch() -> None:
         tps = [(tp.topic, tp.partition) for tp in app.consumer.assignment()
                if tp.topic in sources]
+        now = time.monotonic()
         try:
             end = await asyncio.to_thread(ends.get, tps)
+            # where this worker starts on a partition it has taken nothing from yet: after a
+            # clean restart with nothing new, that is the end (not "nothing handled")
+            missing = [tp for tp in tps if tp not in handled]
+            committed = await asyncio.to_thread(ends.committed, missing) if missing else {}
         except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
             log.warning("stall watchdog: end offsets unavailable: %s", exc)
+            if state["broker_away_since"] is None:
+                state["broker_away_since"] = now
+            broker.unreachable = now - state["broker_away_since"] >= settings.kafka.stall_seconds
             return
-        metrics.set_consumer_lag({tp: max(0, e - 1 - handled.get(tp, -1))
-                                  for tp, e in end.items()})
-        stalled = watchdog.observe(handled, end, time.monotonic())
+        state["broker_away_since"] = None
+        broker.unreachable = False
+        position = {tp: handled.get(tp, committed.get(tp, 0) - 1) for tp in tps}
+        metrics.set_consumer_lag({tp: max(0, e - 1 - position[tp]) for tp, e in end.items()})
+        stalled = watchdog.observe(position, end, now)
         metrics.stalled.set(len(stalled))
         if stalled:
             log.error("stalled partitions (messages waiting, no progress for %.0f s): %s",
                       settings.kafka.stall_seconds, watchdog.stalled)
 
+    def _unhealthy() -> bool:
+        return bool(watchdog.stalled) or broker.unreachable
+
     def _status() -> dict[str, Any]:
-        return {"status": "stalled" if watchdog.stalled else "ok",
-                "stalled": [f"{t}/{p}" for t, p in watchdog.stalled],
+        status = ("broker_unreachable" if broker.unreachable else
+                  "stalled" if watchdog.stalled else "ok")
+        return {"status": status, "stalled": [f"{t}/{p}" for t, p in watchdog.stalled],
                 "batches": state["batches"], "models": len(shards.monitors),
                 "partitions": sorted(shards.services), "replayed": shards.replayed(),
                 "restored": shards.restored, "checkpoints": state["checkpoints"],
@@ -514,13 +558,15 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     async def health(web: Any, request: Any) -> Any:
         """Liveness: 503 while a partition is stalled (restart me)."""
         body = _status()
-        return web.json(body, status=503 if watchdog.stalled else 200)
+        return web.json(body, status=503 if _unhealthy() else 200)
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
         """Readiness: 200 once the worker has joined its group and nothing is stalled."""
-        body = {**_status(), "rebalancing": bool(app.rebalancing)}
-        ok = not watchdog.stalled and not app.rebalancing and state["started"]
+        ok = not _unhealthy() and not app.rebalancing and state["started"]
+        body = {**_status(), "rebalancing": bool(app.rebalancing), "ready": ok}
+        if not ok and body["status"] == "ok":
+            body["status"] = "starting" if not state["started"] else "rebalancing"
         return web.json(body, status=200 if ok else 503)
 
     @app.task

@@ -134,10 +134,17 @@ class StateStore:
         Returns the bytes written."""
         prev = self.manifests.get(partition, {"generation": 0, "base": None, "deltas": []})
         gen = prev["generation"] + 1
-        refs = {"main": self._put(partition, f"m{gen}", encode_state(state)),
+        main = encode_state(state)  # everything is encoded before anything is produced
+        if labels is not None:
+            changes = labels.take_delta()
+            try:
+                delta = encode_state(changes)
+            except Exception:
+                labels.restore_delta(changes)  # saved with the next checkpoint
+                raise
+        refs = {"main": self._put(partition, f"m{gen}", main),
                 "base": prev["base"], "deltas": list(prev["deltas"])}
         if labels is not None:
-            delta = encode_state(labels.take_delta())
             grown = sum(d["bytes"] for d in refs["deltas"]) + len(delta)
             base_bytes = prev["base"]["bytes"] if prev["base"] else 0
             if prev["base"] is None or grown > max(base_bytes, self.min_base_bytes):

@@ -216,6 +216,11 @@ class LabelJoiner:
         self._journal = []
         return out
 
+    def restore_delta(self, delta: Mapping[str, Any]) -> None:
+        """Put a delta of :meth:`take_delta` that could not be saved back in front of the
+        changes since."""
+        self._journal = list(delta["ops"]) + self._journal
+
     def apply_delta(self, delta: Mapping[str, Any]) -> None:
         """Replay a delta of :meth:`take_delta`, in order, with the cap applied after each
         addition as it was live (so a table at its cap rebuilds exactly)."""

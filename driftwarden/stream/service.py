@@ -17,7 +17,9 @@ letters, late labels) in order.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -40,6 +42,8 @@ from driftwarden.stream.dlq import dead_letter
 from driftwarden.stream.labels import LabelJoiner, Outcome
 from driftwarden.stream.monitor import ModelMonitor
 from driftwarden.stream.policy import ResponsePolicy
+
+log = logging.getLogger("driftwarden.stream")
 
 
 class RawMessage(NamedTuple):
@@ -96,6 +100,11 @@ class StreamService:
         # verdicts are still published and recorded, their actions are not emitted
         self.silenced: frozenset[str] = frozenset()
         self.suppressed: Counter[str] = Counter()  # actions not emitted, by model
+        self.limits = settings.limits
+        # each fresh message's fate, once: used, dead_lettered, held (a CloudEvent half)
+        self.messages: Counter[str] = Counter()
+        self.model_features: dict[str, set[str]] = {}  # the feature names seen per model
+        self.fault_every = settings.fault_every  # tests: every Nth offset raises (0: never)
 
     def _fresh(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
         """The messages not yet applied to this state (each partition's in offset order)."""
@@ -111,52 +120,138 @@ class StreamService:
 
     # -- predictions ---------------------------------------------------------------------------
     def handle_predictions(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """The outputs of a batch of prediction / feature messages. Whatever raises while one
+        message is decoded, admitted or joined is that message's own failure: it is
+        dead-lettered as ``internal_error`` and the others go on. The records of the batch
+        then reach their monitors together (one update per model version); if that update
+        raises, the monitor's parts are applied again one message at a time and the part that
+        raises is dead-lettered (see the README's failure modes)."""
         out: list[Output] = []
-        # per monitor, in arrival order: batches, and lists of single records between them
-        by_monitor: dict[tuple[str, str], list[RecordBatch | list[PredictionRecord]]] = {}
+        # per monitor, in arrival order: (message, records of it) parts
+        by_monitor: dict[tuple[str, str], list[tuple[RawMessage, RecordBatch]]] = {}
         joined: dict[tuple[str, str], list[Outcome]] = {}
         for msg in self._fresh(messages):
-            decoded = decode_predictions(msg.value, msg.headers, now=msg.timestamp,
-                                         max_bytes=self.settings.kafka.max_message_bytes,
-                                         feature_names=self.feature_names,
-                                         joiner=self.cloudevents)
-            self._dead_letters(msg, decoded, out)
-            for batch in decoded.batches:
-                key = (batch.model, batch.version)
-                if key not in self.monitors and not self._admit(
-                        batch.model, batch.version, batch.ts[0], msg, out, None):
-                    continue
-                by_monitor.setdefault(key, []).append(batch)
-                outcomes = self.labels.add_predictions(batch.model, batch.version, batch.ids,
-                                                       batch.predictions, batch.ts)
-                if outcomes:
-                    joined.setdefault(key, []).extend(outcomes)
-            for rec in decoded.records:
-                key = (rec.model, rec.version)
-                if key not in self.monitors and not self._admit(
-                        rec.model, rec.version, rec.ts, msg, out, _record_json(rec)):
-                    continue
-                parts = by_monitor.setdefault(key, [])
-                if parts and isinstance(parts[-1], list):
-                    parts[-1].append(rec)
-                else:
-                    parts.append([rec])
-                if rec.id is not None and rec.prediction is not None:
-                    outcome = self.labels.add_prediction(rec.model, rec.id, rec.version,
-                                                         rec.prediction, rec.ts)
-                    if outcome is not None:  # its label had arrived first
-                        joined.setdefault(key, []).append(outcome)
-        for (model, version), parts in by_monitor.items():
-            batch = RecordBatch.concat([RecordBatch.of(p) if isinstance(p, list) else p
-                                        for p in parts])
-            self.counts[f"{model}\x1f{version}\x1fprediction"] += len(batch)
-            events = self.monitors[(model, version)].add(batch)
-            out += self._events(events)
+            mark = len(out)
+            try:
+                parts = self._prediction_parts(msg, out, joined)
+            except Exception as exc:  # noqa: BLE001 - one message's failure stays its own
+                del out[mark:]
+                self._internal_error(msg, exc, out)
+                continue
+            for key, batch in parts:
+                by_monitor.setdefault(key, []).append((msg, batch))
+        for key, parts in by_monitor.items():
+            out += self._apply(key, parts)
         out += self._outcomes(joined)
         return out
 
+    def _prediction_parts(self, msg: RawMessage, out: list[Output],
+                          joined: dict[tuple[str, str], list[Outcome]]
+                          ) -> list[tuple[tuple[str, str], RecordBatch]]:
+        """Decode one message, dead-letter what cannot be used, admit its model versions and
+        remember its predictions for the label join; its records by monitor."""
+        if self.fault_every and msg.offset % self.fault_every == self.fault_every - 1:
+            raise RuntimeError(f"fault injected at offset {msg.offset} (fault_every)")
+        mark = len(out)
+        clock = self._clock(msg)
+        decoded = decode_predictions(msg.value, msg.headers, now=clock, clock=clock,
+                                     max_bytes=self.settings.kafka.max_message_bytes,
+                                     limits=self.limits, feature_names=self.feature_names,
+                                     joiner=self.cloudevents)
+        self._dead_letters(msg, decoded, out)
+        parts: list[tuple[tuple[str, str], RecordBatch]] = []
+        singles: dict[tuple[str, str], list[PredictionRecord]] = {}
+        for batch in decoded.batches:
+            key = (batch.model, batch.version)
+            if not self._admit(batch.model, batch.version, batch.ts[0], msg, out, None):
+                continue
+            if not self._within_features(batch.model, batch.feature_names(), msg, out, None):
+                continue
+            parts.append((key, batch))
+            outcomes = self.labels.add_predictions(batch.model, batch.version, batch.ids,
+                                                   batch.predictions, batch.ts)
+            if outcomes:
+                joined.setdefault(key, []).extend(outcomes)
+        for i, rec in enumerate(decoded.records):
+            key = (rec.model, rec.version)
+            if not self._admit(rec.model, rec.version, rec.ts, msg, out, rec):
+                continue
+            if not self._within_features(rec.model, rec.features.keys(), msg, out, rec,
+                                         i if len(decoded.records) > 1 else None):
+                continue
+            singles.setdefault(key, []).append(rec)
+            if rec.id is not None and rec.prediction is not None:
+                outcome = self.labels.add_prediction(rec.model, rec.id, rec.version,
+                                                     rec.prediction, rec.ts)
+                if outcome is not None:  # its label had arrived first
+                    joined.setdefault(key, []).append(outcome)
+        parts += [(key, RecordBatch.of(recs)) for key, recs in singles.items()]
+        self.messages["used" if parts else "dead_lettered" if len(out) > mark
+                      else "held"] += 1  # held: a CloudEvent half waiting for the other
+        return parts
+
+    def _apply(self, key: tuple[str, str],
+               parts: list[tuple[RawMessage, RecordBatch]]) -> list[Output]:
+        """Feed a monitor the parts of a batch at once; if that raises, one at a time, and
+        dead-letter the part that raises."""
+        monitor = self.monitors[key]
+        counter = f"{key[0]}\x1f{key[1]}\x1fprediction"
+        batch = RecordBatch.concat([b for _, b in parts])
+        try:
+            events = monitor.add(batch)
+        except Exception:  # noqa: BLE001 - a bug must not take the partition down
+            log.exception("monitor %s/%s failed on a batch; retrying it message by message",
+                          *key)
+        else:
+            self.counts[counter] += len(batch)
+            return self._events(events)
+        out: list[Output] = []
+        for msg, part in parts:
+            try:
+                events = monitor.add(part)
+            except Exception as exc:  # noqa: BLE001
+                self._internal_error(msg, exc, out, fate=False)  # its fate was counted
+                continue
+            self.counts[counter] += len(part)
+            out += self._events(events)
+        return out
+
+    def _within_features(self, model: str, names: Any, msg: RawMessage, out: list[Output],
+                         record: Any, index: int | None = None) -> bool:
+        """Whether the features ``names`` keep ``model`` within ``max_features_per_model``
+        (remembering the new ones); dead-letters the records otherwise."""
+        known = self.model_features.setdefault(model, set())
+        if known.issuperset(names):
+            return True
+        new = set(names).difference(known)
+        cap = self.limits.max_features_per_model
+        if len(known) + len(new) > cap:
+            self._reject(msg, Rejection("limit_exceeded", f"model {model[:64]!r} would have more "
+                                        f"than max_features_per_model {cap} features", index),
+                         out, record=record)
+            return False
+        known.update(new)
+        return True
+
+    def _internal_error(self, msg: RawMessage, exc: BaseException, out: list[Output],
+                        fate: bool = True) -> None:
+        log.warning("internal error on %s/%d@%d, dead-lettered: %s: %s", msg.topic,
+                    msg.partition, msg.offset, type(exc).__name__, str(exc)[:200])
+        if fate:
+            self.messages["dead_lettered"] += 1
+        self._reject(msg, Rejection("internal_error", f"{type(exc).__name__}: {exc}"), out)
+
+    @staticmethod
+    def _clock(msg: RawMessage) -> float:
+        """The time a message vouches for: its Kafka timestamp, but never after the wall
+        clock (a producer sets it; a replay of old messages sees the same value)."""
+        return min(msg.timestamp, time.time())
+
     def _admit(self, model: str, version: str, ts: float, msg: RawMessage, out: list[Output],
                record: Any) -> bool:
+        """Whether records of (model, version) have a monitor (made now when allowed)."""
+        if (model, version) in self.monitors:
+            return True
         known = model in self.models
         if not known and (not self.discovery or len(self.monitors) >= self.max_models):
             why = ("discovery is off" if not self.discovery
@@ -176,31 +271,52 @@ class StreamService:
 
     # -- labels ---------------------------------------------------------------------------
     def handle_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """The outputs of a batch of label messages (a message that raises is dead-lettered
+        as ``internal_error``, the others go on)."""
         out: list[Output] = []
         joined: dict[tuple[str, str], list[Outcome]] = {}
         for msg in self._fresh(messages):
-            decoded = decode_label(msg.value, now=msg.timestamp,
-                                   max_bytes=self.settings.kafka.max_message_bytes)
-            self._dead_letters(msg, decoded, out)
-            for lab in decoded.records:
-                outcome = self.labels.add_label(lab.model, lab.id, lab.label, lab.ts,
-                                                raw=msg.value)
-                if outcome is not None:
-                    joined.setdefault((outcome.model, outcome.version), []).append(outcome)
+            mark = len(out)
+            try:
+                self._label(msg, out, joined)
+            except Exception as exc:  # noqa: BLE001 - one message's failure stays its own
+                del out[mark:]
+                self._internal_error(msg, exc, out)
         out += self._outcomes(joined)
         return out
+
+    def _label(self, msg: RawMessage, out: list[Output],
+               joined: dict[tuple[str, str], list[Outcome]]) -> None:
+        if self.fault_every and msg.offset % self.fault_every == self.fault_every - 1:
+            raise RuntimeError(f"fault injected at offset {msg.offset} (fault_every)")
+        clock = self._clock(msg)
+        decoded = decode_label(msg.value, now=clock, clock=clock, limits=self.limits,
+                               max_bytes=self.settings.kafka.max_message_bytes)
+        self._dead_letters(msg, decoded, out)
+        self.messages["used" if decoded.records else "dead_lettered"] += 1
+        for lab in decoded.records:  # only what the join needs is kept, not the message
+            outcome = self.labels.add_label(lab.model, lab.id, lab.label, lab.ts)
+            if outcome is not None:
+                joined.setdefault((outcome.model, outcome.version), []).append(outcome)
 
     def _outcomes(self, joined: dict[tuple[str, str], list[Outcome]]) -> list[Output]:
         out: list[Output] = []
         for key, outcomes in joined.items():
             monitor = self.monitors.get(key)
-            if monitor is not None:
+            if monitor is None:
+                continue
+            try:
                 events = monitor.add_outcomes([o.prediction for o in outcomes],
                                               [o.label for o in outcomes],
                                               self.labels.watermark)
-                out += self._events(events)
+            except Exception:  # noqa: BLE001 - a bug must not take the partition down
+                log.exception("monitor %s/%s failed on %d outcomes; they are not counted",
+                              *key, len(outcomes))
+                self.invalid["internal_error"] += len(outcomes)
+                continue
+            out += self._events(events)
         for lab in self.labels.take_late():
-            out.append(Output(self.topics.late, lab.model.encode(), lab.raw or _dumps(
+            out.append(Output(self.topics.late, lab.model.encode(), _dumps(
                 {"model": lab.model, "id": lab.id, "label": lab.label, "ts": lab.ts}),
                 [("dw.reason", b"no_pending_prediction")]))
         return out
@@ -226,10 +342,12 @@ class StreamService:
     def _reject(self, msg: RawMessage, rej: Rejection, out: list[Output],
                 record: Any = None) -> None:
         self.invalid[rej.reason] += 1
-        if record is None and rej.index is not None:
+        if isinstance(record, PredictionRecord):
+            record = _record_json(record)
+        elif record is None and rej.index is not None:
             record = _batch_record(msg.value, rej.index)
         value, headers = dead_letter(msg.value, msg.headers, rej, msg.topic, msg.partition,
-                                     msg.offset, record)
+                                     msg.offset, record, max_bytes=self.limits.dlq_max_bytes)
         out.append(Output(self.topics.dlq, None, value, headers))
 
     # -- state ---------------------------------------------------------------------------------
@@ -242,7 +360,9 @@ class StreamService:
                 "monitors": [m.to_state() for m in self.monitors.values()],
                 "labels": self.labels.to_state(pending), "cloudevents": self.cloudevents.to_state(),
                 "policy": self.policy.to_state(), "counts": dict(self.counts),
-                "invalid": dict(self.invalid), "actions": dict(self.actions)}
+                "invalid": dict(self.invalid), "actions": dict(self.actions),
+                "messages": dict(self.messages),
+                "model_features": {m: sorted(f) for m, f in self.model_features.items()}}
 
     def restore(self, state: Mapping[str, Any], pending: Any = None,
                 deltas: Sequence[Mapping[str, Any]] = ()) -> None:
@@ -265,6 +385,8 @@ class StreamService:
         self.counts = Counter(state["counts"])
         self.invalid = Counter(state["invalid"])
         self.actions = Counter(state["actions"])
+        self.messages = Counter(state.get("messages", {}))
+        self.model_features = {m: set(f) for m, f in state.get("model_features", {}).items()}
 
     def take_fresh_baselines(self) -> list[dict[str, Any]]:
         """Baselines fitted from a warm-up since the last call, JSON-ready, for the store."""
@@ -301,5 +423,5 @@ def _record_json(rec: PredictionRecord) -> dict[str, Any]:
 def _batch_record(value: bytes, index: int) -> Any:
     try:
         return orjson.loads(value)["records"][index]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, RecursionError):
         return None

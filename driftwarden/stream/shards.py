@@ -18,6 +18,7 @@ model's predictions and labels meet in the same shard.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.monitor import ModelMonitor
 from driftwarden.stream.service import Output, RawMessage, StreamService
+
+log = logging.getLogger("driftwarden.stream")
 
 
 class Shards:
@@ -38,6 +41,7 @@ class Shards:
         self.dirty: set[int] = set()
         self.restored: dict[int, int] = {}  # partition -> checkpoint generation restored
         self.silenced: frozenset[str] = frozenset()
+        self.failed_checkpoints = 0
 
     def set_silenced(self, models: frozenset[str]) -> None:
         """Models whose actions are not emitted (silenced through the admin API)."""
@@ -68,9 +72,18 @@ class Shards:
         out: list[Output] = []
         for p, msgs in by_partition.items():
             svc = self.ensure(p)
-            out += (svc.handle_predictions(msgs) if kind == "predictions"
-                    else svc.handle_labels(msgs))
             self.dirty.add(p)
+            mark = len(out)
+            try:
+                out += (svc.handle_predictions(msgs) if kind == "predictions"
+                        else svc.handle_labels(msgs))
+            except Exception as exc:  # noqa: BLE001 - the last net: the service isolates
+                # each message itself, so this is a bug outside a message's own handling
+                log.exception("partition %d: handling a batch of %d messages failed", p,
+                              len(msgs))
+                del out[mark:]
+                for m in msgs:
+                    svc._internal_error(m, exc, out)
         return out
 
     def checkpoint(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
@@ -78,10 +91,18 @@ class Shards:
         partition -> bytes written."""
         assert self.store is not None
         todo = sorted(self.dirty if partitions is None else set(partitions) & self.dirty)
-        written = {p: self.store.write(p, self.services[p].to_state(pending=False),
-                                       self.services[p].labels)
-                   for p in todo if p in self.services}
-        self.dirty -= set(todo)
+        written = {}
+        for p in todo:
+            if p not in self.services:
+                continue
+            try:
+                written[p] = self.store.write(p, self.services[p].to_state(pending=False),
+                                              self.services[p].labels)
+            except Exception:  # noqa: BLE001 - its messages stay held: replayed, never lost
+                self.failed_checkpoints += 1
+                log.exception("checkpoint of partition %d failed; its messages stay held", p)
+                continue
+            self.dirty.discard(p)
         return written
 
     def drop(self, partitions: Iterable[int]) -> None:
