@@ -125,7 +125,8 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     max_features: int = 1000             # features in one record
     max_features_per_model: int = 2000   # distinct feature names one model may have
-    max_name_chars: int = 256            # model, version, feature and segment names
+    max_name_chars: int = 200            # model, feature and segment names (store: 200)
+    max_version_chars: int = 100         # a version (the store's column holds 100)
     max_value_chars: int = 1024          # a string value (category, label) or a record id
     max_segments: int = 16               # segment keys of one record
     max_future_seconds: float = 3600.0   # event time ahead of the message's clock

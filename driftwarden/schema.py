@@ -240,6 +240,7 @@ class _Codecs:
 
         name, value = text(limits.max_name_chars), text(limits.max_value_chars)
         self.name, self.value = name, value
+        self.version = text(limits.max_version_chars)
         self.segment = Annotated[dict[name, name], msgspec.Meta(  # type: ignore[valid-type]
             max_length=limits.max_segments)]
 
@@ -261,14 +262,14 @@ class _Codecs:
             ("features", features), ("id", self.value | None, None),  # type: ignore[operator]
             ("ts", Annotated[float, msgspec.Meta(ge=0)] | None, None),
             ("prediction", Any, None), ("model", self.name | None, None),  # type: ignore
-            ("version", self.name | int | None, None),  # type: ignore[operator]
+            ("version", self.version | int | None, None),  # type: ignore[operator]
             ("latency_ms", float | None, None), ("segment", self.segment | None, None)],
             gc=False)  # no cycles: leave GC alone
 
     def batch_of(self, features: Any) -> Any:
         return msgspec.defstruct("FastBatch", [
             ("records", list[self.record_of(features)]),  # type: ignore[misc]
-            ("model", self.name), ("version", self.name | int | None, None)],  # type: ignore
+            ("model", self.name), ("version", self.version | int | None, None)],  # type: ignore
             gc=False)
 
     def learn_shape(self, features: Sequence[Mapping[str, Any]]) -> None:
@@ -425,7 +426,8 @@ def checked_record(model: Any, version: Any, rid: Any, ts: Any, features: Any,
         if not isinstance(model, str) or not model:
             raise _Bad("invalid_record", "Object missing required field `model`")
         model = _text(model, "model name", limits.max_name_chars)
-        version = "" if version is None else _text(version, "version", limits.max_name_chars)
+        version = ("" if version is None else
+                   _text(version, "version", limits.max_version_chars))
         rid = None if rid is None else _text(rid, "id", limits.max_value_chars)
         feats = _features(features, limits)
         prediction = _scalar(prediction, "prediction", limits)
@@ -584,7 +586,7 @@ def _fast_batch(value: bytes, now: float, max_ts: float, limits: Limits
         return None
     try:
         version = "" if b.version is None else _text(b.version, "version",
-                                                     limits.max_name_chars)
+                                                     limits.max_version_chars)
         preds = [_scalar(r.prediction, "prediction", limits) for r in recs]
     except _Bad:
         return None

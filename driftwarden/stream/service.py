@@ -152,7 +152,7 @@ class StreamService:
         remember its predictions for the label join; its records by monitor."""
         if self.fault_every and msg.offset % self.fault_every == self.fault_every - 1:
             raise RuntimeError(f"fault injected at offset {msg.offset} (fault_every)")
-        mark = len(out)
+        mark, held = len(out), len(self.cloudevents)
         clock = self._clock(msg)
         decoded = decode_predictions(msg.value, msg.headers, now=clock, clock=clock,
                                      max_bytes=self.settings.kafka.max_message_bytes,
@@ -186,6 +186,8 @@ class StreamService:
                 if outcome is not None:  # its label had arrived first
                     joined.setdefault(key, []).append(outcome)
         parts += [(key, RecordBatch.of(recs)) for key, recs in singles.items()]
+        if not parts and len(out) == mark and len(self.cloudevents) == held:
+            self._reject(msg, Rejection("invalid_record", "the message holds no record"), out)
         self.messages["used" if parts else "dead_lettered" if len(out) > mark
                       else "held"] += 1  # held: a CloudEvent half waiting for the other
         return parts
