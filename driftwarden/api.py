@@ -7,9 +7,13 @@ Bearer tokens with two roles — ``read`` (every GET) and ``admin`` (everything)
 constant time (``hmac.compare_digest`` against every configured token); the audit log names a
 token by the first 8 hex digits of its SHA-256, never by itself. Errors are JSON
 ``{"error": "..."}``: 401 without a valid token, 403 for a read token on an admin operation, 400
-for a malformed body (the message names the field), 413 beyond ``max_body`` bytes, 404, 409, and
-503 while the database is away. Every mutating request writes one audit row, refused ones
-included. Database calls run on a thread, never on the event loop.
+for a malformed body or path (the message names the field; strings are bounded by their
+column's length and may not hold NUL, so SQLite and PostgreSQL answer alike), 413 beyond
+``max_body`` bytes, 404, 409, and 503 while the database is away — never a 500 or a 503 for
+bad input. Every mutating request by a valid token writes one audit row, refused ones
+included; requests without a valid token are counted (``on_refused``, a metric) and logged at
+most once per ``REFUSED_LOG_SECONDS``, never written one row each (anyone could grow the log).
+Database calls and baseline fitting run on a thread, never on the event loop.
 
 >>> api = create_api(lambda: None, ApiTokens(read=("r",), admin=("a",)), lambda: [])
 >>> sorted(r for r in openapi()["paths"])[:3]
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +40,7 @@ from driftwarden.statuses import INCIDENT_STATUSES
 from driftwarden.store import Conflict, NotFound, Store
 
 MAX_BODY = 1 << 20  # 1 MiB: a fitted baseline of a few hundred features fits easily
+log = logging.getLogger("driftwarden.api")
 
 
 @dataclass(frozen=True)
@@ -54,24 +60,31 @@ class ApiTokens:
 
 
 # -- request bodies (their JSON schemas go into the OpenAPI document) ----------------------------
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^/]+$")]
+NAME_PATTERN = r"^[^/\x00]+$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 Status = Literal["registered", "shadow", "canary", "live", "retired"]
+REFUSED_LOG_SECONDS = 60.0
+
+
+def _text(n: int) -> Any:
+    """A string of at most ``n`` characters without NUL (PostgreSQL refuses NUL in text)."""
+    return Annotated[str, msgspec.Meta(max_length=n, pattern=r"^[^\x00]*$")]
 
 
 class NewModel(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
-    description: str = ""
-    owner: str = ""
+    description: _text(10_000) = ""  # type: ignore[valid-type]
+    owner: _text(200) = ""  # type: ignore[valid-type]
 
 
 class NewVersion(msgspec.Struct, forbid_unknown_fields=True):
     version: Name
     status: Status = "registered"
-    training_data_hash: str = ""
-    code_ref: str = ""
+    training_data_hash: _text(200) = ""  # type: ignore[valid-type]
+    code_ref: _text(500) = ""  # type: ignore[valid-type]
     hyperparameters: dict[str, Any] = msgspec.field(default_factory=dict)
     evaluation: dict[str, Any] = msgspec.field(default_factory=dict)
-    approved_by: str | None = None
+    approved_by: _text(200) | None = None  # type: ignore[valid-type]
 
 
 class Promotion(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,16 +97,16 @@ class BaselineBody(msgspec.Struct, forbid_unknown_fields=True):
 
     summary: dict[str, Any] | None = None
     records: list[dict[str, Any]] | None = None
-    source: str = "api"
+    source: _text(500) = "api"  # type: ignore[valid-type]
 
 
 class SilenceBody(msgspec.Struct, forbid_unknown_fields=True):
     minutes: Annotated[float, msgspec.Meta(gt=0, le=60 * 24 * 90)]  # at most 90 days
-    reason: str = ""
+    reason: _text(2000) = ""  # type: ignore[valid-type]
 
 
 class Ack(msgspec.Struct, forbid_unknown_fields=True):
-    note: str = ""
+    note: _text(2000) = ""  # type: ignore[valid-type]
 
 
 class _Refused(Exception):
@@ -105,12 +118,70 @@ class _Refused(Exception):
 Handler = Callable[[web.Request, str], Awaitable[Any]]
 
 
+def _path_params(request: web.Request) -> None:
+    """Path parameters pass the body's rules: a name of 1 to 100 characters without ``/``
+    (aiohttp decodes ``%2F``) or NUL."""
+    import re
+
+    for key, value in request.match_info.items():
+        if not 1 <= len(value) <= 100 or not re.fullmatch(NAME_PATTERN, value):
+            raise _Refused(400, f"invalid path: {key} must be 1 to 100 characters without "
+                                "'/' or NUL")
+
+
+class _RefusalLog:
+    """Requests without a valid token: counted, and logged at most once a while."""
+
+    def __init__(self, on_refused: Callable[[str], None] | None) -> None:
+        self.on_refused = on_refused
+        self.since = 0
+        self.logged = 0.0
+
+    def add(self, reason: str, path: str) -> None:
+        import time
+
+        if self.on_refused is not None:
+            self.on_refused(reason)
+        self.since += 1
+        now = time.monotonic()
+        if now - self.logged >= REFUSED_LOG_SECONDS:
+            log.warning("admin API: %d request(s) without a valid token refused (last: %s)",
+                        self.since, path[:100])
+            self.since, self.logged = 0, now
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header over 8,190 bytes, say) with a
+    traceback quoting the offending bytes — a bearer token among them. One line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import BadHttpMessage
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg, record.args = "refused a malformed HTTP request (%s)", (
+                type(exc).__name__,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_bad_requests() -> None:
+    """Install :class:`_QuietBadRequests` on aiohttp's server logger (once)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _QuietBadRequests) for f in logger.filters):
+        logger.addFilter(_QuietBadRequests())
+
+
 def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
                verdicts: Callable[[], list[dict[str, Any]]], *, max_body: int = MAX_BODY,
-               detection: Any = None) -> web.Application:
+               detection: Any = None, on_refused: Callable[[str], None] | None = None
+               ) -> web.Application:
     """The API application; ``store()`` returns the store (None while the database is
-    unreachable), ``verdicts()`` the worker's current verdicts."""
+    unreachable), ``verdicts()`` the worker's current verdicts, ``on_refused(reason)`` is
+    called for each request refused for want of a valid token."""
+    quiet_bad_requests()
     app = web.Application(client_max_size=max_body + 1)
+    refusals = _RefusalLog(on_refused)
     routes: list[tuple[str, str, str, str, Handler]] = []
 
     def route(method: str, path: str, role: str, operation: str) -> Callable[[Handler], Handler]:
@@ -144,11 +215,16 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
         if len(raw) > max_body:
             raise _Refused(413, f"body larger than {max_body} bytes")
         try:
-            return msgspec.json.decode(raw or b"{}", type=kind)
+            got = msgspec.json.decode(raw or b"{}", type=kind)
         except msgspec.ValidationError as exc:  # names the field: "... - at `$.name`"
             raise _Refused(400, f"invalid body: {exc}") from None
         except msgspec.DecodeError as exc:
             raise _Refused(400, f"invalid body: malformed JSON ({exc})") from None
+        except RecursionError:
+            raise _Refused(400, "invalid body: malformed JSON (nested too deeply)") from None
+        except UnicodeDecodeError:
+            raise _Refused(400, "invalid body: malformed JSON (not UTF-8)") from None
+        return got
 
     def wrap(method: str, role: str, operation: str, fn: Handler) -> Any:
         async def handler(request: web.Request) -> web.Response:
@@ -162,18 +238,24 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
                     digest = hashlib.sha256(token.encode()).hexdigest()[:8]
                     actor = f"{granted}-token:{digest}"
                 if granted is None:
-                    raise _Refused(401, "a valid bearer token is required")
+                    refusals.add("no_token" if not header else "bad_token", target)
+                    return web.json_response({"error": "a valid bearer token is required"},
+                                             status=401)
                 if role == "admin" and granted != "admin":
                     raise _Refused(403, f"{operation} needs an admin token")
+                _path_params(request)
                 result = await fn(request, actor)
                 status = 201 if method == "POST" and operation.endswith(".register") else 200
                 return web.json_response(result, status=status, dumps=_dumps)
             except _Refused as exc:
                 if method != "GET" and exc.status != 503:
                     with contextlib.suppress(_Refused):  # the database may be away itself
-                        await db(Store.audit, actor, operation, target, "refused",
-                                 {"status": exc.status, "reason": str(exc)})
+                        await db(Store.audit, actor, operation, target[:500], "refused",
+                                 {"status": exc.status, "reason": str(exc)[:500]})
                 return web.json_response({"error": str(exc)}, status=exc.status)
+            except Exception:  # noqa: BLE001 - a bug: one log line, a JSON 500, no request data
+                log.exception("admin API: %s %s failed", method, operation)
+                return web.json_response({"error": "internal error"}, status=500)
         return handler
 
     # -- read --------------------------------------------------------------------------------
@@ -191,7 +273,7 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
         status = q.get("status") or None
         if status is not None and status not in INCIDENT_STATUSES:
             raise _Refused(400, f"status must be one of {', '.join(INCIDENT_STATUSES)}")
-        return await db(Store.incidents, model=q.get("model") or None, status=status,
+        return await db(Store.incidents, model=_query_name(q.get("model")), status=status,
                         limit=_limit(q.get("limit")))
 
     @route("GET", "/incidents/{incident_id}", "read", "incidents.get")
@@ -200,7 +282,7 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
 
     @route("GET", "/actions", "read", "actions.list")
     async def list_actions(request: web.Request, actor: str) -> Any:
-        return await db(Store.actions, model=request.query.get("model") or None,
+        return await db(Store.actions, model=_query_name(request.query.get("model")),
                         limit=_limit(request.query.get("limit")))
 
     @route("GET", "/audit", "read", "audit.list")
@@ -236,7 +318,8 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
     @route("POST", "/models/{model}/versions/{version}/baselines", "admin", "baseline.add")
     async def add_baseline(request: web.Request, actor: str) -> Any:
         b = await body(request, BaselineBody)
-        summary, rows = _baseline(b, detection)
+        # fitting a reference of a few MB takes seconds: on a thread, like the database
+        summary, rows = await asyncio.to_thread(_baseline, b, detection)
         return await db(Store.add_baseline, request.match_info["model"],
                         request.match_info["version"], summary, rows=rows, source=b.source,
                         actor=actor)
@@ -272,6 +355,14 @@ def _dumps(obj: Any) -> str:
         import json
 
         return json.dumps(obj, default=str)
+
+
+def _query_name(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    if len(raw) > 200 or "\x00" in raw:
+        raise _Refused(400, "model must be at most 200 characters without NUL")
+    return raw
 
 
 def _limit(raw: str | None) -> int:
@@ -348,13 +439,14 @@ def openapi() -> dict[str, Any]:
 
     def p(name: str) -> dict[str, Any]:
         return {"name": name, "in": "path", "required": True,
-                "schema": {"type": "string", "minLength": 1}}
+                "schema": {"type": "string", "minLength": 1, "maxLength": 100,
+                           "pattern": NAME_PATTERN}}
 
     def q(name: str, schema: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "schema": schema}
 
     limit = q("limit", {"type": "integer", "minimum": 1, "maximum": 10_000})
-    model = q("model", {"type": "string"})
+    model = q("model", {"type": "string", "maxLength": 200, "pattern": r"^[^\x00]*$"})
     return {
         "openapi": "3.1.0",  # JSON Schema 2020-12, as msgspec writes it
         "info": {"title": "driftwarden admin API", "version": "1"},

@@ -76,7 +76,19 @@ DEFINITIONS = {d.name: d for d in (
     Definition("model_silenced", "gauge",
                "1 while a model is silenced through the admin API (no actions, no pages).",
                ("model",), instrumented=True),
+    Definition("api_refused_total", "counter",
+               "Admin API requests refused for want of a valid token (not audited one by one).",
+               ("reason",), instrumented=True),
+    Definition("broker_unreachable", "gauge",
+               "1 while the broker has been unreachable for stall_seconds or more.",
+               instrumented=True),
     # read from state at scrape time
+    Definition("messages_total", "counter",
+               "Source messages by fate: used (records taken), dead_lettered, held (a "
+               "CloudEvent half waiting for its other half). Each message counts once.",
+               ("outcome",)),
+    Definition("output_failures_total", "counter",
+               "Outputs the producer refused or could not deliver (logged, not retried)."),
     Definition("events_total", "counter",
                "Records taken per model, version and kind (prediction).",
                ("model", "version", "kind")),
@@ -148,15 +160,21 @@ class Metrics:
                                       d["checkpoint_bytes"].help, registry=registry)
         self.silenced = Gauge(d["model_silenced"].full_name, d["model_silenced"].help,
                               d["model_silenced"].labels, registry=registry)
+        self.api_refused = Counter(d["api_refused_total"].full_name.removesuffix("_total"),
+                                   d["api_refused_total"].help, d["api_refused_total"].labels,
+                                   registry=registry)
+        self.broker_unreachable = Gauge(d["broker_unreachable"].full_name,
+                                        d["broker_unreachable"].help, registry=registry)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, services: Callable[[], Iterable[Any]],
-               sinks: Iterable[Any] = ()) -> Metrics:
+               sinks: Iterable[Any] = (), output_failures: Callable[[], int] | None = None
+               ) -> Metrics:
         """The instrumented metrics plus a collector reading ``services()`` (the worker's
         :class:`~driftwarden.stream.service.StreamService` objects) and ``sinks`` (its
         :class:`~driftwarden.notify.SideSender` objects) at scrape time."""
         m = cls(registry)
-        registry.register(StateCollector(services, sinks))
+        registry.register(StateCollector(services, sinks, output_failures))
         return m
 
     def set_silenced(self, models: Iterable[str]) -> None:
@@ -182,9 +200,11 @@ def _family(name: str) -> Any:
 class StateCollector(Collector):
     """Reads the worker's state when Prometheus scrapes; see the module docstring."""
 
-    def __init__(self, services: Callable[[], Iterable[Any]], sinks: Iterable[Any] = ()) -> None:
+    def __init__(self, services: Callable[[], Iterable[Any]], sinks: Iterable[Any] = (),
+                 output_failures: Callable[[], int] | None = None) -> None:
         self.services = services
         self.sinks = list(sinks)
+        self.output_failures = output_failures
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # no describe-time scrape: the state may still be restoring
@@ -194,9 +214,12 @@ class StateCollector(Collector):
         invalid: dict[str, float] = {}
         counts: dict[tuple[str, ...], float] = {}
         actions: dict[tuple[str, ...], float] = {}
+        fates: dict[str, float] = {}
         for svc in list(self.services()):
             for reason, n in svc.invalid.items():
                 invalid[reason] = invalid.get(reason, 0) + n
+            for fate, n in svc.messages.items():
+                fates[fate] = fates.get(fate, 0) + n
             for key, n in svc.counts.items():
                 k = tuple(key.split("\x1f"))
                 counts[k] = counts.get(k, 0) + n
@@ -211,6 +234,10 @@ class StateCollector(Collector):
             fam["events_total"].add_metric(list(k), n)
         for k, n in sorted(actions.items()):
             fam["actions_total"].add_metric(list(k), n)
+        for fate, n in sorted(fates.items()):
+            fam["messages_total"].add_metric([fate], n)
+        if self.output_failures is not None:
+            fam["output_failures_total"].add_metric([], self.output_failures())
         for sink in self.sinks:
             fam["notifications_sent_total"].add_metric([sink.name], sink.sent)
             fam["notifications_dropped_total"].add_metric([sink.name], sink.dropped)

@@ -33,7 +33,7 @@ def test_migrations_make_exactly_the_models_schema_and_are_idempotent(db_url):
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
     assert {"models", "model_versions", "baselines", "incidents", "incident_events", "actions",
             "silences", "audit_log"} <= tables
-    assert version == "0001"
+    assert version == "0002"
     store.close()
 
 
@@ -134,4 +134,14 @@ def test_the_database_refuses_to_change_or_delete_audit_rows(db_url):
             c.execute(sa.text(statement))
     [row] = store.audit_log()
     assert (row["outcome"], row["detail"]) == ("refused", {"status": 403})
+    # whole-table and replacing statements too: TRUNCATE on PostgreSQL (row triggers do not
+    # see it), INSERT OR REPLACE / REPLACE INTO on SQLite (no delete trigger fires for it)
+    rewrites = (["TRUNCATE audit_log"] if db_url.startswith("postgresql") else [
+        f"{verb} INTO audit_log (id, at, actor, operation, target, outcome, detail) "
+        f"VALUES ({row['id']}, '2026-01-01', 'x', 'y', '', 'ok', '{{}}')"
+        for verb in ("INSERT OR REPLACE", "REPLACE")])
+    for statement in rewrites:
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), store.engine.begin() as c:
+            c.execute(sa.text(statement))
+    assert store.audit_log() == [row]
     store.close()

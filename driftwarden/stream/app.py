@@ -338,7 +338,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     records = SideSender("database", store_sink, capacity=1_000_000)
     producer.on_action_delivered = lambda event_id: records.put(("delivered", event_id))
     sinks = [s for s in (records, annotations, alerting) if s is not None]
-    metrics = Metrics.create(registry, lambda: list(shards.services.values()), sinks)
+    metrics = Metrics.create(registry, lambda: list(shards.services.values()), sinks,
+                             lambda: producer.failed)
     app.dw_metrics = metrics  # type: ignore[attr-defined]
     broker = BrokerHealth()
     state: dict[str, Any] = {"batches": 0, "started": False, "broker_away_since": None,
@@ -531,9 +532,11 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             if state["broker_away_since"] is None:
                 state["broker_away_since"] = now
             broker.unreachable = now - state["broker_away_since"] >= settings.kafka.stall_seconds
+            metrics.broker_unreachable.set(1 if broker.unreachable else 0)
             return
         state["broker_away_since"] = None
         broker.unreachable = False
+        metrics.broker_unreachable.set(0)
         position = {tp: handled.get(tp, committed.get(tp, 0) - 1) for tp in tps}
         metrics.set_consumer_lag({tp: max(0, e - 1 - position[tp]) for tp, e in end.items()})
         stalled = watchdog.observe(position, end, now)
@@ -577,6 +580,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
+        if not _may_read(request):
+            return web.json({"error": "a valid bearer token is required"}, status=401)
         return web.json([m.status() for m in shards.monitors])
 
     @app.page("/metrics")
@@ -593,13 +598,27 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     # database is unreachable)
     from driftwarden.api import ApiTokens, create_api
 
+    tokens = ApiTokens(tuple(settings.api.read_tokens), tuple(settings.api.admin_tokens))
     app.web.web_app.add_subapp("/api/v1", create_api(  # type: ignore[attr-defined]
-        store_sink.connect, ApiTokens(tuple(settings.api.read_tokens),
-                                      tuple(settings.api.admin_tokens)),
-        shards.verdicts, max_body=settings.api.max_body, detection=settings.detection))
+        store_sink.connect, tokens, shards.verdicts, max_body=settings.api.max_body,
+        detection=settings.detection,
+        on_refused=lambda reason: metrics.api_refused.labels(reason).inc()))
+
+    def _may_read(request: Any) -> bool:
+        """With tokens configured, /models and /verdicts need a read (or admin) token, as
+        their /api/v1 twins do; /health, /ready and /metrics stay open."""
+        if not (tokens.read or tokens.admin):
+            return True
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and tokens.role(token.strip()) is not None:
+            return True
+        metrics.api_refused.labels("no_token" if not token else "bad_token").inc()
+        return False
 
     @app.page("/verdicts")
     async def verdicts(web: Any, request: Any) -> Any:
+        if not _may_read(request):
+            return web.json({"error": "a valid bearer token is required"}, status=401)
         return web.json(shards.verdicts())
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
