@@ -49,6 +49,29 @@ def check_types(types: Any) -> dict[str, str]:
     return dict(types)
 
 
+def declared_numeric(name: str, values: np.ndarray, missing: np.ndarray, where: str
+                     ) -> np.ndarray:
+    """A column declared numeric (``--types``) as numbers; :class:`InputError` when a value
+    present in it is not a number (a declared type that does not fit the data is the user's
+    mistake to hear about, never a traceback or a silently broken baseline).
+
+    >>> declared_numeric("x", np.array(["1", "2"]), np.zeros(2, bool), "ref.csv").tolist()
+    [1.0, 2.0]
+    >>> declared_numeric("plan", np.array(["basic", "2"]), np.zeros(2, bool), "ref.csv")
+    Traceback (most recent call last):
+    driftwarden.errors.InputError: ref.csv: column 'plan' is declared numeric, but 1 of 2 values are not numbers (e.g. 'basic')
+    """
+    out = coerce_numeric(values)
+    if out.dtype.kind in "fiu":
+        return out
+    bad = [v for v, m in zip(out.tolist(), missing.tolist())
+           if not m and v is not None and not isinstance(v, float)]
+    if bad:
+        raise InputError(f"{where}: column {name!r} is declared numeric, but {len(bad)} of "
+                         f"{int((~missing).sum())} values are not numbers (e.g. {bad[0]!r})")
+    return np.array([np.nan if v is None else v for v in out.tolist()], dtype=np.float64)
+
+
 def _finite(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
     if values.dtype.kind not in "fiu":
         from driftwarden.detectors.summary import to_float_array
@@ -101,7 +124,7 @@ def fit_baseline_file(path: str, detection: Detection, types: Mapping[str, str] 
     cols = dict(ref.columns)
     for name, kind in types.items():
         if kind == "numeric" and name in cols:
-            cols[name] = coerce_numeric(cols[name])
+            cols[name] = declared_numeric(name, cols[name], ref.missing[name], path)
     d = detection
     try:
         return Baseline.fit(cols, types={k: v for k, v in types.items() if k in cols},
@@ -134,8 +157,10 @@ def run_batch(reference: Table, current: Table, *, types: Mapping[str, str] | No
     ref_cols, cur_cols = dict(ref.columns), dict(cur.columns)
     for name, kind in types.items():
         if kind == "numeric":
-            ref_cols[name] = coerce_numeric(ref_cols[name])
-            cur_cols[name] = coerce_numeric(cur_cols[name])
+            ref_cols[name] = declared_numeric(name, ref_cols[name], ref.missing[name],
+                                              "the reference table")
+            cur_cols[name] = declared_numeric(name, cur_cols[name], cur.missing[name],
+                                              "the current table")
     try:
         base = Baseline.fit(ref_cols, types=types, bins=bins, seed=seed, missing=ref.missing)
     except ValidationError as exc:

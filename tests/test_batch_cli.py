@@ -124,8 +124,12 @@ def error_cases(tmp_path, ref_path):
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "badtype.json").write_text('{"x": "text"}')
     (tmp_path / "ragged.csv").write_text("x,c\n1,a\n2,b,c,d\n")
+    (tmp_path / "c_numeric.json").write_text('{"c": "numeric"}')
     r = str(ref_path)
     return {
+        "declared type does not fit": (["--reference", r, "--current", r, "--types",
+                                        str(tmp_path / "c_numeric.json")],
+                                       "column 'c' is declared numeric"),
         "missing file": (["--reference", r, "--current", str(tmp_path / "nope.csv")],
                          "file not found"),
         "a directory": (["--reference", r, "--current", str(tmp_path)], "not a file"),
@@ -173,3 +177,25 @@ def test_installed_command_end_to_end(tables, tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         f"driftwarden: error: file not found: {tmp_path / 'missing.csv'}"]
+
+
+def test_baseline_fit_refuses_a_declared_type_that_does_not_fit(capsys, tables, tmp_path):
+    """It used to store a broken baseline silently."""
+    ref_path = tables[0]
+    (tmp_path / "types.json").write_text('{"c": "numeric"}')
+    code, _, err = run(capsys, "baseline", "fit", "--model", "m", "--version", "1", "--data",
+                       str(ref_path), "--types", str(tmp_path / "types.json"), "--config",
+                       str(_config(tmp_path)))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "column 'c' is declared numeric" in lines[0], err
+    from driftwarden.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'dw' / 'driftwarden.db'}")
+    assert store.models() == []
+    store.close()
+
+
+def _config(tmp_path):
+    p = tmp_path / "dw.toml"
+    p.write_text(f'data_dir = "{tmp_path / "dw"}"\n')
+    return p
