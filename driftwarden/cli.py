@@ -175,16 +175,22 @@ def demo(duration: float, rate: int, batch_mode: bool, as_json: bool) -> None:
         result = run_demo(duration, rate, as_json=as_json, echo=echo)
     except RuntimeError as exc:
         raise DriftwardenError(str(exc)) from None
+    from driftwarden.demo import missing_drifts
+
+    missing = missing_drifts(result)
     if as_json:
         import orjson
 
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
-        return
-    kinds = sorted({(e["model"], e["kind"]) for e in result["drift_events"]
-                    if e["state"] == "onset"})
-    actions = [f"{a['action']} {a['model']}" for a in result["actions"]]
-    click.echo(f"done: produced {result['produced']}; drift onsets {kinds}; "
-               f"actions {actions}; logs in {result['logs']}")
+    else:
+        kinds = sorted({(e["model"], e["kind"]) for e in result["drift_events"]
+                        if e["state"] == "onset"})
+        actions = [f"{a['action']} {a['model']}" for a in result["actions"]]
+        click.echo(f"done: produced {result['produced']}; drift onsets {kinds}; "
+                   f"actions {actions}; logs in {result['logs']}")
+    if missing:
+        raise DriftwardenError(f"the demo's injected drift was not reported: "
+                               f"{', '.join(missing)}; see {result['logs']}")
 
 
 @cli.command()

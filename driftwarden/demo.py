@@ -11,7 +11,10 @@ Starts an embedded Tansu broker on a free loopback port, creates the topics, sta
   customers (**concept drift** on a freshly deployed version → a ``rollback`` action to v1).
 
 A live view (rich) shows the verdicts and action events as the worker publishes them.
-``--duration`` ends it; Ctrl-C ends it cleanly. Nothing is left running.
+``--duration`` ends the traffic; the demo then waits until the worker has consumed everything
+produced and every event has been read (however busy the machine), prints every event, and
+exits non-zero when an injected drift was not reported. Ctrl-C ends it cleanly. Nothing is
+left running.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import orjson
 from driftwarden.embedded import EmbeddedBroker, free_port
 
 CHURN_V2_AT = 6.0
+DRAIN_SECONDS = 180.0  # the longest the demo waits for a busy worker to catch up
 QUIET = {"log.connection.close": False}  # the broker stopping at the end is not news
 SETTINGS_ENV = {
     "DRIFTWARDEN_DETECTION__SLICES": "5",
@@ -133,12 +137,32 @@ class EventReader(threading.Thread):
         self.on_event = on_event
         self.stop_event = threading.Event()
 
+        self.read: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
+
     def run(self) -> None:
         while not self.stop_event.is_set():
             m = self.consumer.poll(0.3)
             if m is not None and m.error() is None and m.value() is not None:
                 self.on_event(str(m.topic()), orjson.loads(m.value() or b"null"))
+                self.read[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0) + 1
         self.consumer.close()
+
+    def caught_up(self, bootstrap: str) -> bool:
+        """Whether every event published so far has been read."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "driftwarden-demo-probe",
+                          **QUIET})
+        try:
+            for topic in ("driftwarden.drift", "driftwarden.actions"):
+                meta = probe.list_topics(topic, timeout=5).topics[topic]
+                for p in meta.partitions:
+                    low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                    if high > max(low, self.read.get((topic, p), low)):
+                        return False
+            return True
+        finally:
+            probe.close()
 
 
 def _describe(topic: str, e: dict[str, Any], t0: float) -> str:
@@ -177,6 +201,7 @@ def run_demo(duration: float = 75.0, rate: int = 1000, *, as_json: bool = False,
              "--web-port", str(port), "--session-timeout", "6"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         gen = reader = None
+        status: Any = None
         t0 = time.time()
         try:
             _wait_healthy(port, worker, 60.0)
@@ -203,12 +228,20 @@ def run_demo(duration: float = 75.0, rate: int = 1000, *, as_json: bool = False,
                     raise RuntimeError(f"the worker exited with code {worker.returncode}; "
                                        f"see {data_dir / 'worker.log'}")
                 time.sleep(0.2)
+            gen.stop_event.set()
+            gen.join(30)
+            # on a busy machine the worker may be behind: wait for it (and then for the last
+            # events to be read) rather than for a fixed time, saying so on stderr
+            status = _drained(port, worker, gen.sent, DRAIN_SECONDS)
+            _wait(lambda: reader is not None and reader.caught_up(broker.bootstrap_servers),
+                  30.0)
         finally:
             for thread in (gen, reader):
                 if thread is not None:
                     thread.stop_event.set()
                     thread.join(15)
-            status = _drained(port, worker, gen.sent if gen else {}, 15.0)
+            if status is None:
+                status = _get(port, "/models")
             worker.terminate()
             try:
                 worker.wait(30)
@@ -234,18 +267,46 @@ def _get(port: int, path: str) -> Any:
 
 def _drained(port: int, proc: subprocess.Popen[bytes], sent: dict[str, int],
              timeout: float) -> Any:
-    """The worker's model status once it has consumed everything produced (or at timeout)."""
+    """The worker's model status once it has consumed everything produced; progress on
+    stderr every few seconds while it catches up; RuntimeError at ``timeout``."""
     deadline = time.monotonic() + timeout
-    status: Any = []
+    want = sum(v for k, v in sent.items() if k != "labels")
+    said = time.monotonic()
     while proc.poll() is None and time.monotonic() < deadline:
         status = _get(port, "/models")
         seen: dict[str, int] = {}
         for m in status:
             seen[m["model"]] = seen.get(m["model"], 0) + m["records"]
         if all(seen.get(k, 0) >= v for k, v in sent.items() if k != "labels"):
-            break
+            return status
+        if time.monotonic() - said >= 3.0:
+            sys.stderr.write(f"waiting for the worker: {sum(seen.values()):,} of {want:,} "
+                             "records consumed\n")
+            said = time.monotonic()
         time.sleep(0.3)
-    return status
+    raise RuntimeError(f"the worker did not consume the {want:,} records produced within "
+                       f"{timeout:.0f} s")
+
+
+def _wait(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not check():
+        time.sleep(0.3)
+
+
+def missing_drifts(result: dict[str, Any]) -> list[str]:
+    """The injected drifts the demo's events do not report (an empty list: both were).
+
+    >>> missing_drifts({"drift_events": [{"model": "fraud", "kind": "data",
+    ...                                   "state": "onset"}], "actions": []})
+    ["concept drift of 'churn' (onset)", "rollback of 'churn'"]
+    """
+    onsets = {(e["model"], e["kind"]) for e in result["drift_events"] if e["state"] == "onset"}
+    out = [f"{kind} drift of {model!r} (onset)" for model, kind in
+           (("fraud", "data"), ("churn", "concept")) if (model, kind) not in onsets]
+    if not any(a["model"] == "churn" and a["action"] == "rollback" for a in result["actions"]):
+        out.append("rollback of 'churn'")
+    return out
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:

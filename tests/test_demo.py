@@ -3,6 +3,7 @@ drifts, events and actions, nothing left running."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,12 +15,30 @@ def _tansu_processes() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if "tansu" in line and "broker" in line}
 
 
+@contextlib.contextmanager
+def busy_cores(n, seconds):
+    """``n`` processes spinning on the CPU (the machine's cores busy with other work), each
+    ending by itself after ``seconds`` and killed at the end of the block."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def test_demo_detects_both_drifts_and_acts(tmp_path):
+    """With both cores kept busy by other processes the whole time: the demo waits for its
+    worker instead of a fixed time, so what it reports does not depend on the machine."""
     before = _tansu_processes()
     env = {**os.environ, "DRIFTWARDEN_DATA_DIR": str(tmp_path / "dw")}
     env.pop("DRIFTWARDEN_DATABASE_URL", None)  # the default store: SQLite in the data dir
-    run = subprocess.run([sys.executable, "-m", "driftwarden.cli", "demo", "--duration", "40",
-                          "--json"], capture_output=True, text=True, timeout=240, env=env)
+    with busy_cores(os.cpu_count() or 2, 300):
+        run = subprocess.run([sys.executable, "-m", "driftwarden.cli", "demo", "--duration",
+                              "40", "--json"], capture_output=True, text=True, timeout=420,
+                             env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
     onsets = {(e["model"], e["kind"]): e for e in result["drift_events"]
