@@ -98,6 +98,23 @@ class EmbeddedBroker:
             self._log.close()
             self._log = None
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open, nothing is answered — what a
+        broker stuck in a long GC pause or behind a partitioned network looks like."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause` (SIGCONT)."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Stop the broker and start it again on the same port: it comes back empty (this
+        build keeps everything in memory)."""
+        self.stop()
+        self.start()
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 

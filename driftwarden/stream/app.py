@@ -353,6 +353,18 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     lock = asyncio.Lock()
     sources = {settings.topics.predictions, settings.topics.features, settings.topics.labels}
 
+    async def _restore(partition: int) -> None:
+        """Restore a partition's shard once, off the event loop (a message of it and the
+        assignment may both ask)."""
+        task = restoring.get(partition)
+        if task is None:
+            task = restoring[partition] = asyncio.ensure_future(
+                asyncio.to_thread(shards.ensure, partition))
+        try:
+            await task
+        finally:
+            restoring.pop(partition, None)
+
     async def _take(events: Any) -> list[RawMessage]:
         assigned = app.consumer.assignment()
         out = []
@@ -363,13 +375,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                 metrics.processing_lag.observe(max(0.0, now - m.timestamp))
             if m.tp not in assigned:  # revoked while buffered: its next owner replays it
                 continue
-            if m.partition not in shards.services:  # restore once, off the event loop
-                task = restoring.get(m.partition)
-                if task is None:
-                    task = restoring[m.partition] = asyncio.ensure_future(
-                        asyncio.to_thread(shards.ensure, m.partition))
-                await task
-                restoring.pop(m.partition, None)
+            if m.partition not in shards.services:
+                await _restore(m.partition)
             m.incref()  # released by the checkpoint that includes it
             handled[(m.topic, m.partition)] = m.offset
             held.setdefault(m.partition, []).append(m)
@@ -620,6 +627,17 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         if not _may_read(request):
             return web.json({"error": "a valid bearer token is required"}, status=401)
         return web.json(shards.verdicts())
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
+        """Restore the new partitions' state at once, so a worker restarted with nothing new
+        to read still shows its models, verdicts and metrics."""
+        for p in sorted({tp.partition for tp in assigned if tp.topic in sources}
+                        - set(shards.services)):
+            try:
+                await _restore(p)
+            except Exception:  # noqa: BLE001 - the first message of it tries again
+                log.exception("restoring partition %d on assignment failed", p)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001

@@ -1,0 +1,111 @@
+"""What the fault suite's tests share: per-test topic names, producing and reading topics of
+the real broker, the worker's metrics and memory."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import Counter
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+TOPICS = ("predictions", "features", "labels", "summaries", "drift", "actions", "dlq", "late",
+          "state")
+NOW = time.time()
+
+
+def worker_env(prefix: str, **extra: str) -> dict[str, str]:
+    """Settings of a worker of its own (topics, group) with small windows."""
+    env = {f"DRIFTWARDEN_TOPICS__{t.upper()}": f"{prefix}.{t}" for t in TOPICS}
+    env.update({"DRIFTWARDEN_KAFKA__GROUP_ID": f"{prefix}-workers",
+                "DRIFTWARDEN_KAFKA__PARTITIONS": "2",
+                "DRIFTWARDEN_KAFKA__CHECKPOINT_SECONDS": "1",
+                "DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
+                "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
+                "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "30"})
+    env.update(extra)
+    return env
+
+
+def record(model: str, i: int, ts: float, shift: float = 0.0) -> bytes:
+    """A good single-record message (deterministic values)."""
+    x = ((i * 7919) % 1000) / 1000.0
+    return orjson.dumps({"model": model, "version": "1", "id": f"{model}{i}", "ts": ts,
+                         "features": {"x": x * 4 - 2 + shift, "c": "ab"[i % 2]},
+                         "prediction": x})
+
+
+def producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                     "message.max.bytes": 4_000_000, "enable.idempotence": True})
+
+
+def produce(p: Producer, topic: str, values, partition: int | None = None,
+            key: bytes | None = None) -> int:
+    n = 0
+    for v in values:
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                p.produce(topic, value=v, key=key, **kwargs)
+                break
+            except BufferError:
+                p.poll(0.1)
+        n += 1
+        if n % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    return n
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
+    """Every message of ``topic`` to its end now: (value, headers dict)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "fault-reader",
+                  "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        out = []
+        for p in (meta.partitions if meta else {}):
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high <= low:
+                continue
+            c.assign([TopicPartition(topic, p, low)])
+            pos, deadline = low, time.monotonic() + timeout
+            while pos < high and time.monotonic() < deadline:
+                for m in c.consume(1000, 0.5):
+                    if m.error() is None:
+                        out.append((m.value(), dict(m.headers() or [])))
+                        pos = m.offset() + 1
+        return out
+    finally:
+        c.close()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """The worker's /metrics as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
+
+
+def fates(port: int) -> Counter:
+    """messages_total by outcome (used, dead_lettered, held)."""
+    samples = scrape(port)
+    return Counter({dict(lab)["outcome"]: v for (n, lab), v in samples.items()
+                    if n == "driftwarden_messages_total"})
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
