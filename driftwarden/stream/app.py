@@ -16,6 +16,7 @@ State is kept per source partition and checkpointed to the compacted state topic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -111,18 +112,41 @@ class OutputProducer:
     """Produces service outputs; delivery is retried by librdkafka until acknowledged."""
 
     def __init__(self, settings: Settings) -> None:
-        from confluent_kafka import Producer
-
-        self.raw = Producer(client_config(
+        self.config = client_config(
             settings, {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
                        # checkpoints are plain JSON: compressed here, off the event loop
                        "compression.type": "lz4",
                        # never give up on an action: retry until delivered
-                       "message.timeout.ms": 0}), logger=log)
+                       "message.timeout.ms": 0, "error_cb": self._error})
+        self.raw = self._client()
+        self.fatal: Any = None  # librdkafka's fatal error, until the client is renewed
+        self.renewed = 0
         self.failed = 0
         # called with the event_id of each action event the broker acknowledged
         self.on_action_delivered: Callable[[str], None] | None = None
         self.actions_topic = settings.topics.actions
+
+    def _client(self) -> Any:
+        from confluent_kafka import Producer
+
+        return Producer(self.config, logger=log)
+
+    def _error(self, err: Any) -> None:
+        if err.fatal():  # e.g. the broker lost the idempotent producer's sequence
+            self.fatal = err
+
+    def renew_if_fatal(self) -> bool:
+        """After a fatal error librdkafka's client produces nothing more: replace it. What
+        its queue held is dropped (held source messages are replayed, the outbox re-sends
+        actions). True when it was renewed."""
+        if self.fatal is None:
+            return False
+        log.error("output producer: fatal error %s; starting a new client", self.fatal)
+        old, self.raw, self.fatal = self.raw, self._client(), None
+        self.renewed += 1
+        with contextlib.suppress(Exception):
+            old.purge()
+        return True
 
     def _delivered(self, err: Any, msg: Any, event_id: str | None = None) -> None:
         if err is not None:
@@ -134,6 +158,7 @@ class OutputProducer:
     def send(self, outputs: list[Output]) -> None:
         """Produce every output; one the client refuses (too large, say) is logged and
         counted, and the ones after it are still produced."""
+        self.renew_if_fatal()
         for o in outputs:
             callback = self._delivered
             if o.topic == self.actions_topic:  # delivery reports carry no headers: bind the id
@@ -325,7 +350,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         web_stats_enabled=False, web_metrics_enabled=False,
     )
     producer = OutputProducer(settings)
-    shards = Shards(factory, StateStore(settings, producer.raw))
+    state_store = StateStore(settings, producer)
+    shards = Shards(factory, state_store)
     app.dw_shards = shards  # type: ignore[attr-defined]
     app.dw_producer = producer  # type: ignore[attr-defined]
     from prometheus_client import CollectorRegistry
@@ -390,7 +416,14 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     confirming: list[asyncio.Future[None]] = []  # the checkpoint being confirmed, if any
 
     async def _confirm(written: dict[int, int], release: dict[int, list[Any]]) -> None:
-        left = await asyncio.to_thread(producer.flush, 30.0)
+        try:
+            left = await asyncio.to_thread(producer.flush, 30.0)
+        except Exception as exc:  # noqa: BLE001 - a fatal producer error: renew, hold on
+            log.error("checkpoint not confirmed: %s", exc)
+            left = -1
+        if producer.renew_if_fatal():
+            state_store.forget_delivery()
+            left = left or -1
         if left:  # the broker is away: keep holding; the next checkpoint covers them
             log.warning("checkpoint not confirmed (%d messages in flight)", left)
             for p, msgs in release.items():
@@ -536,6 +569,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             committed = await asyncio.to_thread(ends.committed, missing) if missing else {}
         except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
             log.warning("stall watchdog: end offsets unavailable: %s", exc)
+            if "UNKNOWN_PARTITION" in str(exc) or "UNKNOWN_TOPIC" in str(exc):
+                await _topics_lost()
             if state["broker_away_since"] is None:
                 state["broker_away_since"] = now
             broker.unreachable = now - state["broker_away_since"] >= settings.kafka.stall_seconds
@@ -551,6 +586,32 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         if stalled:
             log.error("stalled partitions (messages waiting, no progress for %.0f s): %s",
                       settings.kafka.stall_seconds, watchdog.stalled)
+
+    async def _topics_lost() -> None:
+        """The broker answers but our topics are gone: a broker that lost its data (this
+        embedded build keeps everything in memory). The offsets this worker remembers name
+        a log that no longer exists, so they are forgotten (the new log starts at 0 and must
+        not be skipped as a replay), and the topics are created again; Faust's consumer then
+        rejoins and reads the new log from its start."""
+        log.error("the source topics are gone from the broker (it lost its data?): forgetting "
+                  "the offsets of the old log and creating the topics again")
+        handled.clear()
+        shards.forget_offsets()
+        _forget_faust_offsets(app.consumer.assignment())
+        try:
+            await asyncio.to_thread(ensure_topics, settings)
+        except Exception as exc:  # noqa: BLE001 - next round
+            log.warning("creating the topics again failed: %s", exc)
+
+    def _forget_faust_offsets(tps: Any) -> None:
+        """Faust drops a message below the offset it last read of its partition (and its
+        committed offset stands in for that after a seek): after the broker lost its log the
+        new one starts at 0, so those are forgotten too (Faust's consumer internals)."""
+        consumer = app.consumer
+        for tp in tps:
+            if tp.topic in sources:
+                consumer._read_offset.pop(tp, None)
+                consumer._committed_offset.pop(tp, None)
 
     def _unhealthy() -> bool:
         return bool(watchdog.stalled) or broker.unreachable
@@ -632,6 +693,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
         """Restore the new partitions' state at once, so a worker restarted with nothing new
         to read still shows its models, verdicts and metrics."""
+        if time.monotonic() < shards.forget_until:  # the broker lost its log a moment ago
+            _forget_faust_offsets(assigned)
         for p in sorted({tp.partition for tp in assigned if tp.topic in sources}
                         - set(shards.services)):
             try:

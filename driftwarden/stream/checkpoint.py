@@ -118,7 +118,16 @@ class StateStore:
         self.present: dict[int, dict[str, int]] = {}    # partition -> blob name -> chunks
 
     def _produce(self, partition: int, key: str, value: bytes | None) -> None:
-        produce(self.producer, self.topic, value, key.encode(), partition=partition)
+        # the worker's OutputProducer (whose client may be renewed) or a plain Producer
+        raw = getattr(self.producer, "raw", self.producer)
+        produce(raw, self.topic, value, key.encode(), partition=partition)
+
+    def forget_delivery(self) -> None:
+        """What was produced may not have been delivered (the producer was renewed after a
+        fatal error): the next checkpoint of every partition writes a whole new base instead
+        of a delta on blobs that may be missing."""
+        for p, m in self.manifests.items():
+            self.manifests[p] = {"generation": m["generation"], "base": None, "deltas": []}
 
     def _put(self, partition: int, name: str, blob: bytes) -> dict[str, Any]:
         chunks, ref = split(name, blob, self.chunk_bytes)

@@ -19,6 +19,7 @@ model's predictions and labels meet in the same shard.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -42,6 +43,7 @@ class Shards:
         self.restored: dict[int, int] = {}  # partition -> checkpoint generation restored
         self.silenced: frozenset[str] = frozenset()
         self.failed_checkpoints = 0
+        self.forget_until = 0.0  # see forget_offsets
 
     def set_silenced(self, models: frozenset[str]) -> None:
         """Models whose actions are not emitted (silenced through the admin API)."""
@@ -61,6 +63,8 @@ class Shards:
                 if saved is not None:
                     svc.restore(saved.state, saved.pending, saved.deltas)
                     self.restored[partition] = saved.generation
+                    if time.monotonic() < self.forget_until:
+                        svc.offsets = {}
             self.services[partition] = svc
         return svc
 
@@ -104,6 +108,16 @@ class Shards:
                 continue
             self.dirty.discard(p)
         return written
+
+    def forget_offsets(self, window: float = 120.0) -> None:
+        """Forget the offsets applied: the broker lost the log they name, and the new log's
+        offsets start again at 0 (they must not be skipped as replays). Shards restored in
+        the next ``window`` seconds forget theirs too: a checkpoint queued while the broker
+        was away reaches the new one with the old log's offsets."""
+        self.forget_until = time.monotonic() + window
+        for p, svc in self.services.items():
+            svc.offsets = {}
+            self.dirty.add(p)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for p in partitions:

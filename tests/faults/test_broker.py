@@ -1,0 +1,90 @@
+"""Faults of the broker, each on a broker of the test's own: paused (SIGSTOP) for 30 s (R6),
+restarted — this Tansu build keeps everything in memory, so it comes back empty (R7)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import get_json, wait_for
+from faultkit import NOW, fates, produce, producer, record, worker_env
+
+from driftwarden.embedded import EmbeddedBroker
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
+        yield b
+
+
+def health(port):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def test_r6_a_paused_broker_is_reported_and_the_lag_recovers(own_broker, spawn_worker):
+    bs = own_broker.bootstrap_servers
+    env = worker_env("r6", DRIFTWARDEN_KAFKA__STALL_SECONDS="8")
+    proc, port, log = spawn_worker(bs, env, warmup=500)
+    p = producer(bs)
+    produce(p, "r6.predictions", (record("m", i, NOW - 600 + i / 100) for i in range(2000)),
+            partition=0)
+    wait_for("the first part", lambda: sum(fates(port).values()) >= 2000, 60)
+    own_broker.pause()
+    seen = []
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            seen.append(health(port))
+            time.sleep(1)
+    finally:
+        own_broker.resume()
+    assert 503 in seen, seen  # the stall is reported while it lasts
+    resumed = time.monotonic()
+    produce(p, "r6.predictions", (record("m", i, NOW - 600 + i / 100)
+                                  for i in range(2000, 6000)), partition=0)
+    wait_for("the lag back to zero", lambda: sum(fates(port).values()) >= 6000, 60)
+    assert time.monotonic() - resumed < 60
+    wait_for("healthy again", lambda: health(port) == 200, 30)
+    assert sum(m["records"] for m in get_json(port, "/models")) == 6000
+    assert proc.poll() is None
+
+
+def test_r7_a_restarted_empty_broker_is_reported_then_the_worker_resumes(own_broker,
+                                                                       spawn_worker):
+    bs = own_broker.bootstrap_servers
+    env = worker_env("r7", DRIFTWARDEN_KAFKA__STALL_SECONDS="8")
+    proc, port, log = spawn_worker(bs, env, warmup=500)
+    p = producer(bs)
+    produce(p, "r7.predictions", (record("m", i, NOW - 600 + i / 100) for i in range(2000)),
+            partition=0)
+    wait_for("the first part", lambda: sum(fates(port).values()) >= 2000, 60)
+    own_broker.stop()
+    stopped = time.monotonic()
+    wait_for("unhealthy", lambda: health(port) == 503, 120)
+    assert time.monotonic() - stopped < 120
+    time.sleep(5)
+    own_broker.start()  # same port, empty: no topics, no groups, no offsets
+    # the worker recreates its topics and resumes without being restarted
+    wait_for("healthy again", lambda: health(port) == 200, 120)
+    p2 = producer(bs)
+    produce(p2, "r7.predictions", (record("m", i, NOW - 600 + i / 100)
+                                   for i in range(2000, 3000)), partition=0)
+    # the 1,000 records of the new log are counted, once; the old state survives only if
+    # the worker still held its partitions (the checkpoints went with the broker's data)
+    wait_for("the records after the restart counted",
+             lambda: fates(port)["used"] in (1000, 3000), 120)
+    time.sleep(3)
+    assert fates(port)["used"] in (1000, 3000)
+    assert sum(m["records"] for m in get_json(port, "/models")) in (1000, 3000)
+    assert proc.poll() is None
+    assert "We experienced a crash" not in log.read_text()
