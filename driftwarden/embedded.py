@@ -52,9 +52,12 @@ class EmbeddedBroker:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None,
-                 log_path: str | Path | None = None, start_timeout: float = 15.0) -> None:
+                 log_path: str | Path | None = None, start_timeout: float = 15.0,
+                 advertised_port: int | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
+        # clients are told to connect here (a relay in front of the broker, in fault tests)
+        self.advertised_port = advertised_port or self.port
         self.log_path = Path(log_path) if log_path else None
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
@@ -66,10 +69,12 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         out = self._log or subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+             advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout

@@ -87,6 +87,9 @@ DEFINITIONS = {d.name: d for d in (
                "Source messages by fate: used (records taken), dead_lettered, held (a "
                "CloudEvent half waiting for its other half). Each message counts once.",
                ("outcome",)),
+    Definition("duplicates_total", "counter",
+               "Records dropped as a producer's re-send of a prediction still waiting for its "
+               "label (same id, version, prediction and event time).", ("model",)),
     Definition("output_failures_total", "counter",
                "Outputs the producer refused or could not deliver (logged, not retried)."),
     Definition("events_total", "counter",
@@ -215,11 +218,14 @@ class StateCollector(Collector):
         counts: dict[tuple[str, ...], float] = {}
         actions: dict[tuple[str, ...], float] = {}
         fates: dict[str, float] = {}
+        dups: dict[str, float] = {}
         for svc in list(self.services()):
             for reason, n in svc.invalid.items():
                 invalid[reason] = invalid.get(reason, 0) + n
             for fate, n in svc.messages.items():
                 fates[fate] = fates.get(fate, 0) + n
+            for model, n in svc.duplicates.items():
+                dups[model] = dups.get(model, 0) + n
             for key, n in svc.counts.items():
                 k = tuple(key.split("\x1f"))
                 counts[k] = counts.get(k, 0) + n
@@ -236,6 +242,8 @@ class StateCollector(Collector):
             fam["actions_total"].add_metric(list(k), n)
         for fate, n in sorted(fates.items()):
             fam["messages_total"].add_metric([fate], n)
+        for model, n in sorted(dups.items()):
+            fam["duplicates_total"].add_metric([model], n)
         if self.output_failures is not None:
             fam["output_failures_total"].add_metric([], self.output_failures())
         for sink in self.sinks:

@@ -129,6 +129,24 @@ class RecordBatch:
         return RecordBatch(self.model, self.version, self.ids[s], self.ts[s], self.features[s],
                            self.predictions[s], self.numeric)
 
+    def without(self, drop: Sequence[int]) -> RecordBatch:
+        """The batch less the records at the indexes ``drop``.
+
+        >>> b = RecordBatch("m", "1", ["a", "b", "c"], [1.0, 2.0, 3.0],
+        ...                 MatrixRows(("x",), np.array([[1.0], [2.0], [3.0]])), [0, 1, 2])
+        >>> c = b.without([1]); c.ids, c.features.matrix.ravel().tolist(), c.predictions
+        (['a', 'c'], [1.0, 3.0], [0, 2])
+        """
+        gone = set(drop)
+        keep = [i for i in range(len(self)) if i not in gone]
+        feats = self.features
+        features: Sequence[dict[str, Any]] = (
+            MatrixRows(feats.names, feats.matrix[keep]) if isinstance(feats, MatrixRows)
+            else [feats[i] for i in keep])
+        return RecordBatch(self.model, self.version, [self.ids[i] for i in keep],
+                           [self.ts[i] for i in keep], features,
+                           [self.predictions[i] for i in keep], self.numeric)
+
     def feature_names(self) -> Any:
         """Every feature name of the batch (a set, or the matrix's names)."""
         if isinstance(self.features, MatrixRows):

@@ -122,6 +122,9 @@ class OutputProducer:
         self.fatal: Any = None  # librdkafka's fatal error, until the client is renewed
         self.renewed = 0
         self.failed = 0
+        # action event_ids produced and not yet acknowledged: the outbox does not queue them
+        # a second time while librdkafka still retries them (the broker away for minutes)
+        self.in_flight: set[str] = set()
         # called with the event_id of each action event the broker acknowledged
         self.on_action_delivered: Callable[[str], None] | None = None
         self.actions_topic = settings.topics.actions
@@ -144,11 +147,14 @@ class OutputProducer:
         log.error("output producer: fatal error %s; starting a new client", self.fatal)
         old, self.raw, self.fatal = self.raw, self._client(), None
         self.renewed += 1
+        self.in_flight.clear()  # dropped with the old client: the outbox sends them again
         with contextlib.suppress(Exception):
             old.purge()
         return True
 
     def _delivered(self, err: Any, msg: Any, event_id: str | None = None) -> None:
+        if event_id is not None:
+            self.in_flight.discard(event_id)
         if err is not None:
             self.failed += 1
             log.error("delivery to %s failed: %s", msg.topic(), err)
@@ -163,6 +169,10 @@ class OutputProducer:
             callback = self._delivered
             if o.topic == self.actions_topic:  # delivery reports carry no headers: bind the id
                 event_id = dict(o.headers).get("dw.event_id", b"").decode() or None
+                if event_id in self.in_flight:  # queued already: retried by librdkafka
+                    continue
+                if event_id is not None:
+                    self.in_flight.add(event_id)
                 callback = functools.partial(self._delivered, event_id=event_id)
             try:
                 produce(self.raw, o.topic, o.value, o.key, headers=list(o.headers),
@@ -530,7 +540,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     async def resend_pending_actions() -> None:
         """The outbox: actions of this worker's models recorded in the store but still not
         acknowledged by the broker after two rounds are produced again, with the same
-        event_id (consumers drop duplicates by it)."""
+        event_id (consumers drop duplicates by it) — unless this worker's producer still has
+        them queued (it retries them itself until the broker takes them)."""
         held = {m.model for m in shards.monitors}
         if not held:
             return

@@ -141,6 +141,26 @@ class LabelJoiner:
         self.expired += self._trim()
         return []
 
+    def duplicates(self, model: str, version: str, ids: Sequence[str | None],
+                   predictions: Sequence[Any], ts: Sequence[float]) -> list[int]:
+        """Indexes of the records that repeat a prediction still waiting for its label —
+        same model, id, version, prediction and event time: a message the producer sent
+        twice (a retry), not a new prediction for a known id.
+
+        >>> j = LabelJoiner(); j.add_prediction("m", "a", "1", 0.2, 5.0)
+        >>> j.duplicates("m", "1", ["a", "a", "b"], [0.2, 0.3, 0.2], [5.0, 5.0, 5.0])
+        [0]
+        """
+        pending = self._pending
+        if not pending or pending.keys().isdisjoint(zip(repeat(model), ids)):
+            return []
+        out = []
+        for i, (rid, p, t) in enumerate(zip(ids, predictions, ts)):
+            hit = pending.get((model, rid)) if rid is not None else None  # type: ignore
+            if hit is not None and hit[0] == version and hit[2] == t and hit[1] == p:
+                out.append(i)
+        return out
+
     def _trim(self) -> int:
         """Drop the oldest predictions over ``max_pending``; returns how many (at the cap,
         one per prediction added, so in a C loop)."""

@@ -104,6 +104,7 @@ class StreamService:
         # each fresh message's fate, once: used, dead_lettered, held (a CloudEvent half)
         self.messages: Counter[str] = Counter()
         self.model_features: dict[str, set[str]] = {}  # the feature names seen per model
+        self.duplicates: Counter[str] = Counter()  # records a producer sent twice, by model
         self.fault_every = settings.fault_every  # tests: every Nth offset raises (0: never)
 
     def _fresh(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
@@ -165,6 +166,9 @@ class StreamService:
             key = (batch.model, batch.version)
             if not self._admit(batch.model, batch.version, batch.ts[0], msg, out, None):
                 continue
+            batch = self._without_duplicates(batch)
+            if not len(batch):
+                continue
             if not self._within_features(batch.model, batch.feature_names(), msg, out, None):
                 continue
             parts.append((key, batch))
@@ -175,6 +179,10 @@ class StreamService:
         for i, rec in enumerate(decoded.records):
             key = (rec.model, rec.version)
             if not self._admit(rec.model, rec.version, rec.ts, msg, out, rec):
+                continue
+            if rec.id is not None and self.labels.duplicates(
+                    rec.model, rec.version, [rec.id], [rec.prediction], [rec.ts]):
+                self.duplicates[rec.model] += 1
                 continue
             if not self._within_features(rec.model, rec.features.keys(), msg, out, rec,
                                          i if len(decoded.records) > 1 else None):
@@ -217,6 +225,16 @@ class StreamService:
             self.counts[counter] += len(part)
             out += self._events(events)
         return out
+
+    def _without_duplicates(self, batch: RecordBatch) -> RecordBatch:
+        """The batch less the records a producer sent again (see LabelJoiner.duplicates):
+        counted, not taken twice, so a retried send leaves the statistics as they were."""
+        dup = self.labels.duplicates(batch.model, batch.version, batch.ids, batch.predictions,
+                                     batch.ts)
+        if not dup:
+            return batch
+        self.duplicates[batch.model] += len(dup)
+        return batch.without(dup)
 
     def _within_features(self, model: str, names: Any, msg: RawMessage, out: list[Output],
                          record: Any, index: int | None = None) -> bool:
@@ -363,7 +381,7 @@ class StreamService:
                 "labels": self.labels.to_state(pending), "cloudevents": self.cloudevents.to_state(),
                 "policy": self.policy.to_state(), "counts": dict(self.counts),
                 "invalid": dict(self.invalid), "actions": dict(self.actions),
-                "messages": dict(self.messages),
+                "messages": dict(self.messages), "duplicates": dict(self.duplicates),
                 "model_features": {m: sorted(f) for m, f in self.model_features.items()}}
 
     def restore(self, state: Mapping[str, Any], pending: Any = None,
@@ -388,6 +406,7 @@ class StreamService:
         self.invalid = Counter(state["invalid"])
         self.actions = Counter(state["actions"])
         self.messages = Counter(state.get("messages", {}))
+        self.duplicates = Counter(state.get("duplicates", {}))
         self.model_features = {m: set(f) for m, f in state.get("model_features", {}).items()}
 
     def take_fresh_baselines(self) -> list[dict[str, Any]]:

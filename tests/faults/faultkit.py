@@ -109,3 +109,104 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+class ProduceHold:
+    """A TCP relay in front of the broker (which advertises the relay's port) that can make
+    the broker unreachable for writes only: while held, a connection that sends a Produce
+    request (Kafka API key 0) from any client but ``exempt`` is frozen — that request and
+    everything after it wait — and on release such connections are closed, as a network
+    partition would leave them; the client retries on a new one. Fetches go on, so the
+    worker keeps consuming and making actions it cannot deliver."""
+
+    def __init__(self, port: int, upstream: int, exempt: bytes = b"fault-test") -> None:
+        import socket
+        import threading
+
+        self.upstream = upstream
+        self.exempt = exempt
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self.frozen = 0
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        self.released.clear()
+        self.held.set()
+
+    def release(self) -> None:
+        self.held.clear()
+        self.released.set()
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._stop:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _recv(sock, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise OSError("closed")
+            buf += chunk
+        return buf
+
+    def _requests(self, client, server) -> None:
+        try:
+            while True:
+                size = self._recv(client, 4)
+                body = self._recv(client, int.from_bytes(size, "big"))
+                api_key = int.from_bytes(body[0:2], "big", signed=True)
+                n = int.from_bytes(body[8:10], "big", signed=True)
+                client_id = body[10:10 + max(n, 0)]
+                if self.held.is_set() and api_key == 0 and client_id != self.exempt:
+                    self.frozen += 1
+                    self.released.wait()
+                    raise OSError("partitioned")  # close: the client retries elsewhere
+                server.sendall(size + body)
+        except OSError:
+            pass
+        finally:
+            for s in (client, server):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass

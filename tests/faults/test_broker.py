@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import orjson
+
 import pytest
 from conftest import get_json, wait_for
 from faultkit import NOW, fates, produce, producer, record, worker_env
@@ -88,3 +90,72 @@ def test_r7_a_restarted_empty_broker_is_reported_then_the_worker_resumes(own_bro
     assert sum(m["records"] for m in get_json(port, "/models")) in (1000, 3000)
     assert proc.poll() is None
     assert "We experienced a crash" not in log.read_text()
+
+
+def test_r8_actions_due_while_the_broker_refuses_writes_for_two_minutes_are_delivered_once(
+        tmp_path, spawn_worker):
+    """R8: the broker unreachable for writes for 2 minutes (a relay freezes every connection
+    that produces) while the worker keeps consuming and its drift calls for actions; after it
+    returns every action is delivered exactly once — librdkafka retries what it holds and the
+    outbox does not queue a second copy of what is still in flight."""
+    from confluent_kafka import Producer
+    from faultkit import ProduceHold
+
+    from driftwarden.embedded import free_port
+    from driftwarden.store import Store
+
+    relay_port = free_port()
+    with EmbeddedBroker(log_path=tmp_path / "broker.log", advertised_port=relay_port) as b:
+        relay = ProduceHold(relay_port, b.port)
+        try:
+            bs = f"127.0.0.1:{relay_port}"
+            env = worker_env("r8", DRIFTWARDEN_OUTBOX_SECONDS="5",
+                             DRIFTWARDEN_KAFKA__STALL_SECONDS="20")
+            proc, port, log = spawn_worker(bs, env, warmup=2000)
+            p = Producer({"bootstrap.servers": bs, "client.id": "fault-test", "linger.ms": 20})
+            produce(p, "r8.predictions", (record("m", i, NOW - 900 + i / 200)
+                                          for i in range(4000)), partition=0)
+            wait_for("the calm part", lambda: sum(fates(port).values()) >= 4000, 60)
+            wait_for("a checkpoint", lambda: (get_json(port, "/health") or {}).get(
+                "checkpoints"), 30)
+            relay.hold()
+            held_at = time.monotonic()
+            produce(p, "r8.predictions", (record("m", i, NOW - 900 + i / 200, 1.5)
+                                          for i in range(4000, 9000)), partition=0)
+            db = f"sqlite:///{tmp_path / f'dw-{port}' / 'driftwarden.db'}"
+
+            def pending_actions():
+                try:
+                    store = Store(db, migrate=False)
+                except Exception:  # noqa: BLE001 - not created yet
+                    return []
+                try:
+                    return [a for a in store.actions() if a["status"] == "pending"]
+                finally:
+                    store.close()
+
+            due = wait_for("actions due while writes are refused", pending_actions, 60)
+            assert relay.frozen >= 1
+            time.sleep(max(0.0, 120 - (time.monotonic() - held_at)))
+            relay.release()
+
+            def all_delivered():
+                store = Store(db, migrate=False)
+                try:
+                    acts = store.actions()
+                finally:
+                    store.close()
+                return acts if acts and all(a["status"] == "delivered" for a in acts) else None
+
+            recorded = wait_for("every action delivered", all_delivered, 120)
+            assert {a["event_id"] for a in due} <= {a["event_id"] for a in recorded}
+            time.sleep(12)  # two outbox rounds: nothing is re-sent after delivery
+            from faultkit import read_topic
+
+            sent = [orjson.loads(v)["event_id"] for v, _ in read_topic(b.bootstrap_servers,
+                                                                         "r8.actions")]
+            assert sorted(sent) == sorted(a["event_id"] for a in recorded)  # once each
+            assert proc.poll() is None
+        finally:
+            relay.release()
+            relay.close()
