@@ -133,7 +133,7 @@ def main() -> None:
     print(json.dumps({"clean_records_per_s": round(clean), "hostile_records_per_s":
                       round(hostile_row), "ratio": round(hostile_row / clean, 3),
                       "hostile_kinds": len(hostile)}))
-    print(f"| run | messages | good records/s | RSS |\n|---|---|---|---|\n" + "\n".join(
+    print("| run | messages | good records/s | RSS |\n|---|---|---|---|\n" + "\n".join(
         f"| {n} | {m:,} | {r:,.0f} | {s:,.0f} MiB |" for n, m, r, s in rows) +
         f"\n\nratio hostile / clean: {hostile_row / clean:.2f}")
 

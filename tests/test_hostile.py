@@ -152,8 +152,8 @@ def test_too_many_features_long_names_and_long_values_are_refused():
     long_model = orjson.dumps({"model": "m" * 100_000, "features": {"a": 1.0}})
     long_feature = orjson.dumps({"model": "m", "features": {"a" * 10_000: 1.0}})
     long_value = orjson.dumps({"model": "m", "features": {"a": "v" * 100_000}})
-    batch = orjson.dumps({"model": "m", "version": "1", "records": [{"features": {"a": 1.0}}] * 3 + [
-        {"features": {f"f{i}": 1.0 for i in range(5000)}}]})
+    batch = orjson.dumps({"model": "m", "version": "1", "records": [
+        {"features": {"a": 1.0}}] * 3 + [{"features": {f"f{i}": 1.0 for i in range(5000)}}]})
     outs = svc.handle_predictions(msgs([wide, long_model, long_feature, long_value, batch]))
     assert [r for r, _ in dlq(outs, svc)] == ["limit_exceeded"] * 5
     assert counted(svc) == 3

@@ -618,7 +618,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         """Faust drops a message below the offset it last read of its partition (and its
         committed offset stands in for that after a seek): after the broker lost its log the
         new one starts at 0, so those are forgotten too (Faust's consumer internals)."""
-        consumer = app.consumer
+        consumer: Any = app.consumer
         for tp in tps:
             if tp.topic in sources:
                 consumer._read_offset.pop(tp, None)

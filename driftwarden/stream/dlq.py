@@ -21,9 +21,9 @@ counts the rest).
 
 from __future__ import annotations
 
-from typing import Any
-
+import contextlib
 import hashlib
+from typing import Any
 
 import orjson
 
@@ -47,10 +47,9 @@ def dead_letter(value: bytes, headers: Headers, rejection: Rejection, topic: str
     if rejection.index is not None:
         out.append(("dw.source.index", str(rejection.index).encode()))
         if record is not None:
-            try:
+            # a record orjson cannot encode: the whole message is kept instead
+            with contextlib.suppress(TypeError, orjson.JSONEncodeError):
                 value = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
-            except (TypeError, orjson.JSONEncodeError):  # keep the whole message instead
-                pass
     if len(value) > max_bytes:
         out += [("dw.truncated", b"1"), ("dw.original.bytes", str(len(value)).encode()),
                 ("dw.original.sha256", hashlib.sha256(value).hexdigest().encode())]

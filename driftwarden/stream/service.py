@@ -141,8 +141,8 @@ class StreamService:
                 continue
             for key, batch in parts:
                 by_monitor.setdefault(key, []).append((msg, batch))
-        for key, parts in by_monitor.items():
-            out += self._apply(key, parts)
+        for key, monitor_parts in by_monitor.items():
+            out += self._apply(key, monitor_parts)
         out += self._outcomes(joined)
         return out
 

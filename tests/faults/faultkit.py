@@ -3,6 +3,7 @@ the real broker, the worker's metrics and memory."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
 from collections import Counter
@@ -189,10 +190,8 @@ class ProduceHold:
             pass
         finally:
             for s in (client, server):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
     @staticmethod
     def _pipe(src, dst) -> None:
@@ -206,7 +205,5 @@ class ProduceHold:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass

@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 import orjson
-
 import pytest
 from conftest import get_json, wait_for
 from faultkit import NOW, fates, produce, producer, record, worker_env
 
 from driftwarden.embedded import EmbeddedBroker
+
+pytestmark = pytest.mark.faults
 
 
 @pytest.fixture
@@ -56,6 +57,8 @@ def test_r6_a_paused_broker_is_reported_and_the_lag_recovers(own_broker, spawn_w
                                   for i in range(2000, 6000)), partition=0)
     wait_for("the lag back to zero", lambda: sum(fates(port).values()) >= 6000, 60)
     assert time.monotonic() - resumed < 60
+    print(f"R6: 503 after {seen.index(503) + 1} s of the pause; lag back to zero "
+          f"{time.monotonic() - resumed:.1f} s after it")
     wait_for("healthy again", lambda: health(port) == 200, 30)
     assert sum(m["records"] for m in get_json(port, "/models")) == 6000
     assert proc.poll() is None
@@ -74,10 +77,13 @@ def test_r7_a_restarted_empty_broker_is_reported_then_the_worker_resumes(own_bro
     stopped = time.monotonic()
     wait_for("unhealthy", lambda: health(port) == 503, 120)
     assert time.monotonic() - stopped < 120
+    print(f"R7: unhealthy {time.monotonic() - stopped:.1f} s after the broker stopped")
     time.sleep(5)
     own_broker.start()  # same port, empty: no topics, no groups, no offsets
     # the worker recreates its topics and resumes without being restarted
+    back = time.monotonic()
     wait_for("healthy again", lambda: health(port) == 200, 120)
+    print(f"R7: healthy {time.monotonic() - back:.1f} s after the broker came back")
     p2 = producer(bs)
     produce(p2, "r7.predictions", (record("m", i, NOW - 600 + i / 100)
                                    for i in range(2000, 3000)), partition=0)
@@ -147,7 +153,10 @@ def test_r8_actions_due_while_the_broker_refuses_writes_for_two_minutes_are_deli
                     store.close()
                 return acts if acts and all(a["status"] == "delivered" for a in acts) else None
 
+            released = time.monotonic()
             recorded = wait_for("every action delivered", all_delivered, 120)
+            print(f"R8: {len(due)} action(s) due during the 120 s hold, {len(recorded)} in "
+                  f"all, every one delivered {time.monotonic() - released:.1f} s after it")
             assert {a["event_id"] for a in due} <= {a["event_id"] for a in recorded}
             time.sleep(12)  # two outbox rounds: nothing is re-sent after delivery
             from faultkit import read_topic

@@ -10,12 +10,14 @@ import time
 from collections import defaultdict
 
 import orjson
+import pytest
 from conftest import get_json, wait_for
-from faultkit import NOW, fates, metric, produce, producer, read_topic, record, scrape, \
-    worker_env
+from faultkit import NOW, fates, metric, produce, producer, read_topic, record, scrape, worker_env
 
 from driftwarden.config import load_settings
 from driftwarden.stream.service import RawMessage, StreamService
+
+pytestmark = pytest.mark.faults
 
 N = 12_000
 SHIFT_AT = 7_000

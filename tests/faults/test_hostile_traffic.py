@@ -9,13 +9,15 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 from conftest import get_json, wait_for
-from faultkit import NOW, fates, produce, producer, read_topic, record, rss_mib, scrape, \
-    worker_env
+from faultkit import NOW, fates, produce, producer, read_topic, record, rss_mib, scrape, worker_env
 
 from driftwarden.config import load_settings
 from driftwarden.schema import REASONS
 from driftwarden.stream.service import RawMessage, StreamService
+
+pytestmark = pytest.mark.faults
 
 CORPUS = Path(__file__).parent.parent / "fuzz_corpus"
 TOTAL = 100_000
@@ -95,7 +97,10 @@ def test_r12_ten_percent_hostile_messages_among_a_hundred_thousand(broker, spawn
     assert {name for name, _ in added} <= {"driftwarden_invalid_events_total",
                                            "driftwarden_messages_total"}, added
     assert len(added) <= len(REASONS) + 1
-    assert rss_mib(proc.pid) - rss_before < 300
+    grew = rss_mib(proc.pid) - rss_before
+    assert grew < 300
+    print(f"R12: {n_hostile} hostile of {TOTAL} messages, RSS {rss_before:.0f} MiB -> "
+          f"+{grew:.0f} MiB, {len(added)} series added")
     assert proc.poll() is None
     text = log.read_text()
     assert "Traceback" not in text and "Crashed" not in text

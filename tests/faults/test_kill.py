@@ -10,8 +10,11 @@ import time
 from collections import defaultdict
 
 import orjson
+import pytest
 from conftest import get_json, wait_for
 from faultkit import NOW, producer, read_topic, record, worker_env
+
+pytestmark = pytest.mark.faults
 
 PER_MODEL = 24_000
 RATE = 2_000  # records per second of wall clock, both models together
@@ -66,6 +69,7 @@ def test_r3_five_kills_during_traffic_count_every_record_once(broker, spawn_work
     time.sleep(3)  # anything counted twice would show now
     assert counts(port) == {"a": PER_MODEL, "b": PER_MODEL}
     assert max(ready_after) < 30, ready_after
+    print(f"R3: ready again {min(ready_after):.1f}-{max(ready_after):.1f} s after each kill")
     actions = [orjson.loads(v) for v, _ in read_topic(bs, "k9.actions")]
     assert actions, "model a's drift should have been acted on"
     ids = defaultdict(set)  # an action of an incident has one id, however often it is sent

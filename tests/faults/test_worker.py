@@ -12,9 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+import pytest
 from conftest import get_json, wait_for
-from faultkit import NOW, fates, metric, produce, producer, read_topic, record, scrape, \
-    worker_env
+from faultkit import NOW, fates, metric, produce, producer, read_topic, record, scrape, worker_env
+
+pytestmark = pytest.mark.faults
 
 READ = "reader-token-1"
 
