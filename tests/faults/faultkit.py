@@ -45,15 +45,13 @@ def producer(bootstrap: str) -> Producer:
 
 def produce(p: Producer, topic: str, values, partition: int | None = None,
             key: bytes | None = None) -> int:
+    """Produce every value (waiting while the local queue is full) and flush."""
+    from driftwarden.kafka import produce as produce_one
+
     n = 0
+    kwargs = {} if partition is None else {"partition": partition}
     for v in values:
-        kwargs = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                p.produce(topic, value=v, key=key, **kwargs)
-                break
-            except BufferError:
-                p.poll(0.1)
+        produce_one(p, topic, v, key, **kwargs)
         n += 1
         if n % 1000 == 0:
             p.poll(0)
@@ -189,9 +187,7 @@ class ProduceHold:
         except OSError:
             pass
         finally:
-            for s in (client, server):
-                with contextlib.suppress(OSError):
-                    s.close()
+            _close(client, server)
 
     @staticmethod
     def _pipe(src, dst) -> None:
@@ -204,6 +200,10 @@ class ProduceHold:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.close()
+            _close(src, dst)
+
+
+def _close(*socks) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.close()

@@ -34,14 +34,20 @@ def health(port):
         return None
 
 
-def test_r6_a_paused_broker_is_reported_and_the_lag_recovers(own_broker, spawn_worker):
-    bs = own_broker.bootstrap_servers
-    env = worker_env("r6", DRIFTWARDEN_KAFKA__STALL_SECONDS="8")
-    proc, port, log = spawn_worker(bs, env, warmup=500)
+def first_part(broker, spawn_worker, prefix):
+    """A worker (stall_seconds 8) that has taken 2,000 records: (proc, port, log, producer)."""
+    bs = broker.bootstrap_servers
+    proc, port, log = spawn_worker(bs, worker_env(prefix, DRIFTWARDEN_KAFKA__STALL_SECONDS="8"),
+                                   warmup=500)
     p = producer(bs)
-    produce(p, "r6.predictions", (record("m", i, NOW - 600 + i / 100) for i in range(2000)),
-            partition=0)
+    produce(p, f"{prefix}.predictions", (record("m", i, NOW - 600 + i / 100)
+                                         for i in range(2000)), partition=0)
     wait_for("the first part", lambda: sum(fates(port).values()) >= 2000, 60)
+    return proc, port, log, p
+
+
+def test_r6_a_paused_broker_is_reported_and_the_lag_recovers(own_broker, spawn_worker):
+    proc, port, log, p = first_part(own_broker, spawn_worker, "r6")
     own_broker.pause()
     seen = []
     try:
@@ -67,12 +73,7 @@ def test_r6_a_paused_broker_is_reported_and_the_lag_recovers(own_broker, spawn_w
 def test_r7_a_restarted_empty_broker_is_reported_then_the_worker_resumes(own_broker,
                                                                        spawn_worker):
     bs = own_broker.bootstrap_servers
-    env = worker_env("r7", DRIFTWARDEN_KAFKA__STALL_SECONDS="8")
-    proc, port, log = spawn_worker(bs, env, warmup=500)
-    p = producer(bs)
-    produce(p, "r7.predictions", (record("m", i, NOW - 600 + i / 100) for i in range(2000)),
-            partition=0)
-    wait_for("the first part", lambda: sum(fates(port).values()) >= 2000, 60)
+    proc, port, log, _ = first_part(own_broker, spawn_worker, "r7")
     own_broker.stop()
     stopped = time.monotonic()
     wait_for("unhealthy", lambda: health(port) == 503, 120)
