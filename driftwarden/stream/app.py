@@ -65,6 +65,15 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
             log.debug("topic %s already exists", name)
 
 
+def _missing_topics(settings: Settings, topics: set[str], timeout: float = 5.0) -> set[str]:
+    """Which of ``topics`` the broker does not have (asked on a new connection)."""
+    from confluent_kafka.admin import AdminClient
+
+    existing = set(AdminClient(client_config(settings), logger=log).list_topics(
+        timeout=timeout).topics)
+    return topics - existing
+
+
 class EndOffsets:
     """The broker's end offsets of topic partitions, on a connection of its own (so a stuck
     Faust consumer does not hide them)."""
@@ -604,8 +613,15 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         a log that no longer exists, so they are forgotten (the new log starts at 0 and must
         not be skipped as a replay), and the topics are created again; Faust's consumer then
         rejoins and reads the new log from its start."""
-        log.error("the source topics are gone from the broker (it lost its data?): forgetting "
-                  "the offsets of the old log and creating the topics again")
+        try:
+            gone = await asyncio.to_thread(_missing_topics, settings, sources)
+        except Exception as exc:  # noqa: BLE001 - the broker is away: not a lost log (yet)
+            log.debug("listing topics failed: %s", exc)
+            return
+        if not gone:  # a stale view of a topic that exists: nothing was lost
+            return
+        log.error("source topics %s are gone from the broker (it lost its data?): forgetting "
+                  "the offsets of the old log and creating the topics again", sorted(gone))
         handled.clear()
         shards.forget_offsets()
         _forget_faust_offsets(app.consumer.assignment())
