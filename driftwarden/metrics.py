@@ -84,8 +84,9 @@ DEFINITIONS = {d.name: d for d in (
                instrumented=True),
     # read from state at scrape time
     Definition("messages_total", "counter",
-               "Source messages by fate: used (records taken), dead_lettered, held (a "
-               "CloudEvent half waiting for its other half). Each message counts once.",
+               "Source messages by fate: used (records taken), dead_lettered, duplicate (a "
+               "producer's re-send), held (a CloudEvent half waiting for its other half). "
+               "Each message counts once.",
                ("outcome",)),
     Definition("duplicates_total", "counter",
                "Records dropped as a producer's re-send of a prediction still waiting for its "

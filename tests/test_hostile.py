@@ -177,3 +177,13 @@ def test_waiting_labels_keep_only_what_the_join_needs():
     svc.handle_labels(msgs(labels, LABEL))
     assert len(svc.labels._waiting) == 150
     assert len(encode_state(svc.to_state())) < 100_000  # was 150 × 900 kB
+
+
+def test_a_resent_message_is_a_duplicate_not_a_dead_letter_nor_counted_twice():
+    svc = StreamService(SETTINGS)
+    first = [good(i) for i in range(10)]
+    batch = orjson.dumps({"model": "m", "version": "1", "records": [
+        orjson.loads(b) for b in first[:5]]})
+    outs = svc.handle_predictions(msgs(first + [first[3], batch]))
+    assert dlq(outs, svc) == [] and counted(svc) == 10
+    assert svc.messages == {"used": 10, "duplicate": 2} and svc.duplicates["m"] == 6

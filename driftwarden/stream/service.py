@@ -101,7 +101,8 @@ class StreamService:
         self.silenced: frozenset[str] = frozenset()
         self.suppressed: Counter[str] = Counter()  # actions not emitted, by model
         self.limits = settings.limits
-        # each fresh message's fate, once: used, dead_lettered, held (a CloudEvent half)
+        # each fresh message's fate, once: used, dead_lettered, duplicate (every record of it
+        # a re-send), held (a CloudEvent half)
         self.messages: Counter[str] = Counter()
         self.model_features: dict[str, set[str]] = {}  # the feature names seen per model
         self.duplicates: Counter[str] = Counter()  # records a producer sent twice, by model
@@ -153,7 +154,7 @@ class StreamService:
         remember its predictions for the label join; its records by monitor."""
         if self.fault_every and msg.offset % self.fault_every == self.fault_every - 1:
             raise RuntimeError(f"fault injected at offset {msg.offset} (fault_every)")
-        mark, held = len(out), len(self.cloudevents)
+        mark, held, dups = len(out), len(self.cloudevents), sum(self.duplicates.values())
         clock = self._clock(msg)
         decoded = decode_predictions(msg.value, msg.headers, now=clock, clock=clock,
                                      max_bytes=self.settings.kafka.max_message_bytes,
@@ -194,10 +195,12 @@ class StreamService:
                 if outcome is not None:  # its label had arrived first
                     joined.setdefault(key, []).append(outcome)
         parts += [(key, RecordBatch.of(recs)) for key, recs in singles.items()]
-        if not parts and len(out) == mark and len(self.cloudevents) == held:
+        duplicate = sum(self.duplicates.values()) > dups
+        if not parts and not duplicate and len(out) == mark and len(self.cloudevents) == held:
             self._reject(msg, Rejection("invalid_record", "the message holds no record"), out)
+        # held: a CloudEvent half waiting for the other; duplicate: a producer's re-send
         self.messages["used" if parts else "dead_lettered" if len(out) > mark
-                      else "held"] += 1  # held: a CloudEvent half waiting for the other
+                      else "duplicate" if duplicate else "held"] += 1
         return parts
 
     def _apply(self, key: tuple[str, str],

@@ -61,6 +61,7 @@ def test_r10_duplicated_messages_leave_statistics_events_and_actions_as_they_wer
     produce(producer(bs), "r10.predictions", sent, partition=0)
     wait_for("every message's fate", lambda: sum(fates(port).values()) >= len(sent), 90)
     time.sleep(2)
+    assert fates(port) == {"used": N, "duplicate": extra}  # none dead-lettered
     assert [m["records"] for m in get_json(port, "/models")] == [N]
     assert metric(scrape(port), "driftwarden_duplicates_total", model="m") == extra
     drift = sorted((e["event_id"], e["state"]) for e in
