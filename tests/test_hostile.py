@@ -121,6 +121,13 @@ def test_the_output_producer_survives_a_message_it_refuses():
     producer = OutputProducer(settings)
     producer.send([Output("t", None, b"x" * 2_000_000), Output("t", None, b"small")])
     assert producer.failed == 1 and len(producer.raw) == 1
+    # an action the client refused is not "in flight": a later send (the outbox) queues it
+    action = settings.topics.actions
+    head = [("dw.event_id", b"e1")]
+    producer.send([Output(action, None, b"x" * 2_000_000, head)])
+    assert producer.failed == 2 and producer.in_flight == set()
+    producer.send([Output(action, None, b"{}", head), Output(action, None, b"{}", head)])
+    assert len(producer.raw) == 2 and producer.in_flight == {"e1"}  # queued once
 
 
 # 4. one record with a timestamp far in the future blinded its model (every later one late)

@@ -136,6 +136,7 @@ class OutputProducer:
         self.in_flight: set[str] = set()
         # called with the event_id of each action event the broker acknowledged
         self.on_action_delivered: Callable[[str], None] | None = None
+        self.on_renewed: Callable[[], None] | None = None  # after a renewal
         self.actions_topic = settings.topics.actions
 
     def _client(self) -> Any:
@@ -159,6 +160,8 @@ class OutputProducer:
         self.in_flight.clear()  # dropped with the old client: the outbox sends them again
         with contextlib.suppress(Exception):
             old.purge()
+        if self.on_renewed is not None:  # what was queued may be missing: say so
+            self.on_renewed()
         return True
 
     def _delivered(self, err: Any, msg: Any, event_id: str | None = None) -> None:
@@ -188,6 +191,8 @@ class OutputProducer:
                         on_delivery=callback)
             except Exception as exc:  # noqa: BLE001 - KafkaException: MSG_SIZE_TOO_LARGE, ...
                 self.failed += 1
+                if o.topic == self.actions_topic:  # not queued: the outbox may send it again
+                    self.in_flight.discard(event_id)  # type: ignore[arg-type]
                 log.error("could not produce %d bytes to %s: %s", len(o.value), o.topic, exc)
         self.raw.poll(0)
 
@@ -370,6 +375,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     )
     producer = OutputProducer(settings)
     state_store = StateStore(settings, producer)
+    # checkpoint blobs queued in a client renewed after a fatal error may never arrive: the
+    # next checkpoint of every partition is then a whole new base
+    producer.on_renewed = state_store.forget_delivery
     shards = Shards(factory, state_store)
     app.dw_shards = shards  # type: ignore[attr-defined]
     app.dw_producer = producer  # type: ignore[attr-defined]
@@ -441,7 +449,6 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             log.error("checkpoint not confirmed: %s", exc)
             left = -1
         if producer.renew_if_fatal():
-            state_store.forget_delivery()
             left = left or -1
         if left:  # the broker is away: keep holding; the next checkpoint covers them
             log.warning("checkpoint not confirmed (%d messages in flight)", left)
