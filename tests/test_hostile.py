@@ -194,3 +194,17 @@ def test_a_resent_message_is_a_duplicate_not_a_dead_letter_nor_counted_twice():
     outs = svc.handle_predictions(msgs(first + [first[3], batch]))
     assert dlq(outs, svc) == [] and counted(svc) == 10
     assert svc.messages == {"used": 10, "duplicate": 2} and svc.duplicates["m"] == 6
+
+
+def test_names_with_a_nul_character_are_refused_before_they_reach_the_store():
+    """PostgreSQL refuses NUL in text: a model, version or feature name holding one would be
+    an incident the store can never record."""
+    svc = StreamService(SETTINGS)
+    bodies = [orjson.dumps({"model": "a\x00b", "features": {"x": 1.0}}),
+              orjson.dumps({"model": "m", "version": "1\x00", "features": {"x": 1.0}}),
+              orjson.dumps({"model": "m", "version": "1", "features": {"x\x00": 1.0}}),
+              good(0)]
+    outs = svc.handle_predictions(msgs(bodies))
+    assert dlq(outs, svc) == [("invalid_record", 0), ("invalid_record", 1),
+                              ("invalid_record", 2)]
+    assert list(svc.monitors) == [("m", "1")] and counted(svc) == 1

@@ -247,6 +247,10 @@ class StreamService:
         if known.issuperset(names):
             return True
         new = set(names).difference(known)
+        if any("\x00" in n for n in new):  # names go to the store and to metric labels
+            self._reject(msg, Rejection("invalid_record", "a feature name holds a NUL "
+                                        "character", index), out, record=record)
+            return False
         cap = self.limits.max_features_per_model
         if len(known) + len(new) > cap:
             self._reject(msg, Rejection("limit_exceeded", f"model {model[:64]!r} would have more "
@@ -275,6 +279,10 @@ class StreamService:
         """Whether records of (model, version) have a monitor (made now when allowed)."""
         if (model, version) in self.monitors:
             return True
+        if "\x00" in model or "\x00" in version:  # names go to the store: no NUL there
+            self._reject(msg, Rejection("invalid_record", "a model name or version holds a NUL "
+                                        "character"), out, record=record)
+            return False
         known = model in self.models
         if not known and (not self.discovery or len(self.monitors) >= self.max_models):
             why = ("discovery is off" if not self.discovery
