@@ -194,6 +194,39 @@ def demo(duration: float, rate: int, batch_mode: bool, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Loopback port to listen on (default: a free one).")
+def broker(port: int | None) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, memory only) in the foreground.
+
+    Prints the bootstrap address to give the worker and `driftwarden produce`; Ctrl-C stops
+    it (and everything it held: it keeps nothing on disk).
+    """
+    import signal
+    import threading
+
+    from driftwarden.embedded import BrokerError, EmbeddedBroker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        b = EmbeddedBroker(port=port).start()
+    except BrokerError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        click.echo(f"broker listening on {b.bootstrap_servers} (memory only; Ctrl-C stops it)")
+        click.echo(f"use: --bootstrap-servers {b.bootstrap_servers}  or  "
+                   f"DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS={b.bootstrap_servers}")
+        while not stop.wait(0.5):
+            if not b.running:
+                raise InputError("the broker exited")
+    finally:
+        b.stop()
+        click.echo("broker stopped")
+
+
+@cli.command()
 @click.option("--config", metavar="FILE", help="driftwarden TOML config.")
 @click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
 @click.option("--warmup", type=click.IntRange(100, 10_000_000), default=None,

@@ -64,6 +64,11 @@ class EmbeddedBroker:
         self._log: BinaryIO | None = None
 
     @property
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 

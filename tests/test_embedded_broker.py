@@ -43,3 +43,33 @@ def test_broker_stops_and_leaves_no_process():
     assert proc is not None and proc.poll() is None
     b.stop()
     assert proc.poll() is not None
+
+
+def test_the_broker_command_prints_its_address_serves_and_stops_on_ctrl_c():
+    """`driftwarden broker`: the embedded broker in the foreground for one's own data."""
+    import signal
+    import subprocess
+    import sys
+
+    from confluent_kafka import Producer
+
+    from driftwarden.embedded import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "driftwarden.cli", "broker", "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith(f"broker listening on 127.0.0.1:{port}"), first
+        p = Producer({"bootstrap.servers": f"127.0.0.1:{port}"})
+        p.produce("t", b"x")
+        assert p.flush(15) == 0
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "broker stopped" in out and "Traceback" not in err
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"127.0.0.1:{port}" not in ps  # nothing left listening

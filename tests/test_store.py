@@ -50,6 +50,11 @@ def test_an_incident_follows_its_drift_events_and_replays_record_nothing_twice(d
     assert inc["opened_at"].startswith("2025-11-28T03:20:00")
     acked = store.ack_incident("inc-1", actor="cli:alice", note="looking")
     assert acked["status"] == "acknowledged" and acked["acknowledged_by"] == "cli:alice"
+    # acknowledging again is a no-op: the first acknowledgement stands, one audit row
+    again = store.ack_incident("inc-1", actor="cli:bob", note="me too")
+    assert again["acknowledged_by"] == "cli:alice" and again["acknowledged_at"] == acked[
+        "acknowledged_at"]
+    assert [a["operation"] for a in store.audit_log()].count("incident.ack") == 1
     assert store.record_event(drift("recovery", "e3", "none", 1764300120.0))
     inc = store.incident("inc-1")
     assert inc["status"] == "resolved" and inc["resolved_at"].startswith("2025-11-28T03:22")

@@ -113,3 +113,7 @@ def test_drift_events_actions_dlq_and_labels(worker):
     assert samples[("driftwarden_label_outcomes_total", mv)] == 500
     assert samples[("driftwarden_processing_lag_seconds_count", ())] >= n
     assert proc.poll() is None, log.read_text()[-2000:]
+    # the log says what the worker found, one line each
+    text = log.read_text()
+    assert "baseline fitted: fraud v1 from warm-up" in text
+    assert "drift onset: fraud v1 data" in text and "action " in text

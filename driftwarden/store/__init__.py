@@ -352,6 +352,8 @@ class Store:
             i = s.get(Incident, incident_id)
             if i is None:
                 raise NotFound(f"no incident {incident_id!r}")
+            if i.acknowledged_at is not None:  # idempotent: the first acknowledgement stands
+                return _incident_dict(i)
             i.acknowledged_at, i.acknowledged_by = now(), actor
             if i.status != "resolved":
                 i.status = "acknowledged"

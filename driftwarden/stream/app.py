@@ -509,11 +509,14 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                 # decoded from the bytes produced, not taken from the service's dict: JSON-safe
                 # (no NaN, no numpy) and exactly what consumers of the topics see
                 event = orjson.loads(o.value)
-                records.put(("action" if o.topic == settings.topics.actions else "event",
-                             event))
+                is_action = o.topic == settings.topics.actions
+                records.put(("action" if is_action else "event", event))
+                log.info("%s", describe(event, is_action))  # what the worker found, in a line
                 if annotations is not None:
                     annotations.put((event["event_id"], annotation(event)))
         for fitted in shards.take_fresh_baselines():  # once per model version's warm-up
+            log.info("baseline fitted: %s v%s from %s", fitted["model"], fitted["version"],
+                     fitted["source"])
             records.put(("baseline", fitted))
         if changed and alerting is not None and am is not None:  # page now, not later
             alerting.put(am.snapshot(_paging_verdicts()))
@@ -755,6 +758,27 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     app.on_before_shutdown.connect(_flush)  # type: ignore[arg-type]
 
     return app
+
+
+def describe(event: dict[str, Any], is_action: bool) -> str:
+    """One log line for a drift or action event.
+
+    >>> describe({"model": "fraud", "version": "7", "kind": "data", "state": "onset",
+    ...           "severity": "warning", "features": ["amount", "country"]}, False)
+    'drift onset: fraud v7 data (warning) features amount, country'
+    >>> describe({"model": "churn", "version": "2", "action": "rollback",
+    ...           "target_version": "1", "reason": "concept drift"}, True)
+    'action rollback: churn v2 -> v1 (concept drift)'
+    """
+    if is_action:
+        target = f" -> v{event['target_version']}" if event.get("target_version") else ""
+        return (f"action {event['action']}: {event['model']} v{event['version']}{target} "
+                f"({event.get('reason', '')})")
+    feats = list(event.get("features") or [])
+    more = f" and {len(feats) - 10} more" if len(feats) > 10 else ""
+    return (f"drift {event['state']}: {event['model']} v{event['version']} {event['kind']} "
+            f"({event['severity']})" + (f" features {', '.join(feats[:10])}{more}"
+                                        if feats else ""))
 
 
 def _side_channels(settings: Settings) -> tuple[
