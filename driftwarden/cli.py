@@ -285,7 +285,8 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
               help="Records per second (0: as fast as the broker takes them).")
 @click.option("--batch", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Records per message (> 1: native batch messages).")
-@click.option("--prediction-column", default="prediction", show_default=True)
+@click.option("--prediction-column", default="prediction", show_default=True,
+              help="The model's output (not a feature).")
 @click.option("--label-column", default="label", show_default=True,
               help="Sent to the label topic too, when present.")
 @click.option("--config", metavar="FILE", help="driftwarden TOML config (broker, topics).")
@@ -522,7 +523,7 @@ def incidents() -> None:
 @json_option
 def incidents_list(model: str | None, status: str | None, limit: int, config: str | None,
                    as_json: bool) -> None:
-    """List incidents, newest first (``--json``: one object per incident with its evidence)."""
+    """List incidents, newest first (--json: one object per incident with its evidence)."""
     rows = _open_store(config).incidents(model=model, status=status, limit=limit)
     _emit(rows, as_json, [("id", "incident"), ("model", "model"), ("version", "version"),
                           ("kind", "kind"), ("status", "status"), ("severity", "severity"),
