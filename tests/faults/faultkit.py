@@ -59,24 +59,38 @@ def produce(p: Producer, topic: str, values, partition: int | None = None,
     return n
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
-    """Every message of ``topic`` to its end now: (value, headers dict)."""
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0, idle: float = 2.0) -> list:
+    """Every message of ``topic`` now: (value, headers dict). Read until the reported end
+    offsets are reached and then nothing more comes for ``idle`` seconds — this broker's end
+    offsets can trail the data it serves (FIELD-NOTES), so they are a floor, not the end."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "fault-reader",
                   "enable.auto.commit": False})
     try:
         meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        parts = sorted(meta.partitions) if meta else []
+        if not parts:
+            return []
+        high = {}
+        start = []
+        for p in parts:
+            low, high[p] = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            start.append(TopicPartition(topic, p, low))
+        c.assign(start)
+        pos = {tp.partition: tp.offset for tp in start}
         out = []
-        for p in (meta.partitions if meta else {}):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high <= low:
-                continue
-            c.assign([TopicPartition(topic, p, low)])
-            pos, deadline = low, time.monotonic() + timeout
-            while pos < high and time.monotonic() < deadline:
-                for m in c.consume(1000, 0.5):
-                    if m.error() is None:
-                        out.append((m.value(), dict(m.headers() or [])))
-                        pos = m.offset() + 1
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            got = c.consume(1000, 0.3)
+            for m in got:
+                if m.error() is None:
+                    out.append((m.value(), dict(m.headers() or [])))
+                    pos[m.partition()] = m.offset() + 1
+            if got:
+                quiet_since = time.monotonic()
+            elif (all(pos[p] >= high[p] for p in parts)
+                  and time.monotonic() - quiet_since >= idle):
+                break
         return out
     finally:
         c.close()

@@ -64,6 +64,8 @@ def test_r10_duplicated_messages_leave_statistics_events_and_actions_as_they_wer
     assert fates(port) == {"used": N, "duplicate": extra}  # none dead-lettered
     assert [m["records"] for m in get_json(port, "/models")] == [N]
     assert metric(scrape(port), "driftwarden_duplicates_total", model="m") == extra
+    wait_for("the drift events on the topic", lambda: len(read_topic(bs, "r10.drift", 10)) >=
+             len(want_drift), 60)
     drift = sorted((e["event_id"], e["state"]) for e in
                    (orjson.loads(v) for v, _ in read_topic(bs, "r10.drift")))
     assert drift == want_drift

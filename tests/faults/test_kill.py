@@ -70,8 +70,8 @@ def test_r3_five_kills_during_traffic_count_every_record_once(broker, spawn_work
     assert counts(port) == {"a": PER_MODEL, "b": PER_MODEL}
     assert max(ready_after) < 30, ready_after
     print(f"R3: ready again {min(ready_after):.1f}-{max(ready_after):.1f} s after each kill")
+    wait_for("the drift acted on", lambda: read_topic(bs, "k9.actions", 10), 60)
     actions = [orjson.loads(v) for v, _ in read_topic(bs, "k9.actions")]
-    assert actions, "model a's drift should have been acted on"
     ids = defaultdict(set)  # an action of an incident has one id, however often it is sent
     for a in actions:
         ids[(a["incident_id"], a["action"])].add(a["event_id"])
