@@ -58,6 +58,23 @@ class ApiTokens:
                     got = role
         return got
 
+    def bearer(self, header: str) -> tuple[str | None, str]:
+        """The role an ``Authorization`` header grants (None: refused) and its bearer token
+        (what the audit log names by a digest).
+
+        >>> t = ApiTokens(read=("r",))
+        >>> t.bearer("Bearer r"), t.bearer("Basic r"), t.bearer("")
+        (('read', 'r'), (None, 'r'), (None, ''))
+        """
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        return (self.role(token) if scheme.lower() == "bearer" else None), token
+
+    @staticmethod
+    def refusal(header: str) -> str:
+        """Why a request was refused for want of a token: ``no_token`` or ``bad_token``."""
+        return "no_token" if not header else "bad_token"
+
 
 # -- request bodies (their JSON schemas go into the OpenAPI document) ----------------------------
 NAME_PATTERN = r"^[^/\x00]+$"
@@ -231,14 +248,12 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
             actor, target = "anonymous", request.path
             try:
                 header = request.headers.get("Authorization", "")
-                scheme, _, token = header.partition(" ")
-                token = token.strip()
-                granted = tokens.role(token) if scheme.lower() == "bearer" else None
+                granted, token = tokens.bearer(header)
                 if granted is not None:
                     digest = hashlib.sha256(token.encode()).hexdigest()[:8]
                     actor = f"{granted}-token:{digest}"
                 if granted is None:
-                    refusals.add("no_token" if not header else "bad_token", target)
+                    refusals.add(tokens.refusal(header), target)
                     return web.json_response({"error": "a valid bearer token is required"},
                                              status=401)
                 if role == "admin" and granted != "admin":

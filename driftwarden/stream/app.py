@@ -714,10 +714,10 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         their /api/v1 twins do; /health, /ready and /metrics stay open."""
         if not (tokens.read or tokens.admin):
             return True
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and tokens.role(token.strip()) is not None:
+        header = request.headers.get("Authorization", "")
+        if tokens.bearer(header)[0] is not None:
             return True
-        metrics.api_refused.labels("no_token" if not token else "bad_token").inc()
+        metrics.api_refused.labels(tokens.refusal(header)).inc()
         return False
 
     @app.page("/verdicts")

@@ -152,9 +152,8 @@ class StreamService:
                           ) -> list[tuple[tuple[str, str], RecordBatch]]:
         """Decode one message, dead-letter what cannot be used, admit its model versions and
         remember its predictions for the label join; its records by monitor."""
-        if self.fault_every and msg.offset % self.fault_every == self.fault_every - 1:
-            raise RuntimeError(f"fault injected at offset {msg.offset} (fault_every)")
-        mark, held, dups = len(out), len(self.cloudevents), sum(self.duplicates.values())
+        self._inject_fault(msg)
+        mark, held, resent = len(out), len(self.cloudevents), 0
         clock = self._clock(msg)
         decoded = decode_predictions(msg.value, msg.headers, now=clock, clock=clock,
                                      max_bytes=self.settings.kafka.max_message_bytes,
@@ -167,7 +166,9 @@ class StreamService:
             key = (batch.model, batch.version)
             if not self._admit(batch.model, batch.version, batch.ts[0], msg, out, None):
                 continue
+            whole = len(batch)
             batch = self._without_duplicates(batch)
+            resent += whole - len(batch)
             if not len(batch):
                 continue
             if not self._within_features(batch.model, batch.feature_names(), msg, out, None):
@@ -184,6 +185,7 @@ class StreamService:
             if rec.id is not None and self.labels.duplicates(
                     rec.model, rec.version, [rec.id], [rec.prediction], [rec.ts]):
                 self.duplicates[rec.model] += 1
+                resent += 1
                 continue
             if not self._within_features(rec.model, rec.features.keys(), msg, out, rec,
                                          i if len(decoded.records) > 1 else None):
@@ -195,12 +197,11 @@ class StreamService:
                 if outcome is not None:  # its label had arrived first
                     joined.setdefault(key, []).append(outcome)
         parts += [(key, RecordBatch.of(recs)) for key, recs in singles.items()]
-        duplicate = sum(self.duplicates.values()) > dups
-        if not parts and not duplicate and len(out) == mark and len(self.cloudevents) == held:
+        if not parts and not resent and len(out) == mark and len(self.cloudevents) == held:
             self._reject(msg, Rejection("invalid_record", "the message holds no record"), out)
         # held: a CloudEvent half waiting for the other; duplicate: a producer's re-send
         self.messages["used" if parts else "dead_lettered" if len(out) > mark
-                      else "duplicate" if duplicate else "held"] += 1
+                      else "duplicate" if resent else "held"] += 1
         return parts
 
     def _apply(self, key: tuple[str, str],
@@ -268,6 +269,11 @@ class StreamService:
             self.messages["dead_lettered"] += 1
         self._reject(msg, Rejection("internal_error", f"{type(exc).__name__}: {exc}"), out)
 
+    def _inject_fault(self, msg: RawMessage) -> None:
+        """The fault suite's hook: handling the message at every offset N-1 mod N raises."""
+        if self.fault_every and msg.offset % self.fault_every == self.fault_every - 1:
+            raise RuntimeError(f"fault injected at offset {msg.offset} (fault_every)")
+
     @staticmethod
     def _clock(msg: RawMessage) -> float:
         """The time a message vouches for: its Kafka timestamp, but never after the wall
@@ -318,8 +324,7 @@ class StreamService:
 
     def _label(self, msg: RawMessage, out: list[Output],
                joined: dict[tuple[str, str], list[Outcome]]) -> None:
-        if self.fault_every and msg.offset % self.fault_every == self.fault_every - 1:
-            raise RuntimeError(f"fault injected at offset {msg.offset} (fault_every)")
+        self._inject_fault(msg)
         clock = self._clock(msg)
         decoded = decode_label(msg.value, now=clock, clock=clock, limits=self.limits,
                                max_bytes=self.settings.kafka.max_message_bytes)
