@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from driftwarden.config import load_settings  # noqa: E402
 from driftwarden.embedded import EmbeddedBroker, free_port  # noqa: E402
-from driftwarden.stream.app import ensure_topics  # noqa: E402
+from driftwarden.kafka import ensure_topics  # noqa: E402
 
 N_FEATURES = 20
 

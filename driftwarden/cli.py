@@ -194,24 +194,43 @@ def demo(duration: float, rate: int, batch_mode: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="Loopback port to listen on (default: a free one).")
-def broker(port: int | None) -> None:
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Loopback port to listen on (default: the port of the configured "
+                   "bootstrap servers, 9092; 0: a free one).")
+@click.option("--config", metavar="FILE", help="driftwarden TOML config (its broker address).")
+def broker(port: int | None, config: str | None) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, memory only) in the foreground.
 
-    Prints the bootstrap address to give the worker and `driftwarden produce`; Ctrl-C stops
+    It listens where the worker and `driftwarden produce` look by default (127.0.0.1:9092, or
+    the port of DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS), and prints that address; Ctrl-C stops
     it (and everything it held: it keeps nothing on disk).
     """
     import signal
+    import socket
     import threading
 
+    from driftwarden.config import load_settings
     from driftwarden.embedded import BrokerError, EmbeddedBroker
+
+    if port is None:
+        first = load_settings(config).kafka.bootstrap_servers.split(",")[0]
+        try:
+            port = int(first.rpartition(":")[2])
+        except ValueError:
+            raise InputError(f"no port in the bootstrap servers {first!r}: give --port") from None
+    if port:
+        with socket.socket() as probe:
+            probe.settimeout(0.5)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise InputError(f"127.0.0.1:{port} is in use (a broker already running?): "
+                                 "give --port N, and --bootstrap-servers 127.0.0.1:N to the "
+                                 "worker and produce")
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        b = EmbeddedBroker(port=port).start()
+        b = EmbeddedBroker(port=port or None).start()
     except BrokerError as exc:
         raise InputError(str(exc)) from None
     try:
@@ -231,21 +250,27 @@ def broker(port: int | None) -> None:
 @click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
 @click.option("--warmup", type=click.IntRange(100, 10_000_000), default=None,
               help="Records of a new (model, version) that become its baseline (default 5000).")
-@click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True,
-              help="Port of the health / verdicts / metrics endpoints.")
-@click.option("--web-host", default="127.0.0.1", show_default=True,
-              help="Address the endpoints bind to (0.0.0.0 inside a container).")
+@click.option("--web-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the health / verdicts / metrics endpoints (default: the web_port "
+                   "setting, 6066).")
+@click.option("--web-host", default=None,
+              help="Address the endpoints bind to (default: the web_host setting, 127.0.0.1; "
+                   "0.0.0.0 inside a container).")
 @click.option("--session-timeout", type=click.FloatRange(1, 300), default=10.0,
               show_default=True, help="Kafka consumer-group session timeout, seconds.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per line, for log shippers.")
 def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None,
-           web_port: int, web_host: str, session_timeout: float) -> None:
+           web_port: int | None, web_host: str | None, session_timeout: float,
+           log_format: str) -> None:
     """Run a stream worker: consume predictions and labels, publish drift and action events."""
     import logging
 
     import msgspec
 
     from driftwarden.config import load_settings
-    from driftwarden.stream.app import create_app, ensure_topics
+    from driftwarden.kafka import ensure_topics
+    from driftwarden.stream.app import create_app
 
     settings = load_settings(config)
     if bootstrap_servers or warmup:
@@ -257,8 +282,13 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
         from driftwarden.config import Settings
 
         settings = msgspec.convert(data, Settings)
-    logging.basicConfig(level=settings.log_level)
-    logging.getLogger("driftwarden").info("settings: %s", settings.redacted())
+    from driftwarden import logs
+
+    web_port = web_port or settings.web_port
+    web_host = web_host or settings.web_host
+    log_config = logs.configure(settings.log_level, log_format)
+    log = logging.getLogger("driftwarden")
+    log.debug("settings: %s", settings.redacted())
     # the config first (a bad baseline file is reported before any connection), then the broker
     app = create_app(settings, web_port=web_port, web_host=web_host,
                      session_timeout=session_timeout)
@@ -267,12 +297,15 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
     except Exception as exc:  # noqa: BLE001 - report the broker problem in one line
         raise InputError(f"cannot reach the broker at {settings.kafka.bootstrap_servers}: "
                          f"{exc}") from None
+    for line in logs.startup_summary(settings, web_host, web_port):
+        log.info("%s", line)
     from faust.worker import Worker
 
     from driftwarden.stream.app import tune_gc
 
     tune_gc()
-    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    Worker(app, loglevel=settings.log_level.lower(), quiet=True,
+           logging_config=log_config).execute_from_commandline()
 
 
 @cli.command()
@@ -289,11 +322,16 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
               help="The model's output (not a feature).")
 @click.option("--label-column", default="label", show_default=True,
               help="Sent to the label topic too, when present.")
+@click.option("--ts-column", default="ts", show_default=True,
+              help="Event time of each row (epoch seconds or ISO 8601); rows without one get "
+                   "their send time.")
+@click.option("--speedup", type=click.FloatRange(0, None, min_open=True), default=None,
+              help="Replay the file's own timeline (--ts-column) this many times faster.")
 @click.option("--config", metavar="FILE", help="driftwarden TOML config (broker, topics).")
 @click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
 def produce(file: str, topic: str | None, model: str | None, model_version: str, rate: float,
-            batch: int, prediction_column: str, label_column: str, config: str | None,
-            bootstrap_servers: str | None) -> None:
+            batch: int, prediction_column: str, label_column: str, ts_column: str,
+            speedup: float | None, config: str | None, bootstrap_servers: str | None) -> None:
     """Replay FILE (CSV, Parquet or JSON Lines) as prediction logs, to try the worker on
     your own data: one record per row, every column a feature except model, version, id,
     ts and the prediction and label columns."""
@@ -302,14 +340,20 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
     from confluent_kafka import KafkaException, Producer
 
     from driftwarden.config import load_settings
-    from driftwarden.kafka import client_config, produce
+    from driftwarden.kafka import client_config, ensure_topics, produce
     from driftwarden.produce import produce_rows
     from driftwarden.tables import read_rows
 
     settings = load_settings(config)
+    if speedup and rate:
+        raise click.UsageError("give either --rate or --speedup, not both")
     rows = read_rows(file)
     if not rows:
         raise InputError(f"{file}: no rows")
+    from driftwarden.produce import timestamp
+
+    for i, row in enumerate(rows):  # a bad time is reported before anything is sent
+        timestamp(row.get(ts_column), i, ts_column)
     if model is None:
         unnamed = next((i for i, r in enumerate(rows) if not r.get("model")), None)
         if unnamed is not None:
@@ -321,6 +365,7 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
                         logger=logging.getLogger("driftwarden.kafka"))  # not on stderr
     try:
         producer.list_topics(timeout=5)
+        ensure_topics(settings, 10.0, servers)  # sent before any worker made them, too
     except KafkaException as exc:
         raise InputError(f"cannot reach the broker at {servers}: {exc}") from None
 
@@ -331,13 +376,39 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
     sent = produce_rows(rows, send, topic=topic or settings.topics.predictions,
                         labels_topic=settings.topics.labels, model=model,
                         version=model_version, rate=rate, batch=batch,
-                        prediction=prediction_column, label=label_column)
+                        prediction=prediction_column, label=label_column, ts_column=ts_column,
+                        speedup=speedup or 0.0)
     left = producer.flush(60)
     if left:
         raise InputError(f"{left} messages not delivered to {servers}")
     click.echo(f"sent {sent['records']} records in {sent['messages']} messages"
                + (f" and {sent['labels']} labels" if sent["labels"] else "")
                + f" to {topic or settings.topics.predictions}")
+
+
+@cli.command()
+@click.option("--url", default=None,
+              help="The worker's web address (default: http://127.0.0.1 on the web_port "
+                   "setting, 6066).")
+@click.option("--config", metavar="FILE", help="driftwarden TOML config (its web_port).")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds between polls.")
+@click.option("--until-drift", is_flag=True,
+              help="Exit 0 at the first open incident (1 if --timeout passes first).")
+@click.option("--timeout", type=click.FloatRange(0, None), default=None,
+              help="Stop after this many seconds.")
+@click.option("--token", envvar="DRIFTWARDEN_TOKEN", default=None,
+              help="A read token, when the worker has API tokens (env DRIFTWARDEN_TOKEN).")
+def watch(url: str | None, config: str | None, interval: float, until_drift: bool,
+          timeout: float | None, token: str | None) -> int:
+    """Follow a worker's verdicts: one line per change (model, kind, state, features)."""
+    from driftwarden.config import load_settings
+    from driftwarden.watch import watch as run
+
+    url = url or f"http://127.0.0.1:{load_settings(config).web_port}"
+
+    return run(url, echo=click.echo, interval=interval, until_drift=until_drift,
+               timeout=timeout, token=token)
 
 
 @cli.group()

@@ -25,7 +25,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -93,6 +93,10 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     calibration_sims: int = 200
     seed: int = 0
     warmup: int = 5000               # records of a (model, version) that become its baseline
+    # an idle model's warm-up ends early when it holds at least this many records
+    min_warmup: Annotated[int, msgspec.Meta(ge=1)] = 500
+    # wall-clock seconds without records after which a model's open slices close (0: never)
+    idle_close_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     quality_tolerance: float = 0.05  # missing / unseen / invalid ratio above the baseline's
     concept_detector: str = "adwin"  # online detector on the error stream of joined labels
     label_ttl: float = 86_400.0      # seconds a prediction waits for its label (event time)
@@ -178,6 +182,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database_url: str | None = None
     outbox_seconds: float = 30.0  # how often the worker re-sends actions still pending
     log_level: str = "INFO"
+    # the worker's endpoints (/health, /verdicts, /metrics, /api/v1); --web-port / --web-host
+    web_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6066
+    web_host: str = "127.0.0.1"
     kafka: Kafka = msgspec.field(default_factory=Kafka)
     topics: Topics = msgspec.field(default_factory=Topics)
     detection: Detection = msgspec.field(default_factory=Detection)
@@ -295,6 +302,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
     settings.detection.policy()  # validate the decision policy now, not mid-stream
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got "
+                          f"{settings.log_level!r}")
     for name, model in settings.models.items():
         if model.task not in ("classification", "regression"):
             raise ConfigError(f"models.{name}.task must be 'classification' or 'regression', "

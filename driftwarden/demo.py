@@ -180,8 +180,8 @@ def run_demo(duration: float = 75.0, rate: int = 1000, *, as_json: bool = False,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo; returns what happened (events, actions, counts)."""
     from driftwarden.config import load_settings
+    from driftwarden.kafka import ensure_topics
     from driftwarden.store import database_url
-    from driftwarden.stream.app import ensure_topics
 
     data_dir = Path(tempfile.mkdtemp(prefix="driftwarden-demo-"))
     events: list[tuple[str, dict[str, Any]]] = []

@@ -10,10 +10,13 @@ through a full local queue.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from driftwarden.config import Settings
+
+log = logging.getLogger("driftwarden.kafka")
 
 
 def client_config(settings: Settings, extra: Mapping[str, Any] | None = None,
@@ -33,3 +36,27 @@ def produce(producer: Any, topic: str, value: bytes | None, key: bytes | None = 
             return
         except BufferError:  # the local queue is full: let librdkafka drain it
             producer.poll(0.1)
+
+
+def ensure_topics(settings: Settings, timeout: float = 15.0,
+                  bootstrap_servers: str | None = None) -> None:
+    """Create every topic of the settings that does not exist yet (idempotent), with the
+    configured partition count; the state topic compacted."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    # librdkafka's noise: to logging
+    admin = AdminClient(client_config(settings, None, bootstrap_servers), logger=log)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    names = [getattr(settings.topics, f) for f in settings.topics.__struct_fields__]
+    new = [NewTopic(n, num_partitions=settings.kafka.partitions, replication_factor=1,
+                    config={"cleanup.policy": "compact"} if n == settings.topics.state else {})
+           for n in dict.fromkeys(names) if n not in existing]
+    if not new:
+        return
+    for name, fut in admin.create_topics(new, operation_timeout=timeout).items():
+        try:
+            fut.result(timeout)
+        except Exception as exc:  # noqa: BLE001 - a concurrent creator is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+            log.debug("topic %s already exists", name)

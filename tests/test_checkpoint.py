@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 
 from driftwarden.config import load_settings
 from driftwarden.errors import DriftwardenError
-from driftwarden.stream.app import ensure_topics
+from driftwarden.kafka import ensure_topics
 from driftwarden.stream.checkpoint import StateStore, assemble, encode_state, split
 from driftwarden.stream.labels import LabelJoiner
 

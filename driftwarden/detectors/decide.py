@@ -471,6 +471,25 @@ class Decider:
         self.clear_streak = 0
         self.cooldown_left = 0
         self.n_evaluations = 0
+        self.incident_features: list[str] = []  # of the last drifting evaluation while open
+
+    @property
+    def phase(self) -> str:
+        """``ok``, ``pending`` (drifting, not yet for ``hysteresis`` evaluations), ``drifting``
+        or ``recovering`` (open, clear for fewer than ``recovery`` evaluations).
+
+        >>> d = Decider(DecisionPolicy(hysteresis=2, recovery=2))
+        >>> ev = Evaluation(True, "warning", ("x",), (), 1)
+        >>> [(d.update(ev).state, d.phase) for _ in range(2)]
+        [(None, 'pending'), ('onset', 'drifting')]
+        >>> d.update(Evaluation(False, "none", (), (), 1)).features, d.phase
+        ((), 'recovering')
+        >>> d.incident_features
+        ['x']
+        """
+        if self.active:
+            return "recovering" if self.clear_streak else "drifting"
+        return "pending" if self.drift_streak else "ok"
 
     def __repr__(self) -> str:
         return (f"Decider(active={self.active}, severity={self.severity!r}, "
@@ -496,12 +515,17 @@ class Decider:
         elif not ev.drift and self.clear_streak >= p.recovery:
             self.active, self.severity, state = False, "none", "recovery"
             self.cooldown_left = p.cooldown
+        if ev.drift and self.active:
+            self.incident_features = list(ev.features)
+        elif not self.active:
+            self.incident_features = []
         return Verdict(self.active, self.severity, state, ev.features, ev, self.n_evaluations)
 
     def to_state(self) -> dict[str, Any]:
         return {"active": self.active, "severity": self.severity,
                 "drift_streak": self.drift_streak, "clear_streak": self.clear_streak,
-                "cooldown_left": self.cooldown_left, "n_evaluations": self.n_evaluations}
+                "cooldown_left": self.cooldown_left, "n_evaluations": self.n_evaluations,
+                "incident_features": list(self.incident_features)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], policy: DecisionPolicy | None = None

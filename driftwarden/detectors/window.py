@@ -111,6 +111,11 @@ class SlidingWindow:
         return self.max_ts - self.allowed_lateness
 
     @property
+    def has_rows(self) -> bool:
+        """Whether any slice, open or in the ring, holds rows (what :meth:`advance` acts on)."""
+        return bool(self._open or self._closed)
+
+    @property
     def fill_ratio(self) -> float:
         """Closed slices in the ring over the ring's size (1.0 once the window is full)."""
         return len(self._closed) / self.slices
@@ -205,24 +210,60 @@ class SlidingWindow:
                 closed += self._close_through(sid, on_close)
         return AddResult(n_rows, 0, closed)
 
+    def advance(self, to: float, *,
+                on_close: Callable[[int], None] | None = None) -> list[int]:
+        """The sources are idle: event time has reached ``to`` without new rows. Every slice
+        that ends at or before ``to`` closes now, without waiting for ``allowed_lateness``
+        (rows that come later for a closed slice are late). Returns the slices closed.
+
+        >>> import numpy as np
+        >>> from driftwarden.detectors.summary import NumericSpec, Summary
+        >>> w = SlidingWindow(lambda: Summary.empty({"x": NumericSpec.fit("x", [0.0, 9.0])}),
+        ...                   slices=2, slice_seconds=5.0, allowed_lateness=10.0)
+        >>> w.add({"x": np.ones(3)}, ts=np.array([1.0, 2.0, 3.0])).closed
+        []
+        >>> w.advance(12.0), w.summary().n_rows   # slice 0 and the empty slice 1 end by 12 s
+        ([0, 1], 3)
+        >>> w.advance(20.0), w.fill_ratio       # slice 0 left the ring: nothing to evaluate
+        ([], 0.0)
+        """
+        if self.slice_seconds is None or not math.isfinite(to):
+            return []
+        return self._close_through(math.floor(to / self.slice_seconds) - 1, on_close)
+
     def _close_through(self, last: int,
                        on_close: Callable[[int], None] | None = None) -> list[int]:
-        """Close every open slice with id <= ``last``, oldest first; after each one the ring
-        slides (what left it is dropped) and ``on_close(slice_id)`` is called."""
+        """Close every slice with id <= ``last``, oldest first. After each one the ring slides
+        (what left it is dropped) and, while the ring holds data, ``on_close(slice_id)`` is
+        called — for a slice without rows too, as a hopping window is evaluated at every hop:
+        so the verdicts at each slice boundary depend on the rows alone, not on where a gap in
+        the traffic fell. Once the ring is empty, slice ids jump to the next one with rows."""
         if self.last_closed is not None and last <= self.last_closed:
             return []
+        pending = sorted(sid for sid in self._open if sid <= last)
+        if self.last_closed is None and not pending:
+            return []
+        sid = pending[0] if self.last_closed is None else self.last_closed + 1
         closed = []
-        for sid in sorted(sid for sid in self._open if sid <= last):
-            s = self._open.pop(sid)
-            self._closed[sid] = s
-            # counts and moments only: reservoirs and top-k are rebuilt by summary()
-            self._total = (s.copy() if self._total is None
-                           else self._total.merge(s, samples=False))
+        while sid <= last:
+            s = self._open.pop(sid, None)
+            if s is not None:
+                self._closed[sid] = s
+                # counts and moments only: reservoirs and top-k are rebuilt by summary()
+                self._total = (s.copy() if self._total is None
+                               else self._total.merge(s, samples=False))
             self._slide(sid)
             self.last_closed = sid
-            closed.append(sid)
-            if on_close is not None:
-                on_close(sid)
+            if self._closed:
+                closed.append(sid)
+                if on_close is not None:
+                    on_close(sid)
+                sid += 1
+                continue
+            later = [k for k in pending if k > sid]  # an empty ring: jump to the next rows
+            if not later:
+                break
+            sid = later[0]
         self.last_closed = last
         self._slide(last)
         return closed

@@ -30,7 +30,7 @@ import orjson
 
 from driftwarden.batch import fit_baseline_file
 from driftwarden.config import Settings, private_dir
-from driftwarden.kafka import client_config, produce
+from driftwarden.kafka import client_config, ensure_topics, produce
 from driftwarden.metrics import Metrics
 from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
 from driftwarden.store import Store, database_url
@@ -42,27 +42,6 @@ from driftwarden.stream.watchdog import StallWatchdog
 
 log = logging.getLogger("driftwarden.stream")
 SILENCE_REFRESH = 10.0  # seconds between reads of the silences in the store
-
-
-def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:
-    """Create every topic of the settings that does not exist yet (idempotent)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient(client_config(settings), logger=log)  # librdkafka's noise: to logging
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    names = [getattr(settings.topics, f) for f in settings.topics.__struct_fields__]
-    new = [NewTopic(n, num_partitions=settings.kafka.partitions, replication_factor=1,
-                    config={"cleanup.policy": "compact"} if n == settings.topics.state else {})
-           for n in dict.fromkeys(names) if n not in existing]
-    if not new:
-        return
-    for name, fut in admin.create_topics(new, operation_timeout=timeout).items():
-        try:
-            fut.result(timeout)
-        except Exception as exc:  # noqa: BLE001 - a concurrent creator is fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-            log.debug("topic %s already exists", name)
 
 
 def _missing_topics(settings: Settings, topics: set[str], timeout: float = 5.0) -> set[str]:
@@ -405,6 +384,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     restoring: dict[int, asyncio.Future[Any]] = {}
     lock = asyncio.Lock()
     sources = {settings.topics.predictions, settings.topics.features, settings.topics.labels}
+    caught_up: set[int] = set()  # partitions read to their end at the watchdog's last look
 
     async def _restore(partition: int) -> None:
         """Restore a partition's shard once, off the event loop (a message of it and the
@@ -586,6 +566,15 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     async def checkpoint_when_idle() -> None:
         await _checkpoint()
 
+    @app.timer(1.0)
+    async def close_idle_slices() -> None:
+        """Models whose records stopped ``idle_close_seconds`` ago have their open slices
+        closed and evaluated (see StreamService.handle_idle) — only in partitions the worker
+        has read to the end (at the watchdog's last look), so a backlog or a broker away is
+        never taken for a producer that has finished."""
+        if settings.detection.idle_close_seconds > 0 and caught_up:
+            _send(shards.handle_idle(caught_up))
+
     @app.timer(max(1.0, min(10.0, settings.kafka.stall_seconds / 4)))
     async def stall_watch() -> None:
         tps = [(tp.topic, tp.partition) for tp in app.consumer.assignment()
@@ -599,6 +588,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             committed = await asyncio.to_thread(ends.committed, missing) if missing else {}
         except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
             log.warning("stall watchdog: end offsets unavailable: %s", exc)
+            caught_up.clear()
             if "UNKNOWN_PARTITION" in str(exc) or "UNKNOWN_TOPIC" in str(exc):
                 await _topics_lost()
             if state["broker_away_since"] is None:
@@ -610,6 +600,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         broker.unreachable = False
         metrics.broker_unreachable.set(0)
         position = {tp: handled.get(tp, committed.get(tp, 0) - 1) for tp in tps}
+        behind = {tp[1] for tp, e in end.items() if e - 1 > position[tp]}
+        caught_up.clear()
+        caught_up.update({tp[1] for tp in tps} - behind)
         metrics.set_consumer_lag({tp: max(0, e - 1 - position[tp]) for tp, e in end.items()})
         stalled = watchdog.observe(position, end, now)
         metrics.stalled.set(len(stalled))

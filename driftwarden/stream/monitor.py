@@ -194,6 +194,60 @@ class ModelMonitor:
         self.n_late += result.late
         return events
 
+    def advance(self, to: float) -> list[dict[str, Any]]:
+        """The model's sources are idle (no records for ``idle_close_seconds``; the caller
+        keeps that clock): its event time has reached ``to``. A warm-up holding at least
+        ``min_warmup`` records becomes the baseline now, and every slice that ends by ``to``
+        closes and is evaluated without waiting for ``allowed_lateness`` — so the end of a
+        replayed file ends in a verdict. Returns the drift events; no events and no change
+        when there is nothing to close.
+
+        >>> import numpy as np
+        >>> from driftwarden.config import Detection
+        >>> from driftwarden.schema import PredictionRecord
+        >>> rng = np.random.default_rng(1)
+        >>> m = ModelMonitor("m", "1", Detection(warmup=5000, min_warmup=500, slices=3,
+        ...                  slice_seconds=1.0, allowed_lateness=10.0, calibration_sims=50))
+        >>> rows = lambda t0, shift: [PredictionRecord("m", "1", None, t0 + i / 1000,
+        ...     {"x": float(rng.normal(shift, 1))}) for i in range(1000)]
+        >>> m.add(rows(0.0, 0.0)), m.ready        # 1,000 of 5,000 warm-up records
+        ([], False)
+        >>> m.advance(3.0), m.ready               # idle: the warm-up is the baseline
+        ([], True)
+        >>> m.add(rows(10.0, 2.0))                # lateness 10 s: nothing closes yet
+        []
+        >>> [(e["state"], e["features"]) for e in m.advance(13.0)]
+        [('onset', ['x'])]
+        """
+        if self.baseline is None:
+            if len(self._warm) < max(1, self.detection.min_warmup):
+                return []
+            self._fit_from_warmup()
+        assert self.window is not None
+        events: list[dict[str, Any]] = []
+        self.window.advance(to, on_close=lambda sid: events.extend(self._evaluate(sid)))
+        return events
+
+    @property
+    def idle_work(self) -> bool:
+        """Whether :meth:`advance` could change anything: a warm-up to end, slices to close
+        or a window that still holds rows."""
+        if self.baseline is None:
+            return len(self._warm) >= max(1, self.detection.min_warmup)
+        return self.window is not None and bool(self.window.has_rows)
+
+    @property
+    def progress(self) -> tuple[bool, int | None]:
+        """What :meth:`advance` moves: whether there is a baseline, the newest slice closed."""
+        return self.ready, None if self.window is None else self.window.last_closed
+
+    @property
+    def max_ts(self) -> float:
+        """The newest event time seen (of the warm-up while it lasts)."""
+        if self.window is not None and math.isfinite(self.window.max_ts):
+            return self.window.max_ts
+        return max((r.ts for r in self._warm), default=-math.inf)
+
     def _typed(self, cols: dict[str, Any]) -> dict[str, Any]:
         """Lists to arrays once (float64 where the baseline expects numbers and every value is
         one), so the window's per-slice splits and the summaries take their fast paths."""
@@ -339,8 +393,15 @@ class ModelMonitor:
 
     # -- events ---------------------------------------------------------------------------------
     def _verdict_dict(self, kind: str, v: Verdict, ts: float) -> dict[str, Any]:
+        """The current verdict of one kind: ``drift`` (an incident is open), ``state`` (see
+        :attr:`Decider.phase`) and the features behind that state — those drifting now, the
+        open incident's while it recovers, the candidates while pending, none when ok."""
+        decider = self.deciders[kind]
+        phase = decider.phase
+        features = (list(decider.incident_features) if phase == "recovering"
+                    else list(v.features) if phase in ("drifting", "pending") else [])
         return {"model": self.model, "version": self.version, "kind": kind, "drift": v.drift,
-                "severity": v.severity, "features": list(v.features), "ts": ts}
+                "state": phase, "severity": v.severity, "features": features, "ts": ts}
 
     def _event(self, kind: str, v: Verdict, at: int, ts: float) -> dict[str, Any]:
         if v.state == "onset":

@@ -107,6 +107,12 @@ class StreamService:
         self.model_features: dict[str, set[str]] = {}  # the feature names seen per model
         self.duplicates: Counter[str] = Counter()  # records a producer sent twice, by model
         self.fault_every = settings.fault_every  # tests: every Nth offset raises (0: never)
+        # idle close: when each monitor last took records (monotonic seconds; a restored
+        # monitor counts from its restore), and the ones already reported idle
+        self.monotonic = time.monotonic
+        self.last_records: dict[tuple[str, str], float] = {}
+        self.idle: set[tuple[str, str]] = set()
+        self.idle_closes = 0  # handle_idle calls that changed a monitor (state to checkpoint)
 
     def _fresh(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
         """The messages not yet applied to this state (each partition's in offset order)."""
@@ -209,6 +215,8 @@ class StreamService:
         """Feed a monitor the parts of a batch at once; if that raises, one at a time, and
         dead-letter the part that raises."""
         monitor = self.monitors[key]
+        self.last_records[key] = self.monotonic()
+        self.idle.discard(key)
         counter = f"{key[0]}\x1f{key[1]}\x1fprediction"
         batch = RecordBatch.concat([b for _, b in parts])
         try:
@@ -355,6 +363,47 @@ class StreamService:
             out.append(Output(self.topics.late, lab.model.encode(), _dumps(
                 {"model": lab.model, "id": lab.id, "label": lab.label, "ts": lab.ts}),
                 [("dw.reason", b"no_pending_prediction")]))
+        return out
+
+    # -- idle sources ---------------------------------------------------------------------------
+    def handle_idle(self) -> list[Output]:
+        """Close the slices of the monitors whose records stopped ``idle_close_seconds`` ago
+        (wall clock): their event time is taken to go on at the wall clock's pace from their
+        newest record, so the open slices close and are evaluated, and the window then drains
+        slice by slice, as it would under live traffic with nothing in it (see
+        :meth:`ModelMonitor.advance`). Called every second or so by the worker; returns the
+        outputs of the events it caused.
+
+        >>> from driftwarden.config import load_settings
+        >>> svc = StreamService(load_settings(env={}))
+        >>> svc.handle_idle()
+        []
+        """
+        after = self.settings.detection.idle_close_seconds
+        if after <= 0:
+            return []
+        now = self.monotonic()
+        out: list[Output] = []
+        for key, monitor in self.monitors.items():
+            quiet = now - self.last_records.setdefault(key, now)
+            if quiet < after or not monitor.idle_work:
+                continue
+            newest = monitor.max_ts
+            if not math.isfinite(newest):
+                continue
+            if key not in self.idle:
+                self.idle.add(key)
+                log.info("%s v%s: no records for %.0f s: closing its open slices (event time "
+                         "taken to go on from its newest record)", key[0], key[1], quiet)
+            before = monitor.progress
+            try:
+                events = monitor.advance(newest + quiet)
+            except Exception:  # noqa: BLE001 - a bug must not take the partition down
+                log.exception("monitor %s/%s failed closing idle slices", *key)
+                continue
+            if monitor.progress != before:
+                self.idle_closes += 1
+            out += self._events(events)
         return out
 
     # -- shared ---------------------------------------------------------------------------

@@ -90,6 +90,24 @@ class Shards:
                     svc._internal_error(m, exc, out)
         return out
 
+    def handle_idle(self, partitions: Iterable[int] | None = None) -> list[Output]:
+        """Close the slices of idle models in every shard (or those of ``partitions``; see
+        StreamService.handle_idle); a shard that changed is checkpointed with the next
+        round."""
+        out: list[Output] = []
+        wanted = None if partitions is None else set(partitions)
+        for p, svc in list(self.services.items()):  # a restore may add one meanwhile
+            if wanted is not None and p not in wanted:
+                continue
+            before = svc.idle_closes
+            try:
+                out += svc.handle_idle()
+            except Exception:  # noqa: BLE001 - the last net, as in handle
+                log.exception("partition %d: closing idle slices failed", p)
+            if svc.idle_closes != before:
+                self.dirty.add(p)
+        return out
+
     def checkpoint(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         """Write the changed shards (or the given ones) to the store, unflushed; returns
         partition -> bytes written."""

@@ -1,0 +1,173 @@
+"""Event time that ends: idle sources close their slices, and a window is evaluated at every
+slice boundary while it holds rows (hopping-window semantics)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driftwarden.config import Detection, Settings, load_settings
+from driftwarden.detectors.summary import NumericSpec, Summary
+from driftwarden.detectors.window import SlidingWindow
+from driftwarden.produce import to_record
+from driftwarden.stream.service import RawMessage, StreamService
+from driftwarden.tables import read_rows
+
+
+def _window(slices=3, width=1.0, lateness=0.0):
+    spec = {"x": NumericSpec.fit("x", np.arange(10.0))}
+    return SlidingWindow(lambda: Summary.empty(spec), slices=slices, slice_seconds=width,
+                         allowed_lateness=lateness)
+
+
+def test_a_window_is_evaluated_at_every_boundary_while_it_holds_rows():
+    w = _window(slices=3)
+    w.add({"x": np.array([1.0])}, ts=np.array([0.5]))
+    seen = []
+    r = w.add({"x": np.array([2.0])}, ts=np.array([10.2]),
+              on_close=lambda sid: seen.append((sid, w.summary().n_rows)))
+    # slice 0 holds the row at 0.5 s; it stays in a 3-slice ring through slice 2, then the
+    # ring is empty and nothing is left to evaluate until slice 10 closes
+    assert r.closed == [0, 1, 2] and seen == [(0, 1), (1, 1), (2, 1)]
+    assert w.fill_ratio == 0.0 and w.has_rows  # slice 10 is open
+    assert w.advance(11.0) == [10]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 60, allow_nan=False), min_size=1, max_size=40),
+       st.integers(1, 7), st.floats(0, 3))
+def test_evaluation_points_do_not_depend_on_how_rows_are_batched(times, cut, lateness):
+    """The slices evaluated (and what the window held each time) are the same whether the
+    rows come one by one or in batches of any size: verdicts depend on the rows alone."""
+    ts = np.sort(np.array(times))
+
+    def run(size):
+        w = _window(slices=4, width=2.0, lateness=lateness)
+        seen = []
+        for i in range(0, len(ts), size):
+            part = ts[i:i + size]
+            w.add({"x": part % 10}, ts=part,
+                  on_close=lambda sid, w=w: seen.append((sid, w.summary().n_rows)))
+        w.advance(1e6,
+                  on_close=lambda sid, w=w: seen.append((sid, w.summary().n_rows)))
+        return seen
+
+    one = run(1)
+    assert run(cut) == one == run(len(ts))
+    # every evaluation point is a boundary where the ring held rows, each slice once
+    ids = [sid for sid, _ in one]
+    assert ids == sorted(set(ids)) and all(n > 0 for _, n in one)
+
+
+def _messages(path, model, t0, topic="driftwarden.predictions", start=0):
+    """The records `driftwarden produce` would send for a file without `ts` (send time)."""
+    rows = read_rows(str(path))
+    out = []
+    for i, row in enumerate(rows):
+        rec, _ = to_record(row, start + i, model=model, version="1", now=t0 + i / 5000)
+        out.append(RawMessage(orjson.dumps(rec), [], topic, 0, start + i, rec["ts"]))
+    return out
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _service(detection: Detection | None = None) -> tuple[StreamService, FakeClock]:
+    settings: Settings = load_settings(env={})
+    if detection is not None:
+        import msgspec
+
+        settings = msgspec.structs.replace(settings, detection=detection)
+    svc = StreamService(settings)
+    clock = FakeClock()
+    svc.monotonic = clock
+    return svc, clock
+
+
+def test_a_replay_without_timestamps_ends_in_a_verdict_once_the_producer_is_quiet():
+    """The README walkthrough's traffic: the bundled reference file, then the drifted one, each
+    stamped with its send time (~5,000 records/s), then nothing."""
+    examples = resources.files("driftwarden") / "examples"
+    svc, clock = _service()
+    t0 = 1.7e9
+    ref = _messages(examples / "reference.csv", "walk", t0)
+    cur = _messages(examples / "current.csv", "walk", t0 + 30, start=len(ref))
+    out = svc.handle_predictions(ref) + svc.handle_predictions(cur)
+    assert not [o for o in out if o.topic == "driftwarden.drift"]
+    (monitor,) = svc.monitors.values()
+    assert monitor.ready and monitor.window.fill_ratio == 0.0  # nothing closed: no verdict
+
+    clock.now += 5.0  # quiet, but not for idle_close_seconds yet
+    assert svc.handle_idle() == [] and svc.verdicts() == []
+    events = {}
+    for tick in range(6, 30):  # the worker's one-second timer
+        clock.now += 1.0
+        for o in svc.handle_idle():
+            if o.topic == "driftwarden.drift":
+                e = orjson.loads(o.value)
+                events[e["kind"], e["state"]] = (tick, e["features"])
+    # at the first tick 10 s after the last record: the slice of the drifted records and the
+    # next boundary are two evaluations, as hysteresis asks
+    tick, features = events["data", "onset"]
+    assert tick == 10 and {"amount", "country"} <= set(features)
+    assert {k for k, _ in events} == {"data", "prediction", "quality"}
+    assert all(state == "onset" for _, state in events)
+    data = next(v for v in svc.verdicts() if v["kind"] == "data")
+    assert data["drift"] and data["state"] == "drifting" and data["features"]
+
+
+def test_idle_close_is_off_at_zero_and_ends_a_short_warmup():
+    svc, clock = _service(Detection(idle_close_seconds=0.0))
+    examples = resources.files("driftwarden") / "examples"
+    svc.handle_predictions(_messages(examples / "current.csv", "m", 1.7e9))
+    clock.now += 3600
+    assert svc.handle_idle() == []
+    assert not next(iter(svc.monitors.values())).ready  # 2,000 of 5,000 warm-up records
+
+    svc, clock = _service(Detection(min_warmup=1000))
+    svc.handle_predictions(_messages(examples / "current.csv", "m", 1.7e9))
+    clock.now += 11
+    assert svc.handle_idle() == []
+    (monitor,) = svc.monitors.values()
+    assert monitor.ready and monitor.baseline.n_rows == 2000
+    assert [b["rows"] for b in svc.take_fresh_baselines()] == [2000]
+
+    svc, clock = _service(Detection(min_warmup=3000))
+    svc.handle_predictions(_messages(examples / "current.csv", "m", 1.7e9))
+    clock.now += 11
+    svc.handle_idle()
+    assert not next(iter(svc.monitors.values())).ready  # fewer than min_warmup: waits
+
+
+def test_records_after_an_idle_close_start_a_new_stretch_and_late_ones_are_counted():
+    examples = resources.files("driftwarden") / "examples"
+    svc, clock = _service()
+    ref = _messages(examples / "reference.csv", "m", 1.7e9)
+    svc.handle_predictions(ref)
+    cur = _messages(examples / "reference.csv", "m", 1.7e9 + 100, start=len(ref))
+    svc.handle_predictions(cur[:1000])
+    clock.now += 30
+    svc.handle_idle()
+    (monitor,) = svc.monitors.values()
+    closed = monitor.window.last_closed
+    assert closed is not None and closed * 5.0 > cur[999 - 1].timestamp - 5.0
+    # a straggler from the closed stretch is late, not merged into a closed slice
+    rec = orjson.loads(cur[500].value)
+    rec["id"] = "straggler"
+    svc.handle_predictions([cur[500]._replace(value=orjson.dumps(rec), offset=10_000)])
+    assert (monitor.n_late, monitor.n_records) == (1, 6001)
+    assert key_quiet(svc, clock) == 0.0  # its records reset the idle clock
+
+
+def key_quiet(svc, clock):
+    (last,) = svc.last_records.values()
+    return clock.now - last
