@@ -417,11 +417,19 @@ def alerts() -> None:
 
 
 @alerts.command("render")
-def alerts_render() -> None:
+@click.option("--runbook-base", metavar="URL", default=None,
+              help="Where runbook links point (default: the runbook_base setting, the "
+                   "project's docs/runbooks.md); each alert appends #its-name.")
+@click.option("--config", metavar="FILE", help="driftwarden TOML config (its runbook_base).")
+def alerts_render(runbook_base: str | None, config: str | None) -> None:
     """Print the Prometheus rule file (YAML) to stdout."""
-    from driftwarden.alerts import render_rules
+    from driftwarden.alerts import AlertConfig, render_rules
+    from driftwarden.config import load_settings
 
-    click.echo(render_rules(), nl=False)
+    base = runbook_base or load_settings(config).runbook_base
+    if not base.startswith(("http://", "https://")):
+        raise click.BadParameter("a runbook base is an http(s) URL", param_hint="--runbook-base")
+    click.echo(render_rules(AlertConfig(runbook_base=base.rstrip("#"))), nl=False)
 
 
 @cli.group()
@@ -500,11 +508,17 @@ def _emit(rows: Any, as_json: bool, columns: list[tuple[str, str]], title: str) 
     from rich.table import Table
 
     table = Table(title=title)
-    for _, header in columns:
-        table.add_column(header)
+    for key, header in columns:
+        if key == "id" or key.endswith("_id"):  # ids are never cut: they are typed back
+            width = max([len(header), *(len(_cell(r.get(key), key)) for r in rows)])
+            table.add_column(header, no_wrap=True, min_width=width)
+        else:
+            table.add_column(header)
     for row in rows:
         table.add_row(*[_cell(row.get(key), key) for key, _ in columns])
-    Console().print(table if rows else f"{title}: none")
+    # piped: as wide as the table needs (rich would squeeze it into 80 columns)
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(table if rows else f"{title}: none")
 
 
 def _cell(v: Any, key: str = "") -> str:
@@ -583,7 +597,7 @@ def models_list(config: str | None, as_json: bool) -> None:
 
 @cli.group()
 def incidents() -> None:
-    """Drift incidents: list and acknowledge."""
+    """Drift incidents: list, acknowledge, resolve."""
 
 
 @incidents.command("list")
@@ -598,7 +612,8 @@ def incidents_list(model: str | None, status: str | None, limit: int, config: st
     rows = _open_store(config).incidents(model=model, status=status, limit=limit)
     _emit(rows, as_json, [("id", "incident"), ("model", "model"), ("version", "version"),
                           ("kind", "kind"), ("status", "status"), ("severity", "severity"),
-                          ("features", "features"), ("opened_at", "opened")], "incidents")
+                          ("features", "features"), ("opened_at", "opened"),
+                          ("resolved_at", "resolved")], "incidents")
 
 
 @incidents.command("ack")
@@ -607,17 +622,39 @@ def incidents_list(model: str | None, status: str | None, limit: int, config: st
 @config_option
 @json_option
 def incidents_ack(incident_id: str, note: str, config: str | None, as_json: bool) -> None:
-    """Acknowledge an incident (recorded in the audit log with who did it)."""
+    """Acknowledge an incident: its id or a unique prefix of 4+ characters (recorded in the
+    audit log with who did it; acknowledging again changes nothing)."""
+    _incident_change("ack", incident_id, note, config, as_json)
+
+
+@incidents.command("resolve")
+@click.argument("incident_id")
+@click.option("--note", default="", help="Why (a false alarm, fixed upstream, ...).")
+@config_option
+@json_option
+def incidents_resolve(incident_id: str, note: str, config: str | None, as_json: bool) -> None:
+    """Resolve an incident by hand: its id or a unique prefix of 4+ characters (the stream
+    resolves one itself when its verdict recovers)."""
+    _incident_change("resolve", incident_id, note, config, as_json)
+
+
+def _incident_change(what: str, incident_id: str, note: str, config: str | None,
+                     as_json: bool) -> None:
     from driftwarden.store import NotFound
 
+    store = _open_store(config)
+    change = store.ack_incident if what == "ack" else store.resolve_incident
     try:
-        row = _open_store(config).ack_incident(incident_id, actor=_actor(), note=note)
+        row = change(incident_id, actor=_actor(), note=note)
     except NotFound as exc:
         raise InputError(str(exc)) from None
     if as_json:
         _emit(row, True, [], "")
-        return
-    click.echo(f"{row['id']}: acknowledged by {row['acknowledged_by']}")
+    elif what == "ack":
+        click.echo(f"{row['id']}: acknowledged by {row['acknowledged_by']} at "
+                   f"{_cell(row['acknowledged_at'], 'acknowledged_at')}")
+    else:
+        click.echo(f"{row['id']}: resolved at {_cell(row['resolved_at'], 'resolved_at')}")
 
 
 @cli.command()

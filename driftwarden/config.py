@@ -35,6 +35,9 @@ ENV_PREFIX = "DRIFTWARDEN_"
 SECRET_WORDS = ("password", "secret", "token", "key")
 
 
+RUNBOOK_BASE = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks.md"
+
+
 class Topics(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Kafka topic names (see the README's message formats)."""
 
@@ -154,7 +157,7 @@ class Alertmanager(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     url: str = ""
     resend_seconds: float = 60.0  # firing alerts are re-sent this often (endsAt: 4 resends)
     timeout: float = 5.0
-    runbook_base: str = ""        # runbook links (default: the project's docs/runbooks.md)
+    runbook_base: str = ""        # overrides the top-level runbook_base for direct alerts
 
 
 class Api(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -185,6 +188,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # the worker's endpoints (/health, /verdicts, /metrics, /api/v1); --web-port / --web-host
     web_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6066
     web_host: str = "127.0.0.1"
+    # where runbook links point (alert rules, direct alerts, action events): your copy of
+    # docs/runbooks.md, e.g. on an internal wiki; anchors are appended
+    runbook_base: str = RUNBOOK_BASE
     kafka: Kafka = msgspec.field(default_factory=Kafka)
     topics: Topics = msgspec.field(default_factory=Topics)
     detection: Detection = msgspec.field(default_factory=Detection)

@@ -187,3 +187,34 @@ def test_alertmanager_config_checks_and_routes_by_severity():
     cfg = yaml.safe_load(AM_CONFIG.read_text())
     inhibit = cfg["inhibit_rules"][0]
     assert inhibit["equal"] == ["model"] and 'severity="warning"' in inhibit["target_matchers"]
+
+
+def test_runbook_links_follow_the_configured_base(tmp_path, capsys):
+    """`alerts render --runbook-base`, the `runbook_base` setting, and action events: every
+    runbook link under the team's own URL, with anchors that docs/runbooks.md has."""
+    from driftwarden.cli import main
+    from driftwarden.config import load_settings
+    from driftwarden.stream.policy import ACTIONS
+    from driftwarden.stream.service import StreamService
+
+    base = "https://wiki.example.com/ml/runbooks"
+    assert main(["alerts", "render", "--runbook-base", base]) == 0
+    rules = yaml.safe_load(capsys.readouterr().out)["groups"][0]["rules"]
+    assert {r["annotations"]["runbook_url"].partition("#")[0] for r in rules} == {base}
+    cfg = tmp_path / "dw.toml"
+    cfg.write_text(f'runbook_base = "{base}/v2"\n')
+    assert main(["alerts", "render", "--config", str(cfg)]) == 0
+    rules = yaml.safe_load(capsys.readouterr().out)["groups"][0]["rules"]
+    assert all(r["annotations"]["runbook_url"].startswith(f"{base}/v2#") for r in rules)
+    assert main(["alerts", "render", "--runbook-base", "wiki/runbooks"]) == 2
+    assert "http" in capsys.readouterr().err
+
+    svc = StreamService(load_settings(cfg, env={}))
+    event = {"event_id": "e1", "incident_id": "i1", "model": "m", "version": "1",
+             "kind": "data", "state": "onset", "severity": "critical",
+             "features": ["x"], "evidence": [], "ts": 1e9}
+    actions = svc.policy.decide(event)
+    assert actions and all(a["runbook_url"] == f"{base}/v2#action-{a['action']}"
+                           for a in actions)
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    assert all(f"## action-{a}\n" in runbooks for a in ACTIONS)

@@ -77,6 +77,22 @@ def test_demo_detects_both_drifts_and_acts(tmp_path):
     table = subprocess.run([sys.executable, "-m", "driftwarden.cli", "incidents", "list"],
                            capture_output=True, text=True, timeout=60, env=env)
     assert "fraud" in table.stdout and "churn" in table.stdout
+    # piped, the table still holds every id whole (they are typed back into `ack`)
+    assert all(i["id"] in table.stdout for i in incidents)
+    # the demo resolved what it opened: nothing left open forever by demo runs
+    assert set(result["resolved"]) == {e["incident_id"] for e in onsets.values()}
+    assert {i["status"] for i in incidents if i["id"] in result["resolved"]} == {"resolved"}
+    # the versions the stream saw (their baselines) are listed
+    models = json.loads(subprocess.run(
+        [sys.executable, "-m", "driftwarden.cli", "models", "list", "--json"],
+        capture_output=True, text=True, timeout=60, env=env).stdout)
+    assert {(m["name"], v["version"]) for m in models for v in m["versions"]} >= {
+        ("fraud", "1"), ("churn", "1"), ("churn", "2")}
+    # an incident is acknowledged by the start of its id
+    prefix = data["incident_id"][:8]
+    ack = subprocess.run([sys.executable, "-m", "driftwarden.cli", "incidents", "ack", prefix],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert ack.returncode == 0 and ack.stdout.startswith(data["incident_id"]), ack.stderr
     from driftwarden.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'dw' / 'driftwarden.db'}")

@@ -150,3 +150,50 @@ def test_the_database_refuses_to_change_or_delete_audit_rows(db_url):
             c.execute(sa.text(statement))
     assert store.audit_log() == [row]
     store.close()
+
+
+def test_incidents_are_named_by_a_unique_prefix_and_resolved_by_hand_once(db_url):
+    store = Store(db_url)
+    for iid in ("ea1b77a0-0001", "ea1b77a0-0002", "fb_%0000-0003"):
+        ev = drift("onset", f"ev-{iid}")
+        ev["incident_id"] = iid
+        store.record_event(ev)
+    assert store.find_incident("fb_%") == "fb_%0000-0003"  # LIKE wildcards are literal
+    assert store.find_incident("ea1b77a0-0002") == "ea1b77a0-0002"
+    with pytest.raises(NotFound, match="several"):
+        store.find_incident("ea1b77a")  # what a cut table cell showed: ambiguous
+    with pytest.raises(NotFound, match="4 characters"):
+        store.find_incident("ea1")
+    with pytest.raises(NotFound):
+        store.find_incident("ea1b77a1")
+    with pytest.raises(NotFound):
+        store.find_incident("fb_x")  # `_` is not a wildcard
+    done = store.resolve_incident("ea1b77a0-0001", actor="cli:alice", note="false alarm")
+    again = store.resolve_incident("ea1b77a0-0001", actor="cli:bob")
+    assert done["status"] == again["status"] == "resolved"
+    assert again["resolved_at"] == done["resolved_at"]
+    assert [a["operation"] for a in store.audit_log()].count("incident.resolve") == 1
+    assert {i["id"] for i in store.incidents(status="open")} == {"ea1b77a0-0002",
+                                                                 "fb_%0000-0003"}
+    store.close()
+
+
+def test_versions_the_stream_saw_are_listed_with_the_registered_ones(db_url):
+    store = Store(db_url)
+    store.register_model("fraud", actor="cli:a")
+    store.register_version("fraud", "7", actor="cli:a")
+    store.add_baseline("fraud", "8", {"x": 1}, rows=10, source="warm-up", actor="worker")
+    store.add_baseline("churn", "1", {"x": 1}, rows=10, source="warm-up", actor="worker")
+    store.add_baseline("churn", "2", {"x": 1}, rows=10, source="warm-up", actor="worker")
+    ev = drift("onset", "e-churn-3")
+    ev |= {"incident_id": "i-churn-3", "model": "churn", "version": "3"}
+    store.record_event(ev)
+    store.record_event(drift("onset", "e-fraud-7"))  # fraud v7: registered already
+    models = {m["name"]: m for m in store.models()}
+    assert [(v["version"], v["status"]) for v in models["fraud"]["versions"]] == [
+        ("7", "registered"), ("8", "seen")]
+    # in the order first seen: v3's incident has an event time in 2025, before the baselines
+    assert [(v["version"], v["status"]) for v in models["churn"]["versions"]] == [
+        ("3", "seen"), ("1", "seen"), ("2", "seen")]
+    assert models["fraud"]["registered"] and not models["churn"]["registered"]
+    store.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import yaml  # type: ignore[import-untyped]
 
+from driftwarden.config import RUNBOOK_BASE  # re-exported
 from driftwarden.promql import (
     actions_increase,
     consumer_lag,
@@ -30,8 +31,6 @@ from driftwarden.promql import (
     event_rate,
     unsilenced,
 )
-
-RUNBOOK_BASE = "https://github.com/driftwarden/driftwarden/blob/main/docs/runbooks.md"
 
 
 @dataclass(frozen=True)

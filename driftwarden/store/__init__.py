@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -307,20 +307,49 @@ class Store:
                 raise NotFound(f"no baseline for {model} v{version}")
             return _baseline_dict(b, summary=True)
 
-    def models(self) -> list[dict[str, Any]]:
+    def baseline_revisions(self, model: str, revision: int | None = None
+                           ) -> dict[str, dict[str, Any]]:
+        """Per version of ``model``: its newest baseline revision (or revision ``revision``,
+        for the versions that have one), with the summary."""
         with self.session() as s:
-            versions: dict[int, list[dict[str, Any]]] = {}
+            q = select(Baseline).where(Baseline.model == model)
+            if revision is not None:
+                q = q.where(Baseline.revision == revision)
+            out: dict[str, dict[str, Any]] = {}
+            for b in s.scalars(q.order_by(Baseline.version, Baseline.revision)):
+                out[b.version] = _baseline_dict(b, summary=True)  # the newest stays
+            return out
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model with its versions: those registered (with their status) and those the
+        stream only saw — a baseline fitted or an incident opened — as status ``seen``."""
+        with self.session() as s:
+            versions: dict[str, list[dict[str, Any]]] = {}
+            models = list(s.scalars(select(Model).order_by(Model.name)))
+            names = {m.id: m.name for m in models}
             for v in s.scalars(select(ModelVersion).order_by(ModelVersion.created_at,
                                                              ModelVersion.id)):
-                versions.setdefault(v.model_id, []).append(_version_dict(v))
-            out = [_model_dict(m, versions.get(m.id, []))
-                   for m in s.scalars(select(Model).order_by(Model.name))]
-            # models seen only by the stream (incidents) appear too
-            known = {m["name"] for m in out}
-            for (name,) in s.execute(select(Incident.model).distinct()):
-                if name not in known:
-                    out.append({"name": name, "description": "", "owner": "",
-                                "created_at": None, "versions": [], "registered": False})
+                versions.setdefault(names[v.model_id], []).append(_version_dict(v))
+            seen: dict[tuple[str, str], datetime] = {}
+            for name, version, at in [
+                    *s.execute(select(Baseline.model, Baseline.version,
+                                      func.min(Baseline.created_at))
+                               .group_by(Baseline.model, Baseline.version)),
+                    *s.execute(select(Incident.model, Incident.version,
+                                      func.min(Incident.opened_at))
+                               .group_by(Incident.model, Incident.version))]:
+                key = (name, version)
+                seen[key] = min(seen.get(key, at), at)
+            for (name, version), at in sorted(seen.items(), key=lambda kv: (kv[0][0], kv[1])):
+                known = versions.setdefault(name, [])
+                if all(v["version"] != version for v in known):
+                    known.append(_seen_version(version, at))
+            out = [_model_dict(m, versions.get(m.name, [])) for m in models]
+            registered = {m.name for m in models}
+            # models seen only by the stream (baselines, incidents) appear too
+            out += [{"name": name, "description": "", "owner": "", "created_at": None,
+                     "versions": vs, "registered": False}
+                    for name, vs in versions.items() if name not in registered]
             return sorted(out, key=lambda m: m["name"])
 
     # -- incidents, silences, actions, audit ----------------------------------------------
@@ -347,7 +376,31 @@ class Store:
                     IncidentEvent.incident_id == incident_id).order_by(IncidentEvent.ts))]
             return out
 
+    def find_incident(self, id_or_prefix: str) -> str:
+        """The id of the incident ``id_or_prefix`` names: its full id, or a prefix of at least
+        4 characters that only one incident id starts with (what a cut table cell shows).
+
+        Raises :class:`NotFound` when none or several match."""
+        with self.session() as s:
+            if s.get(Incident, id_or_prefix) is not None:
+                return id_or_prefix
+            if len(id_or_prefix) < 4:
+                raise NotFound(f"no incident {id_or_prefix!r} (a prefix needs 4 characters)")
+            pattern = id_or_prefix.replace("\\", "\\\\").replace("%", "\\%").replace(
+                "_", "\\_") + "%"
+            ids = list(s.scalars(select(Incident.id).where(
+                Incident.id.like(pattern, escape="\\")).limit(3)))
+        if not ids:
+            raise NotFound(f"no incident {id_or_prefix!r}")
+        if len(ids) > 1:
+            raise NotFound(f"{id_or_prefix!r} is the start of several incident ids "
+                           f"({', '.join(ids[:2])}, …): give more of it")
+        return ids[0]
+
     def ack_incident(self, incident_id: str, *, actor: str, note: str = "") -> dict[str, Any]:
+        """Acknowledge an incident (its id or a unique prefix); acknowledging it again keeps
+        the first acknowledgement and writes no audit row."""
+        incident_id = self.find_incident(incident_id)
         with self.session() as s:
             i = s.get(Incident, incident_id)
             if i is None:
@@ -358,6 +411,22 @@ class Store:
             if i.status != "resolved":
                 i.status = "acknowledged"
             s.add(_audit(actor, "incident.ack", incident_id, "ok", {"note": note}))
+            return _incident_dict(i)
+
+    def resolve_incident(self, incident_id: str, *, actor: str, note: str = ""
+                         ) -> dict[str, Any]:
+        """Resolve an incident by hand (its id or a unique prefix): a false alarm, or the end
+        of a demo. The stream resolves an incident itself when its verdict recovers; resolving
+        one already resolved changes nothing and writes no audit row."""
+        incident_id = self.find_incident(incident_id)
+        with self.session() as s:
+            i = s.get(Incident, incident_id)
+            if i is None:
+                raise NotFound(f"no incident {incident_id!r}")
+            if i.status == "resolved":
+                return _incident_dict(i)
+            i.status, i.resolved_at, i.updated_at = "resolved", now(), now()
+            s.add(_audit(actor, "incident.resolve", incident_id, "ok", {"note": note}))
             return _incident_dict(i)
 
     def silence(self, model: str, until: datetime, *, actor: str, reason: str = ""
@@ -441,6 +510,13 @@ def _audit(actor: str, operation: str, target: str, outcome: str,
 def _model_dict(m: Model, versions: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": m.name, "description": m.description, "owner": m.owner,
             "created_at": _utc(m.created_at), "versions": versions, "registered": True}
+
+
+def _seen_version(version: str, at: datetime) -> dict[str, Any]:
+    """A version the stream saw (baseline, incident) that nobody registered."""
+    return {"version": version, "status": "seen", "training_data_hash": "", "code_ref": "",
+            "hyperparameters": {}, "evaluation": {}, "approved_by": None, "approved_at": None,
+            "deployed_at": None, "created_at": _utc(at)}
 
 
 def _version_dict(v: ModelVersion) -> dict[str, Any]:

@@ -28,13 +28,13 @@ from typing import Any
 
 import orjson
 
-from driftwarden.batch import fit_baseline_file
 from driftwarden.config import Settings, private_dir
 from driftwarden.kafka import client_config, ensure_topics, produce
 from driftwarden.metrics import Metrics
 from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
 from driftwarden.store import Store, database_url
 from driftwarden.store.sink import StoreSink
+from driftwarden.stream.baselines import configured_models
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.service import Output, RawMessage, StreamService
 from driftwarden.stream.shards import Shards
@@ -322,11 +322,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     # calibrations (seconds, at the end of each model's warm-up) run on a thread, so the event
     # loop keeps heartbeating and fetching; see ModelMonitor
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-calibration")
-    models = {name: {"feature_names": m.feature_names, "task": m.task,
-                     # a reference file is fitted once here, so a bad one stops the start
-                     "baseline": fit_baseline_file(m.baseline, settings.detection, m.types)
-                     if m.baseline else None}
-              for name, m in settings.models.items()}
+    # baselines from files or the store: a bad file or a missing revision stops the start
+    models = configured_models(settings)
     factory = factory or (lambda: StreamService(
         settings, discovery=settings.discovery, max_models=settings.max_models,
         models=models, executor=executor))
@@ -785,7 +782,7 @@ def _side_channels(settings: Settings) -> tuple[
                                  capacity=g.queue)
     if a.url:
         am = AlertmanagerAlerts(a.url, resend=a.resend_seconds, timeout=a.timeout,
-                                runbook_base=a.runbook_base or None)
+                                runbook_base=a.runbook_base or settings.runbook_base)
         # capacity 1: only the newest snapshot of the alerts matters
         alerting = SideSender("alertmanager", am, capacity=1)
     return annotations, alerting, am

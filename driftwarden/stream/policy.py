@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from driftwarden.config import RUNBOOK_BASE
 from driftwarden.errors import ValidationError
 from driftwarden.stream.monitor import event_id
 
@@ -43,7 +44,7 @@ class ModelPolicy:
     retrain_after: float = 3_600.0
     cooldown: float = 3_600.0
     review: bool = True
-    runbook_url: str = "README.md#runbook"  # base of the runbook links, per action
+    runbook_url: str = RUNBOOK_BASE  # the runbook page; each action links #action-ACTION
 
     def __post_init__(self) -> None:
         for name in ("rollback_window", "retrain_after", "cooldown"):
@@ -106,7 +107,7 @@ class ResponsePolicy:
                 "evidence": {"drift_event_id": event["event_id"], "kind": kind,
                              "severity": severity, "features": list(event["features"]),
                              "tests": list(event.get("evidence", []))[:20]},
-                "runbook_url": f"{rules.runbook_url}-{action}", "ts": ts,
+                "runbook_url": f"{rules.runbook_url}#action-{action}", "ts": ts,
             })
         return out
 

@@ -41,7 +41,7 @@ from driftwarden.schema import (
 from driftwarden.stream.dlq import dead_letter
 from driftwarden.stream.labels import LabelJoiner, Outcome
 from driftwarden.stream.monitor import ModelMonitor
-from driftwarden.stream.policy import ResponsePolicy
+from driftwarden.stream.policy import ModelPolicy, ResponsePolicy
 
 log = logging.getLogger("driftwarden.stream")
 
@@ -79,14 +79,15 @@ class StreamService:
         self.topics = settings.topics
         self.discovery = discovery
         self.max_models = max_models
-        # model -> {"feature_names": [...], "task": ..., "baseline": Baseline from a file}
+        # model -> {"feature_names": [...], "task": ..., "baseline": for every version,
+        #           "baselines": {version: Baseline}} (see stream.baselines)
         self.models = dict(models or {})
         self.monitors: dict[tuple[str, str], ModelMonitor] = {}
         self.labels = LabelJoiner(settings.detection.label_ttl,
                                   settings.detection.max_pending_labels,
                                   settings.detection.label_grace)
         self.cloudevents = CloudEventJoiner()
-        self.policy = policy or ResponsePolicy()
+        self.policy = policy or ResponsePolicy(ModelPolicy(runbook_url=settings.runbook_base))
         self.counts: Counter[str] = Counter()        # events by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
         self.actions: Counter[str] = Counter()
@@ -304,14 +305,15 @@ class StreamService:
             self._reject(msg, Rejection("unknown_model", f"model {model!r}: {why}"), out,
                          record=record)
             return False
-        task = self.models.get(model, {}).get("task", "classification")
+        config = self.models.get(model, {})
+        task = config.get("task", "classification")
         # a new version of a known model counts as deployed now (event time), replacing the
         # newest version seen before it: what a rollback would go back to
         earlier = [v for (m, v) in self.monitors if m == model]
         self.policy.register_version(model, version, ts, earlier[-1] if earlier else None)
         self.monitors[(model, version)] = ModelMonitor(
             model, version, self.settings.detection, task=task, executor=self.executor,
-            baseline=self.models.get(model, {}).get("baseline"))
+            baseline=config.get("baselines", {}).get(version) or config.get("baseline"))
         return True
 
     # -- labels ---------------------------------------------------------------------------

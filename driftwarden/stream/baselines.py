@@ -1,0 +1,112 @@
+"""The baselines a worker starts with, from its config: ``[models.NAME] baseline = ...``.
+
+* a file (CSV / Parquet): fitted once at start, for every version of the model;
+* ``"store:latest"`` — each version's newest revision in the store (what ``driftwarden
+  baseline fit`` stored, or the warm-up baseline an earlier worker recorded);
+* ``"store:N"`` — revision N of each version;
+* ``"store:VERSION/N"`` (or ``store:VERSION/latest``) — that one version's revision, for every
+  version: a fixed reference, e.g. the champion's baseline for its challengers.
+
+A version without a stored baseline warms up as usual. Revisions are read when the worker
+starts (a revision stored later is used from the next start); a revision named but missing, or
+a store that cannot be read, stops the start with one line — as a bad baseline file does.
+
+>>> parse_store_ref("store:latest"), parse_store_ref("store:3"), parse_store_ref("store:1/2")
+((None, None), (None, 3), ('1', 2))
+>>> parse_store_ref("store:x")
+Traceback (most recent call last):
+...
+driftwarden.errors.ConfigError: baseline 'store:x': give store:latest, store:REVISION or \
+store:VERSION/REVISION (REVISION a number or latest)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from driftwarden.config import Settings, safe_url
+from driftwarden.detectors.baseline import Baseline
+from driftwarden.errors import ConfigError, InputError
+
+log = logging.getLogger("driftwarden.stream")
+PREFIX = "store:"
+
+
+def parse_store_ref(ref: str) -> tuple[str | None, int | None]:
+    """(version or None for each version's own, revision or None for the newest)."""
+    body = ref[len(PREFIX):]
+    version, _, rev = body.rpartition("/")
+    try:
+        revision = None if rev == "latest" else int(rev)
+        if revision is not None and revision < 1:
+            raise ValueError(rev)
+        if "/" in body and not version:
+            raise ValueError(body)
+    except ValueError:
+        raise ConfigError(f"baseline {ref!r}: give store:latest, store:REVISION or "
+                          "store:VERSION/REVISION (REVISION a number or latest)") from None
+    return version or None, revision
+
+
+def configured_models(settings: Settings) -> dict[str, dict[str, Any]]:
+    """What the stream service needs of each configured model: feature names, task, and its
+    baseline — ``baseline`` (every version) and/or ``baselines`` (by version)."""
+    from driftwarden.batch import fit_baseline_file
+
+    out: dict[str, dict[str, Any]] = {}
+    store = None
+    try:
+        for name, m in settings.models.items():
+            entry: dict[str, Any] = {"feature_names": m.feature_names, "task": m.task,
+                                     "baseline": None, "baselines": {}}
+            if m.baseline.startswith(PREFIX):
+                version, revision = parse_store_ref(m.baseline)
+                if store is None:
+                    store = _store(settings)
+                _from_store(store, name, version, revision, entry)
+            elif m.baseline:  # a reference file is fitted once here: a bad one stops the start
+                entry["baseline"] = fit_baseline_file(m.baseline, settings.detection, m.types)
+            out[name] = entry
+    finally:
+        if store is not None:
+            store.close()
+    return out
+
+
+def _store(settings: Settings) -> Any:
+    from driftwarden.store import Store, database_url
+
+    url = database_url(settings)
+    try:
+        return Store(url)
+    except Exception as exc:  # noqa: BLE001 - one line, whatever the driver raised
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise InputError(f"baselines from the store: database {safe_url(url)}: "
+                         f"{reason}") from None
+
+
+def _from_store(store: Any, model: str, version: str | None, revision: int | None,
+                entry: dict[str, Any]) -> None:
+    from driftwarden.store import NotFound
+
+    if version is not None:
+        try:
+            row = store.baseline(model, version, revision)
+        except NotFound:
+            raise InputError(f"models.{model}.baseline: no baseline revision "
+                             f"{revision or 'latest'} of {model} v{version} in the store "
+                             "(see `driftwarden baseline fit`)") from None
+        entry["baseline"] = Baseline.from_state(row["summary"])
+        log.info("baseline of %s: %s v%s revision %d from the store (every version)", model,
+                 model, version, row["revision"])
+        return
+    rows = store.baseline_revisions(model, revision)
+    if revision is not None and not rows:
+        raise InputError(f"models.{model}.baseline: no version of {model} has a baseline "
+                         f"revision {revision} in the store (see `driftwarden baseline fit`)")
+    for v, row in rows.items():
+        entry["baselines"][v] = Baseline.from_state(row["summary"])
+    log.info("baselines of %s from the store: %s", model,
+             ", ".join(f"v{v} revision {r['revision']}" for v, r in rows.items()) or
+             "none yet (each version warms up)")
