@@ -171,3 +171,31 @@ def test_records_after_an_idle_close_start_a_new_stretch_and_late_ones_are_count
 def key_quiet(svc, clock):
     (last,) = svc.last_records.values()
     return clock.now - last
+
+
+def test_verdicts_name_their_state_and_the_features_behind_it():
+    """pending (candidates), drifting (drifting now), recovering (the open incident's), ok."""
+    from driftwarden.schema import PredictionRecord
+    from driftwarden.stream.monitor import ModelMonitor
+
+    rng = np.random.default_rng(3)
+    m = ModelMonitor("m", "1", Detection(warmup=2000, slices=2, slice_seconds=1.0,
+                                         allowed_lateness=0.0, calibration_sims=50,
+                                         hysteresis=2, recovery=2))
+
+    def second(t, shift):
+        return [PredictionRecord("m", "1", None, t + i / 1000,
+                                 {"x": float(rng.normal(shift, 1)),
+                                  "y": float(rng.normal(0, 1))}) for i in range(1000)]
+
+    states = []
+    for t, shift in enumerate([0, 0, 0, 0, 0, 3, 3, 3, 0, 0, 0, 0, 0]):
+        m.add(second(float(t), shift))
+        v = m.last_verdicts.get("data")
+        if v is not None:
+            states.append((v["state"], v["drift"], tuple(v["features"])))
+    seen = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+    assert [s for s, _, _ in seen] == ["ok", "pending", "drifting", "recovering", "ok"]
+    for state, drift, features in seen:
+        assert drift == (state in ("drifting", "recovering"))
+        assert (features == ("x",)) == (state != "ok")  # never drift with no features

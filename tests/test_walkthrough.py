@@ -116,14 +116,33 @@ def test_worker_log_format_json_is_one_object_per_line(tmp_path, broker, fmt):
     proc = subprocess.Popen([sys.executable, "-m", "driftwarden.cli", "worker", "--web-port",
                              str(web), "--log-format", fmt], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    try:
-        from conftest import get_json, wait_for
+    answers = []
 
-        wait_for("the worker to be ready", lambda: (get_json(web, "/ready") or {}).get("ready"),
-                 90)
+    def ready():
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web}/ready", timeout=2) as r:
+                answers.append((r.status, json.loads(r.read())))
+        except urllib.error.HTTPError as exc:
+            answers.append((exc.code, json.loads(exc.read())))
+        except OSError:
+            return False
+        return answers[-1][0] == 200
+
+    try:
+        from conftest import wait_for
+
+        wait_for("the worker to be ready", ready, 90)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    # /ready's body agrees with its status: 503 while starting or rebalancing, never "ok"
+    assert answers[-1][1]["ready"] and answers[-1][1]["status"] == "ok"
+    for code, body in answers:
+        assert body["ready"] == (code == 200)
+        assert (body["status"] == "ok") == (code == 200), (code, body)
     lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
     parsed = [json.loads(ln) for ln in lines]  # fails on any line that is not JSON
     assert {"ts", "level", "logger", "message"} <= set(parsed[0])
