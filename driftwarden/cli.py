@@ -387,6 +387,41 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
 
 
 @cli.command()
+@click.option("--rate", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="Records per second of each model.")
+@click.option("--drift-after", type=click.FloatRange(0, None), default=180.0,
+              show_default=True, help="Seconds of reference traffic before the drifts.")
+@click.option("--duration", type=click.FloatRange(1, None), default=3600.0, show_default=True,
+              help="Seconds until it ends.")
+@click.option("--config", metavar="FILE", help="driftwarden TOML config (broker, topics).")
+@click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
+def traffic(rate: int, drift_after: float, duration: float, config: str | None,
+            bootstrap_servers: str | None) -> None:
+    """Send the demo's synthetic traffic to a broker: reference traffic, then data drift in
+    `fraud` and concept drift (with labels) in `churn` v2 (the compose stack's traffic)."""
+    import signal
+    import threading
+
+    from confluent_kafka import KafkaException
+
+    from driftwarden.config import load_settings
+    from driftwarden.demo import run_traffic
+    from driftwarden.kafka import ensure_topics
+
+    settings = load_settings(config)
+    servers = bootstrap_servers or settings.kafka.bootstrap_servers
+    try:
+        ensure_topics(settings, 10.0, servers)
+    except KafkaException as exc:
+        raise InputError(f"cannot reach the broker at {servers}: {exc}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_traffic(servers, rate=rate, drift_after=drift_after, duration=duration, stop=stop,
+                echo=click.echo)
+
+
+@cli.command()
 @click.option("--url", default=None,
               help="The worker's web address (default: http://127.0.0.1 on the web_port "
                    "setting, 6066).")

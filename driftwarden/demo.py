@@ -262,6 +262,33 @@ def run_demo(duration: float = 75.0, rate: int = 1000, *, as_json: bool = False,
             "produced": dict(gen.sent) if gen else {}, "logs": str(data_dir)}
 
 
+def run_traffic(bootstrap: str, *, rate: int = 200, drift_after: float = 180.0,
+                duration: float = 3600.0, stop: threading.Event | None = None,
+                echo: Callable[[str], None] = print) -> dict[str, int]:
+    """The demo's traffic against any broker (``driftwarden traffic``, the compose stack's
+    traffic service): ``fraud`` and ``churn`` at ``rate`` records/s each, reference traffic
+    until ``drift_after`` seconds, then data drift in ``fraud`` and, 50 % later, concept drift
+    (with labels) in ``churn`` v2; ends after ``duration`` seconds or when ``stop`` is set.
+    Returns what was sent."""
+    stop = stop or threading.Event()
+    t0 = time.time()
+    gen = Generator(bootstrap, rate, t0, drift_after, drift_after * 1.5)
+    echo(f"traffic: fraud and churn at {rate} records/s each to {bootstrap}; data drift in "
+         f"fraud from t={drift_after:g} s, concept drift in churn v2 from "
+         f"t={drift_after * 1.5:g} s; ends at t={duration:g} s")
+    gen.start()
+    try:
+        while not stop.wait(min(60.0, max(0.0, t0 + duration - time.time()))):
+            if time.time() >= t0 + duration:
+                break
+            echo(f"traffic: t={time.time() - t0:.0f} s, sent {dict(gen.sent)}")
+    finally:
+        gen.stop_event.set()
+        gen.join(30)
+    echo(f"traffic: done, sent {dict(gen.sent)}")
+    return dict(gen.sent)
+
+
 def resolve_open_incidents(url: str, drift: list[dict[str, Any]]) -> list[str]:
     """Resolve the incidents this demo run opened and did not see recover (its traffic ends,
     its verdicts never will): demo runs do not leave incidents open forever in the store."""

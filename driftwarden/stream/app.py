@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 
 from driftwarden.config import Settings, private_dir
+from driftwarden.errors import InputError
 from driftwarden.kafka import client_config, ensure_topics, produce
 from driftwarden.metrics import Metrics
 from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
@@ -327,7 +329,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     factory = factory or (lambda: StreamService(
         settings, discovery=settings.discovery, max_models=settings.max_models,
         models=models, executor=executor))
-    private_dir(Path(settings.data_dir, "faust"))
+    writable_data_dir(settings.data_dir)
     app = faust.App(
         settings.kafka.group_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -748,6 +750,33 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     app.on_before_shutdown.connect(_flush)  # type: ignore[arg-type]
 
     return app
+
+
+def writable_data_dir(data_dir: str) -> Path:
+    """Make the worker's data directory (and its ``faust`` directory), private to this user;
+    one readable line when that is impossible (a container user without write access to its
+    working directory, a read-only volume).
+
+    >>> import tempfile
+    >>> writable_data_dir(tempfile.mkdtemp() + "/dw").name
+    'dw'
+    >>> writable_data_dir("/proc/driftwarden")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    driftwarden.errors.InputError: cannot create the data directory /proc/driftwarden: ...
+    """
+    path = Path(data_dir)
+    try:
+        private_dir(path / "faust")
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        shown = path if path.is_absolute() else f"{path} (in {Path.cwd()})"
+        raise InputError(f"cannot create the data directory {shown}: {exc.strerror} (set "
+                         "data_dir / DRIFTWARDEN_DATA_DIR to a directory this user can "
+                         "write)") from None
+    return path
 
 
 def describe(event: dict[str, Any], is_action: bool) -> str:
