@@ -116,7 +116,9 @@ def test_every_endpoint_with_no_wrong_read_and_admin_tokens(db_url):
         assert inc["evidence"] == ONSET["evidence"]
         models = {m["name"]: m for m in call(base, "GET", "/models", token=READ)[1]}
         assert models["churn"]["owner"] == "growth"
-        assert {v["version"]: v["status"] for v in models["fraud"]["versions"]} == {"8": "live"}
+        # v8 registered and promoted; v7 only seen by the stream (the incident inc-1)
+        assert {v["version"]: v["status"] for v in models["fraud"]["versions"]} == {
+            "8": "live", "7": "seen"}
         baseline = call(base, "GET", "/models/fraud/versions/8/baseline", token=READ)[1]
         assert baseline["rows"] == 300 and baseline["revision"] == 1
         audit = call(base, "GET", "/audit?limit=100", token=READ)[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from driftwarden.cli import main
@@ -67,3 +68,41 @@ def test_rate_is_kept_and_bad_files_fail_in_one_line(tmp_path, capsys):
                  "127.0.0.1:1"]) == 2  # nothing listens there
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach the broker at 127.0.0.1:1" in err[0]
+
+
+def test_a_file_with_its_own_timeline_and_a_bad_time_is_one_line_before_anything_is_sent(
+        tmp_path, capsys):
+    from driftwarden.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,time\n1,2026-11-29T08:00:00Z\n2,noon\n")
+    # the broker address is unreachable: the time is checked first, nothing is sent
+    assert main(["produce", str(bad), "--model", "m", "--ts-column", "time",
+                 "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "row 1: time 'noon' is not a time" in err[0], err
+    assert main(["produce", str(bad), "--model", "m", "--rate", "5", "--speedup", "2"]) == 2
+    assert "either --rate or --speedup" in capsys.readouterr().err
+
+
+def test_a_replay_keeps_the_files_times_and_paces_them_by_the_speedup():
+    from datetime import datetime
+
+    from driftwarden.produce import produce_rows
+
+    rows = [{"x": i, "time": t} for i, t in enumerate(
+        ["2026-11-29T08:00:00+00:00", "2026-11-29T08:01:00+00:00", 1795939320.0,
+         datetime(2026, 11, 29, 8, 3)])]  # ISO, ISO, epoch seconds, a naive (UTC) datetime
+    sent, sleeps = [], []
+    now = [1000.0]
+
+    def sleep(s):
+        sleeps.append(s)
+        now[0] += s
+
+    produce_rows(rows, lambda t, k, v: sent.append(orjson.loads(v)), topic="p",
+                 labels_topic="l", model="m", ts_column="time", speedup=60.0,
+                 clock=lambda: now[0], sleep=sleep)
+    assert [r["ts"] for r in sent] == [1795939200.0 + 60 * i for i in range(4)]
+    assert sleeps == pytest.approx([1.0, 1.0, 1.0])  # a minute of the file per second
+    assert all("time" not in r["features"] for r in sent)
