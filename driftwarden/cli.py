@@ -441,7 +441,6 @@ def watch(url: str | None, config: str | None, interval: float, until_drift: boo
     from driftwarden.watch import watch as run
 
     url = url or f"http://127.0.0.1:{load_settings(config).web_port}"
-
     return run(url, echo=click.echo, interval=interval, until_drift=until_drift,
                timeout=timeout, token=token)
 
