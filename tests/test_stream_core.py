@@ -6,6 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
+from driftwarden.events import ActionEvent
 from driftwarden.schema import Rejection, decode_predictions
 from driftwarden.stream.dlq import dead_letter
 from driftwarden.stream.labels import LabelJoiner
@@ -51,8 +52,9 @@ def test_rollback_on_critical_concept_drift_of_a_fresh_version():
     acts = p.decide(drift_event(kind="concept", severity="critical"))
     assert [(a["action"], a["target_version"]) for a in acts] == [("rollback", "7")]
     a = acts[0]
-    assert set(a) == {"event_id", "action", "model", "version", "target_version",
-                      "incident_id", "reason", "evidence", "runbook_url", "ts"}
+    assert set(a) == {"schema_version", "event_id", "action", "model", "version",
+                      "target_version", "incident_id", "reason", "evidence", "runbook_url", "ts"}
+    assert set(a) == set(ActionEvent.__struct_fields__)  # the public contract, all of it
     # an old version is not rolled back: a human reviews
     p2 = ResponsePolicy()
     p2.register_version("fraud", "8", deployed_at=0.0, previous="7")

@@ -89,6 +89,11 @@ def test_drift_events_actions_dlq_and_labels(worker):
     assert onset["features"] == ["amount"] and 1000 + SHIFT_AT <= onset["ts"] <= 1000 + 15
     actions = [json.loads(v) for t, v, _ in got if t == "driftwarden.actions"]
     assert actions[0]["incident_id"] == onset["incident_id"]
+    # the public contracts: every event as the typed structs and the committed JSON Schemas
+    from test_events import check_events
+
+    check_events([v for t, v, _ in got if t == "driftwarden.drift"],
+                 [v for t, v, _ in got if t == "driftwarden.actions"])
     assert [json.loads(v)["id"] for t, v, _ in got if t == "driftwarden.late"] == ["zz"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/verdicts", timeout=5) as r:
         verdicts = json.loads(r.read())

@@ -61,6 +61,7 @@ from driftwarden.detectors.summary import (
     plain_numbers,
 )
 from driftwarden.detectors.window import SlidingWindow
+from driftwarden.events import SCHEMA_VERSION
 from driftwarden.schema import PredictionRecord, RecordBatch
 
 KINDS = ("data", "prediction", "quality", "concept")
@@ -413,6 +414,7 @@ class ModelMonitor:
         evidence = [e.to_dict() for e in v.evaluation.evidence if e.decision and (
             e.rejected or e.feature in v.features)]
         return {
+            "schema_version": SCHEMA_VERSION,  # driftwarden.events.DriftEvent
             "event_id": event_id(incident_id, v.state, at),
             "incident_id": incident_id,
             "model": self.model, "version": self.version, "kind": kind, "state": v.state,

@@ -31,6 +31,7 @@ from typing import Any
 
 from driftwarden.config import RUNBOOK_BASE
 from driftwarden.errors import ValidationError
+from driftwarden.events import SCHEMA_VERSION
 from driftwarden.stream.monitor import event_id
 
 ACTIONS = ("rollback", "retrain", "review", "promote")
@@ -101,6 +102,7 @@ class ResponsePolicy:
                 continue
             self._last[key] = ts
             out.append({
+                "schema_version": SCHEMA_VERSION,  # driftwarden.events.ActionEvent
                 "event_id": event_id(incident, action),
                 "action": action, "model": model, "version": version,
                 "target_version": target, "incident_id": incident, "reason": reason,
