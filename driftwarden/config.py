@@ -102,6 +102,8 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     idle_close_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     quality_tolerance: float = 0.05  # missing / unseen / invalid ratio above the baseline's
     concept_detector: str = "adwin"  # online detector on the error stream of joined labels
+    # joined outcomes between two concept-drift decisions (by count: batching does not matter)
+    concept_step: Annotated[int, msgspec.Meta(ge=1)] = 100
     label_ttl: float = 86_400.0      # seconds a prediction waits for its label (event time)
     max_pending_labels: int = 1_000_000
     label_grace: float = 60.0        # seconds a label waits for a prediction not yet seen

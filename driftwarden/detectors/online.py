@@ -128,6 +128,12 @@ class OnlineDetector:
             self.n_detections += 1
         return self.result()
 
+    @property
+    def since_change(self) -> int:
+        """Values seen since the last detected change (0 right at a detection: the values
+        after it have not come yet); ``result().statistic`` is their mean."""
+        return 0 if self._river.drift_detected else self._since_reset
+
     def update_many(self, xs: Iterable[float]) -> DriftResult:
         """Feed a batch; the result reports a drift if one was detected anywhere in it."""
         drift = warning = False

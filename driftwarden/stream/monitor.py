@@ -67,6 +67,8 @@ from driftwarden.schema import PredictionRecord, RecordBatch
 KINDS = ("data", "prediction", "quality", "concept")
 EVENT_NAMESPACE = uuid.UUID("6f7c1f2e-3b9a-4c55-9d1e-0d2f8a5b7c31")
 MAX_CALIBRATION_ROWS = 5000  # larger windows are rescaled (see decide.NullModel)
+CONCEPT_REFERENCE = 500  # the first outcomes set the reference error rate
+CONCEPT_MIN_SINCE = 50   # outcomes after a detected change before its direction is judged
 
 
 def event_id(*parts: Any) -> str:
@@ -103,6 +105,7 @@ class ModelMonitor:
         self.concept = OnlineDetector(self.detection.concept_detector,
                                       seed=self.detection.seed)
         self.error_baseline: list[float] = [0.0, 0.0]  # errors, outcomes during warm-up
+        self.concept_change = False  # the detector found a change not yet judged
         self._warm: list[PredictionRecord] = []
         self.n_records = 0
         self.n_late = 0
@@ -313,7 +316,15 @@ class ModelMonitor:
     # -- outcomes (joined labels) ---------------------------------------------------------------
     def add_outcomes(self, predictions: Sequence[Any], labels: Sequence[Any],
                      ts: float) -> list[dict[str, Any]]:
-        """Feed joined (prediction, label) pairs to the error-stream detector."""
+        """Feed joined (prediction, label) pairs to the error-stream detector.
+
+        The concept verdict does not depend on how outcomes are batched: errors go to the
+        detector one by one, and the decision is taken every ``concept_step`` outcomes (by
+        count, wherever the calls cut the stream). A change the detector finds is latched
+        until a decision point has seen at least ``CONCEPT_MIN_SINCE`` outcomes after it, so
+        that its direction is judged on data, not on the one outcome that tripped it. The
+        reference error rate is that of the first ``CONCEPT_REFERENCE`` outcomes exactly.
+        """
         errors = [e for p, y in zip(predictions, labels)
                   if (e := _error(p, y, self.task)) is not None]
         numeric = [(p, y) for p, y in zip(predictions, labels)
@@ -323,27 +334,44 @@ class ModelMonitor:
             y_arr = np.array([y for _, y in numeric], dtype=float)
             self.outcomes.update(p_arr, y_arr)
             self._window_outcomes(ts).update(p_arr, y_arr)
-        self.n_outcomes += len(errors)
-        if self.error_baseline[1] < 500:  # the first outcomes set the reference error rate
-            self.error_baseline[0] += sum(errors)
-            self.error_baseline[1] += len(errors)
-        result = self.concept.update_many(errors)
+        step = self.detection.concept_step
+        events: list[dict[str, Any]] = []
+        for e in errors:
+            if self.error_baseline[1] < CONCEPT_REFERENCE:
+                self.error_baseline[0] += e
+                self.error_baseline[1] += 1
+            if self.concept.update(e).drift:
+                self.concept_change = True
+            self.n_outcomes += 1
+            if self.n_outcomes % step == 0:
+                events += self._concept_decision(ts)
+        return events
+
+    def _concept_decision(self, ts: float) -> list[dict[str, Any]]:
+        """The concept verdict at a decision point (every ``concept_step`` outcomes)."""
+        result = self.concept.result()
         before = self._reference_error()
-        # onset: the detector found a change to a higher error rate; the incident stays open
-        # while the error rate since that change stays a quarter above the reference
-        drifting = (result.drift and result.statistic > before) or (
-            self.deciders["concept"].active and result.statistic > 1.25 * before)
+        rate, since = result.statistic, self.concept.since_change
+        judged = since >= CONCEPT_MIN_SINCE and math.isfinite(rate)
+        decider = self.deciders["concept"]
+        # onset: the detector found a change, and the error rate since it is above the
+        # reference; the incident stays open while that rate stays a quarter above it
+        rising = self.concept_change and judged and rate > before
+        drifting = rising or (decider.active and judged and rate > 1.25 * before) or (
+            decider.active and not judged)  # a new change just found: not judged yet
+        if judged:
+            self.concept_change = False
         severity = "none"
         if drifting:
             # critical: the error rate grew by half or more of its reference value
-            severity = "critical" if result.statistic >= 1.5 * max(before, 1e-9) else "warning"
+            severity = ("critical" if rate >= 1.5 * max(before, 1e-9) or (
+                not judged and decider.severity == "critical") else "warning")
         ev = Evaluation(drifting, severity, ("__error__",) if drifting else (), (
-            TestEvidence("__error__", self.detection.concept_detector, result.statistic,
+            TestEvidence("__error__", self.detection.concept_detector, rate,
                          math.nan, math.nan, before, int(self.error_baseline[1]),
-                         result.n_seen, True, drifting),), 1)
+                         since, True, drifting),), 1)
         # the error stream is an evaluation of its own: no hysteresis beyond the detector's
-        decider = self.deciders["concept"]
-        if drifting:
+        if rising:
             decider.drift_streak = max(decider.drift_streak, self.policy.hysteresis - 1)
         verdict = decider.update(ev)
         self.last_verdicts["concept"] = self._verdict_dict("concept", verdict, ts)
@@ -433,6 +461,7 @@ class ModelMonitor:
             "incidents": dict(self.incidents),
             "concept": self.concept.to_state(),
             "error_baseline": list(self.error_baseline),
+            "concept_change": self.concept_change,
             "warm": [_record_state(r) for r in self._warm],
             "n_records": self.n_records, "n_late": self.n_late, "n_outcomes": self.n_outcomes,
             "outcomes": self.outcomes.to_state(),
@@ -456,6 +485,7 @@ class ModelMonitor:
         m.incidents = dict(state["incidents"])
         m.concept = OnlineDetector.from_state(state["concept"])
         m.error_baseline = list(state["error_baseline"])
+        m.concept_change = bool(state.get("concept_change", False))
         m._warm = [PredictionRecord(**r) for r in state["warm"]]
         m.n_records, m.n_late = state["n_records"], state["n_late"]
         m.n_outcomes = state["n_outcomes"]
