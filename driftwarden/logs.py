@@ -84,6 +84,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
     """Apply :func:`logging_config`; returns it (Faust's worker applies it again)."""
     cfg = logging_config(level, fmt)
     logging.config.dictConfig(cfg)
+    logging.captureWarnings(True)  # Python's warnings as log records: one format on stderr
     return cfg
 
 

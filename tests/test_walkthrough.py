@@ -139,11 +139,13 @@ def test_worker_log_format_json_is_one_object_per_line(tmp_path, broker, fmt):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     # /ready's body agrees with its status: 503 while starting or rebalancing, never "ok"
-    assert answers[-1][1]["ready"] and answers[-1][1]["status"] == "ok"
+    assert answers[-1][1]["ready"] and answers[-1][1]["status"] == "ok", answers[-1]
     for code, body in answers:
         assert body["ready"] == (code == 200)
         assert (body["status"] == "ok") == (code == 200), (code, body)
     lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-    parsed = [json.loads(ln) for ln in lines]  # fails on any line that is not JSON
+    for ln in lines:  # every line an object, whatever logged it
+        assert ln.startswith("{") and isinstance(json.loads(ln), dict), (ln, lines)
+    parsed = [json.loads(ln) for ln in lines]
     assert {"ts", "level", "logger", "message"} <= set(parsed[0])
     assert parsed[4]["message"].startswith("web: http://127.0.0.1:")

@@ -33,13 +33,13 @@ from driftwarden.config import Settings, private_dir
 from driftwarden.errors import InputError
 from driftwarden.kafka import client_config, ensure_topics, produce
 from driftwarden.metrics import Metrics
-from driftwarden.notify import AlertmanagerAlerts, GrafanaAnnotations, SideSender, annotation
-from driftwarden.store import Store, database_url
-from driftwarden.store.sink import StoreSink
+from driftwarden.store import Store
 from driftwarden.stream.baselines import configured_models
 from driftwarden.stream.checkpoint import StateStore
-from driftwarden.stream.service import Output, RawMessage, StreamService
+from driftwarden.stream.delivery import Delivery
+from driftwarden.stream.service import Output, StreamService
 from driftwarden.stream.shards import Shards
+from driftwarden.stream.side import SideChannels
 from driftwarden.stream.watchdog import StallWatchdog
 
 log = logging.getLogger("driftwarden.stream")
@@ -362,143 +362,23 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()  # this worker's, never the global one
-    annotations, alerting, am = _side_channels(settings)
-    # incidents and actions to the SQL store, off the event loop (a database that is down
-    # or slow never stalls the stream; writes are retried until they succeed)
-    store_sink = StoreSink(database_url(settings))
-    records = SideSender("database", store_sink, capacity=1_000_000)
-    producer.on_action_delivered = lambda event_id: records.put(("delivered", event_id))
-    sinks = [s for s in (records, annotations, alerting) if s is not None]
-    metrics = Metrics.create(registry, lambda: list(shards.services.values()), sinks,
+    side = SideChannels(settings, shards, producer)
+    store_sink = side.store
+    metrics = Metrics.create(registry, lambda: list(shards.services.values()), side.sinks,
                              lambda: producer.failed)
     app.dw_metrics = metrics  # type: ignore[attr-defined]
+    delivery = Delivery(settings, shards, producer, metrics, lambda: app.consumer)
+    handled = delivery.handled  # last offset taken per source partition (the watchdog's too)
     broker = BrokerHealth()
-    state: dict[str, Any] = {"batches": 0, "started": False, "broker_away_since": None,
-                             "checkpointed": time.monotonic(), "checkpoints": 0,
-                             "checkpoint_bytes": 0}
-    held: dict[int, list[Any]] = {}
-    handled: dict[tuple[str, int], int] = {}  # last offset taken per source partition
+    state: dict[str, Any] = {"batches": 0, "started": False, "broker_away_since": None}
     watchdog = StallWatchdog(settings.kafka.stall_seconds)
     ends = EndOffsets(settings)
-    restoring: dict[int, asyncio.Future[Any]] = {}
-    lock = asyncio.Lock()
     sources = {settings.topics.predictions, settings.topics.features, settings.topics.labels}
     caught_up: set[int] = set()  # partitions read to their end at the watchdog's last look
-
-    async def _restore(partition: int) -> None:
-        """Restore a partition's shard once, off the event loop (a message of it and the
-        assignment may both ask)."""
-        task = restoring.get(partition)
-        if task is None:
-            task = restoring[partition] = asyncio.ensure_future(
-                asyncio.to_thread(shards.ensure, partition))
-        try:
-            await task
-        finally:
-            restoring.pop(partition, None)
-
-    async def _take(events: Any) -> list[RawMessage]:
-        assigned = app.consumer.assignment()
-        out = []
-        now = time.time()
-        for e in events:
-            m = e.message
-            if m.timestamp:
-                metrics.processing_lag.observe(max(0.0, now - m.timestamp))
-            if m.tp not in assigned:  # revoked while buffered: its next owner replays it
-                continue
-            if m.partition not in shards.services:
-                await _restore(m.partition)
-            m.incref()  # released by the checkpoint that includes it
-            handled[(m.topic, m.partition)] = m.offset
-            held.setdefault(m.partition, []).append(m)
-            out.append(RawMessage(m.value or b"", _pairs(m.headers), m.topic, m.partition,
-                                  m.offset, float(m.timestamp or time.time())))
-            # held only to be acked: its body goes with the batch, not with the checkpoint
-            # (held bodies were ~100 MB per second of batch traffic until a checkpoint)
-            m.value = None
-        return out
-
-    confirming: list[asyncio.Future[None]] = []  # the checkpoint being confirmed, if any
-
-    async def _confirm(written: dict[int, int], release: dict[int, list[Any]]) -> None:
-        try:
-            left = await asyncio.to_thread(producer.flush, 30.0)
-        except Exception as exc:  # noqa: BLE001 - a fatal producer error: renew, hold on
-            log.error("checkpoint not confirmed: %s", exc)
-            left = -1
-        if producer.renew_if_fatal():
-            left = left or -1
-        if left:  # the broker is away: keep holding; the next checkpoint covers them
-            log.warning("checkpoint not confirmed (%d messages in flight)", left)
-            for p, msgs in release.items():
-                held[p] = msgs + held.get(p, [])
-                shards.dirty.add(p)
-            return
-        for msgs in release.values():
-            for m in msgs:
-                m.ack(app.consumer)
-        state["checkpoints"] += 1
-        state["checkpoint_bytes"] = sum(written.values())
-        metrics.checkpoints.inc()
-        metrics.checkpoint_bytes.set(state["checkpoint_bytes"])
-
-    async def _checkpoint(force: bool = False, partitions: Any = None) -> None:
-        """Write a checkpoint of the changed shards; the messages it covers are released once
-        the producer has flushed it. The flush (a checkpoint of a busy partition is tens of
-        MB) runs in the background while the agents go on: awaiting it stalled processing
-        ~0.5 s in every 5 s of batch traffic. One is confirmed at a time (a checkpoint due
-        meanwhile waits for the next round); forced ones (rebalance, shutdown) wait for it."""
-        if not force and (time.monotonic() - state["checkpointed"]
-                          < settings.kafka.checkpoint_seconds
-                          or (confirming and not confirming[0].done())):
-            return
-        async with lock:
-            if confirming:
-                await confirming.pop()
-            written = shards.checkpoint(partitions)
-            release = {p: held.pop(p, []) for p in written}
-            state["checkpointed"] = time.monotonic()
-            task = asyncio.ensure_future(_confirm(written, release))
-            confirming.append(task)
-        if force:
-            await task
 
     predictions = app.topic(settings.topics.predictions, settings.topics.features,
                             value_serializer="raw", key_serializer="raw")
     labels = app.topic(settings.topics.labels, value_serializer="raw", key_serializer="raw")
-
-    notable = {settings.topics.drift, settings.topics.actions}
-
-    def _paging_verdicts() -> list[dict[str, Any]]:
-        return [v for v in shards.verdicts() if v["model"] not in shards.silenced]
-
-    def _send(outputs: list[Output]) -> None:
-        try:
-            _side(outputs)
-        except Exception:  # noqa: BLE001 - bookkeeping for side channels never stops a partition
-            log.exception("side channels: could not queue the records of a batch")
-        producer.send(outputs)  # after the records: an action's delivery mark comes later
-
-    def _side(outputs: list[Output]) -> None:
-        changed = False
-        for o in outputs:  # drift and action events are rare: a JSON decode each is nothing
-            if o.topic in notable:
-                changed = True
-                # decoded from the bytes produced, not taken from the service's dict: JSON-safe
-                # (no NaN, no numpy) and exactly what consumers of the topics see
-                event = orjson.loads(o.value)
-                is_action = o.topic == settings.topics.actions
-                records.put(("action" if is_action else "event", event))
-                log.info("%s", describe(event, is_action))  # what the worker found, in a line
-                if annotations is not None:
-                    annotations.put((event["event_id"], annotation(event)))
-        for fitted in shards.take_fresh_baselines():  # once per model version's warm-up
-            log.info("baseline fitted: %s v%s from %s", fitted["model"], fitted["version"],
-                     fitted["source"])
-            records.put(("baseline", fitted))
-        if changed and alerting is not None and am is not None:  # page now, not later
-            alerting.put(am.snapshot(_paging_verdicts()))
 
     @app.agent(predictions)
     async def ingest(stream: Any) -> None:
@@ -506,20 +386,20 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         stream.add_processor(limit.count)
         async for events in stream.take_events(limit, within=within):
             limit.reset()
-            _send(shards.handle("predictions", await _take(events)))
+            side.send(shards.handle("predictions", await delivery.take(events)))
             state["batches"] += 1
-            await _checkpoint()
+            await delivery.checkpoint()
 
     @app.agent(labels)
     async def join_labels(stream: Any) -> None:
         async for events in stream.take_events(batch, within=within):
-            _send(shards.handle("labels", await _take(events)))
-            await _checkpoint()
+            side.send(shards.handle("labels", await delivery.take(events)))
+            await delivery.checkpoint()
 
-    if alerting is not None and am is not None:
+    if side.alerting is not None:
         @app.timer(settings.alertmanager.resend_seconds)
         async def resend_alerts() -> None:
-            alerting.put(am.snapshot(_paging_verdicts()))
+            side.page()
 
     async def _from_store(what: str, read: Callable[[Store], Any], default: Any) -> Any:
         """``read(store)`` off the event loop; ``default`` while the database is away."""
@@ -563,7 +443,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
 
     @app.timer(max(0.5, settings.kafka.checkpoint_seconds))
     async def checkpoint_when_idle() -> None:
-        await _checkpoint()
+        await delivery.checkpoint()
 
     @app.timer(1.0)
     async def close_idle_slices() -> None:
@@ -572,7 +452,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         has read to the end (at the watchdog's last look), so a backlog or a broker away is
         never taken for a producer that has finished."""
         if settings.detection.idle_close_seconds > 0 and caught_up:
-            _send(shards.handle_idle(caught_up))
+            side.send(shards.handle_idle(caught_up))
 
     @app.timer(max(1.0, min(10.0, settings.kafka.stall_seconds / 4)))
     async def stall_watch() -> None:
@@ -651,8 +531,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         return {"status": status, "stalled": [f"{t}/{p}" for t, p in watchdog.stalled],
                 "batches": state["batches"], "models": len(shards.monitors),
                 "partitions": sorted(shards.services), "replayed": shards.replayed(),
-                "restored": shards.restored, "checkpoints": state["checkpoints"],
-                "checkpoint_bytes": state["checkpoint_bytes"]}
+                "restored": shards.restored, "checkpoints": delivery.checkpoints,
+                "checkpoint_bytes": delivery.checkpoint_bytes}
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
@@ -672,8 +552,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     @app.task
     async def _started() -> None:
         state["started"] = True
-        for sink in sinks:
-            sink.start()
+        side.start()
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
@@ -727,7 +606,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         for p in sorted({tp.partition for tp in assigned if tp.topic in sources}
                         - set(shards.services)):
             try:
-                await _restore(p)
+                await delivery.restore(p)
             except Exception:  # noqa: BLE001 - the first message of it tries again
                 log.exception("restoring partition %d on assignment failed", p)
 
@@ -737,15 +616,13 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         gone -= {tp.partition for tp in app.consumer.assignment() - set(revoked)
                  if tp.topic in sources}
         if gone:
-            await _checkpoint(force=True, partitions=gone)  # the next owner starts from here
+            await delivery.checkpoint(force=True, partitions=gone)  # the next owner starts here
             shards.drop(gone)
-            for p in gone:
-                held.pop(p, None)
+            delivery.forget(gone)
 
     async def _flush(sender: Any, **kwargs: Any) -> None:  # noqa: ARG001
-        await _checkpoint(force=True)  # which flushes the events with it
-        for sink in sinks:  # a last try for what is queued, never a long wait
-            await asyncio.to_thread(sink.close, 2.0)
+        await delivery.checkpoint(force=True)  # which flushes the events with it
+        await side.close(2.0)  # a last try for what is queued, never a long wait
 
     app.on_before_shutdown.connect(_flush)  # type: ignore[arg-type]
 
@@ -777,49 +654,3 @@ def writable_data_dir(data_dir: str) -> Path:
                          "data_dir / DRIFTWARDEN_DATA_DIR to a directory this user can "
                          "write)") from None
     return path
-
-
-def describe(event: dict[str, Any], is_action: bool) -> str:
-    """One log line for a drift or action event.
-
-    >>> describe({"model": "fraud", "version": "7", "kind": "data", "state": "onset",
-    ...           "severity": "warning", "features": ["amount", "country"]}, False)
-    'drift onset: fraud v7 data (warning) features amount, country'
-    >>> describe({"model": "churn", "version": "2", "action": "rollback",
-    ...           "target_version": "1", "reason": "concept drift"}, True)
-    'action rollback: churn v2 -> v1 (concept drift)'
-    """
-    if is_action:
-        target = f" -> v{event['target_version']}" if event.get("target_version") else ""
-        return (f"action {event['action']}: {event['model']} v{event['version']}{target} "
-                f"({event.get('reason', '')})")
-    feats = list(event.get("features") or [])
-    more = f" and {len(feats) - 10} more" if len(feats) > 10 else ""
-    return (f"drift {event['state']}: {event['model']} v{event['version']} {event['kind']} "
-            f"({event['severity']})" + (f" features {', '.join(feats[:10])}{more}"
-                                        if feats else ""))
-
-
-def _side_channels(settings: Settings) -> tuple[
-        SideSender | None, SideSender | None, AlertmanagerAlerts | None]:
-    """The worker's Grafana-annotation and Alertmanager senders and the alert state behind the
-    latter (None where not configured)."""
-    g, a = settings.grafana, settings.alertmanager
-    annotations = alerting = am = None
-    if g.url:
-        annotations = SideSender("grafana", GrafanaAnnotations(g.url, g.token, g.timeout),
-                                 capacity=g.queue)
-    if a.url:
-        am = AlertmanagerAlerts(a.url, resend=a.resend_seconds, timeout=a.timeout,
-                                runbook_base=a.runbook_base or settings.runbook_base)
-        # capacity 1: only the newest snapshot of the alerts matters
-        alerting = SideSender("alertmanager", am, capacity=1)
-    return annotations, alerting, am
-
-
-def _pairs(headers: Any) -> list[tuple[str, bytes | None]]:
-    if not headers:
-        return []
-    if isinstance(headers, dict):
-        return list(headers.items())
-    return [(k, v) for k, v in headers]

@@ -1,0 +1,146 @@
+"""The delivery protocol in process (driftwarden/stream/delivery.py): a message is acknowledged
+only once a checkpoint that covers it has been flushed; a checkpoint the broker did not take
+keeps its messages held for the next one. (The same protocol against the real broker and
+`kill -9`: tests/test_restart.py and the fault suite.)"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from driftwarden.config import load_settings
+from driftwarden.stream.delivery import Delivery
+from driftwarden.stream.service import StreamService
+from driftwarden.stream.shards import Shards
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass
+class Message:
+    """What Delivery uses of a Faust message: its place, body, reference count and ack."""
+
+    tp: TP
+    offset: int
+    value: bytes | None = b'{"model": "m", "features": {"x": 1.0}}'
+    headers: list = field(default_factory=list)
+    timestamp: float = 1.7e9
+    refs: int = 0
+    acked: bool = False
+
+    @property
+    def topic(self):
+        return self.tp.topic
+
+    @property
+    def partition(self):
+        return self.tp.partition
+
+    def incref(self):
+        self.refs += 1
+
+    def ack(self, consumer):
+        assert consumer is CONSUMER
+        self.acked = True
+
+
+@dataclass
+class Event:
+    message: Message
+
+
+class Consumer:
+    def __init__(self):
+        self.assigned = {TP("p", 0), TP("p", 1)}
+
+    def assignment(self):
+        return set(self.assigned)
+
+
+CONSUMER = Consumer()
+
+
+class Producer:
+    def __init__(self):
+        self.left = 0  # messages the broker has not taken (0: all flushed)
+
+    def flush(self, timeout):
+        return self.left
+
+    def renew_if_fatal(self):
+        return False
+
+
+class Store:
+    """Checkpoints written, by partition (the state topic's part of StateStore)."""
+
+    def __init__(self):
+        self.written = []
+
+    def read(self, partition):
+        return None
+
+    def write(self, partition, state, labels):
+        self.written.append(partition)
+        return 100
+
+
+class Metrics:
+    class _C:
+        def inc(self, *a):
+            pass
+
+        def set(self, *a):
+            pass
+
+        def observe(self, *a):
+            pass
+
+    processing_lag = checkpoints = checkpoint_bytes = _C()
+
+
+def setup():
+    settings = load_settings(env={"DRIFTWARDEN_KAFKA__CHECKPOINT_SECONDS": "0"})
+    shards = Shards(lambda: StreamService(settings), Store())
+    producer = Producer()
+    return Delivery(settings, shards, producer, Metrics(), lambda: CONSUMER), producer
+
+
+def test_messages_are_acknowledged_only_after_their_checkpoint_is_flushed():
+    async def run():
+        d, producer = setup()
+        msgs = [Message(TP("p", i % 2), i // 2) for i in range(6)]
+        raw = await d.take([Event(m) for m in msgs])
+        assert [r.offset for r in raw] == [0, 0, 1, 1, 2, 2] and all(m.refs == 1 for m in msgs)
+        assert all(m.value is None for m in msgs)  # bodies are not kept while held
+        d.shards.handle("predictions", raw)
+        producer.left = 3  # the broker is away: nothing acknowledged, all still held
+        await d.checkpoint(force=True)
+        assert not any(m.acked for m in msgs) and sum(map(len, d.held.values())) == 6
+        assert d.shards.dirty == {0, 1} and d.checkpoints == 0
+        producer.left = 0  # back: the next checkpoint covers them all
+        await d.checkpoint(force=True)
+        assert all(m.acked for m in msgs) and d.held == {} and d.checkpoints == 1
+        assert d.handled == {("p", 0): 2, ("p", 1): 2}
+
+    asyncio.run(run())
+
+
+def test_a_revoked_partitions_buffered_messages_are_left_to_its_next_owner():
+    async def run():
+        d, _ = setup()
+        CONSUMER.assigned = {TP("p", 0)}
+        try:
+            msgs = [Message(TP("p", 0), 0), Message(TP("p", 1), 0)]
+            raw = await d.take([Event(m) for m in msgs])
+            assert [(r.partition, r.offset) for r in raw] == [(0, 0)] and msgs[1].refs == 0
+            d.forget([0])  # revoked after its forced checkpoint: nothing held any more
+            assert d.held == {}
+        finally:
+            CONSUMER.assigned = {TP("p", 0), TP("p", 1)}
+
+    asyncio.run(run())
