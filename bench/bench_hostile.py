@@ -37,7 +37,7 @@ from bench_stream import get, record, rss_mib, start_worker  # noqa: E402
 
 from driftwarden.config import load_settings  # noqa: E402
 from driftwarden.embedded import EmbeddedBroker  # noqa: E402
-from driftwarden.stream.app import ensure_topics  # noqa: E402
+from driftwarden.kafka import ensure_topics  # noqa: E402
 from driftwarden.stream.service import RawMessage, StreamService  # noqa: E402
 
 CORPUS = HERE.parent / "tests" / "fuzz_corpus"

@@ -144,3 +144,54 @@ def test_a_revoked_partitions_buffered_messages_are_left_to_its_next_owner():
             CONSUMER.assigned = {TP("p", 0), TP("p", 1)}
 
     asyncio.run(run())
+
+
+class Ends:
+    """The broker's end and committed offsets as the watchdog asks for them (None: away)."""
+
+    def __init__(self):
+        self.end = {("p", 0): 10, ("p", 1): 5}
+        self.away = False
+
+    def get(self, tps):
+        if self.away:
+            raise RuntimeError("broker away")
+        return {tp: self.end[tp] for tp in tps}
+
+    def committed(self, tps):
+        return {("p", 1): 5}  # the group had read p/1 to its end before this worker started
+
+
+class HealthMetrics(Metrics):
+    broker_unreachable = stalled = Metrics._C()
+
+    def set_consumer_lag(self, lag):
+        self.lag = lag
+
+
+def test_the_watchdog_round_gives_lag_caught_up_partitions_and_an_unreachable_broker():
+    from driftwarden.stream.watchdog import WorkerHealth
+
+    async def run():
+        settings = load_settings(env={"DRIFTWARDEN_KAFKA__STALL_SECONDS": "0.2"})
+        ends, metrics = Ends(), HealthMetrics()
+        h = WorkerHealth(settings, metrics, ends)
+        tps = [("p", 0), ("p", 1)]
+        assert await h.check(tps, {("p", 0): 4}) is None
+        assert metrics.lag == {("p", 0): 5, ("p", 1): 0} and h.caught_up == {1}
+        assert h.status == "ok" and not h.unhealthy
+        await asyncio.sleep(0.25)
+        assert await h.check(tps, {("p", 0): 4}) is None
+        assert h.stalled == [("p", 0)] and h.status == "stalled"  # waiting, no progress
+        assert await h.check(tps, {("p", 0): 9}) is None
+        assert h.caught_up == {0, 1} and not h.unhealthy
+        ends.away = True
+        assert await h.check(tps, {("p", 0): 9}) == "broker away"
+        assert h.caught_up == set() and not h.unreachable  # not yet for stall_seconds
+        await asyncio.sleep(0.25)
+        await h.check(tps, {("p", 0): 9})
+        assert h.unreachable and h.status == "broker_unreachable" and h.unhealthy
+        ends.away = False
+        assert await h.check(tps, {("p", 0): 9}) is None and h.status == "ok"
+
+    asyncio.run(run())

@@ -40,7 +40,7 @@ from driftwarden.stream.delivery import Delivery
 from driftwarden.stream.service import Output, StreamService
 from driftwarden.stream.shards import Shards
 from driftwarden.stream.side import SideChannels
-from driftwarden.stream.watchdog import StallWatchdog
+from driftwarden.stream.watchdog import WorkerHealth
 
 log = logging.getLogger("driftwarden.stream")
 SILENCE_REFRESH = 10.0  # seconds between reads of the silences in the store
@@ -53,49 +53,6 @@ def _missing_topics(settings: Settings, topics: set[str], timeout: float = 5.0) 
     existing = set(AdminClient(client_config(settings), logger=log).list_topics(
         timeout=timeout).topics)
     return topics - existing
-
-
-class EndOffsets:
-    """The broker's end offsets of topic partitions, on a connection of its own (so a stuck
-    Faust consumer does not hide them)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._consumer: Any = None
-        self._group: Any = None
-
-    def get(self, tps: list[tuple[str, int]], timeout: float = 5.0) -> dict[tuple[str, int], int]:
-        from confluent_kafka import Consumer, TopicPartition
-
-        if self._consumer is None:
-            self._consumer = Consumer(client_config(
-                self.settings, {"group.id": f"{self.settings.kafka.group_id}-watchdog",
-                                "enable.auto.commit": False}), logger=log)
-        out = {}
-        for topic, partition in tps:
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                          timeout=timeout, cached=False)
-            out[(topic, partition)] = int(high)
-        return out
-
-    def committed(self, tps: list[tuple[str, int]], timeout: float = 5.0
-                  ) -> dict[tuple[str, int], int]:
-        """The workers' group's committed offsets (the next offset to read; partitions with
-        none are left out). Asked by a client that never joins the group."""
-        from confluent_kafka import Consumer, TopicPartition
-
-        if self._group is None:
-            self._group = Consumer(client_config(
-                self.settings, {"group.id": self.settings.kafka.group_id,
-                                "enable.auto.commit": False}), logger=log)
-        got = self._group.committed([TopicPartition(t, p) for t, p in tps], timeout=timeout)
-        return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
-
-
-class BrokerHealth:
-    """Whether the broker has been unreachable for ``stall_seconds`` (set by the watchdog)."""
-
-    unreachable = False
 
 
 class OutputProducer:
@@ -368,13 +325,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                              lambda: producer.failed)
     app.dw_metrics = metrics  # type: ignore[attr-defined]
     delivery = Delivery(settings, shards, producer, metrics, lambda: app.consumer)
-    handled = delivery.handled  # last offset taken per source partition (the watchdog's too)
-    broker = BrokerHealth()
-    state: dict[str, Any] = {"batches": 0, "started": False, "broker_away_since": None}
-    watchdog = StallWatchdog(settings.kafka.stall_seconds)
-    ends = EndOffsets(settings)
+    worker_health = WorkerHealth(settings, metrics)
+    state: dict[str, Any] = {"batches": 0, "started": False}
     sources = {settings.topics.predictions, settings.topics.features, settings.topics.labels}
-    caught_up: set[int] = set()  # partitions read to their end at the watchdog's last look
 
     predictions = app.topic(settings.topics.predictions, settings.topics.features,
                             value_serializer="raw", key_serializer="raw")
@@ -451,43 +404,16 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         closed and evaluated (see StreamService.handle_idle) — only in partitions the worker
         has read to the end (at the watchdog's last look), so a backlog or a broker away is
         never taken for a producer that has finished."""
-        if settings.detection.idle_close_seconds > 0 and caught_up:
-            side.send(shards.handle_idle(caught_up))
+        if settings.detection.idle_close_seconds > 0 and worker_health.caught_up:
+            side.send(shards.handle_idle(worker_health.caught_up))
 
     @app.timer(max(1.0, min(10.0, settings.kafka.stall_seconds / 4)))
     async def stall_watch() -> None:
         tps = [(tp.topic, tp.partition) for tp in app.consumer.assignment()
                if tp.topic in sources]
-        now = time.monotonic()
-        try:
-            end = await asyncio.to_thread(ends.get, tps)
-            # where this worker starts on a partition it has taken nothing from yet: after a
-            # clean restart with nothing new, that is the end (not "nothing handled")
-            missing = [tp for tp in tps if tp not in handled]
-            committed = await asyncio.to_thread(ends.committed, missing) if missing else {}
-        except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
-            log.warning("stall watchdog: end offsets unavailable: %s", exc)
-            caught_up.clear()
-            if "UNKNOWN_PARTITION" in str(exc) or "UNKNOWN_TOPIC" in str(exc):
-                await _topics_lost()
-            if state["broker_away_since"] is None:
-                state["broker_away_since"] = now
-            broker.unreachable = now - state["broker_away_since"] >= settings.kafka.stall_seconds
-            metrics.broker_unreachable.set(1 if broker.unreachable else 0)
-            return
-        state["broker_away_since"] = None
-        broker.unreachable = False
-        metrics.broker_unreachable.set(0)
-        position = {tp: handled.get(tp, committed.get(tp, 0) - 1) for tp in tps}
-        behind = {tp[1] for tp, e in end.items() if e - 1 > position[tp]}
-        caught_up.clear()
-        caught_up.update({tp[1] for tp in tps} - behind)
-        metrics.set_consumer_lag({tp: max(0, e - 1 - position[tp]) for tp, e in end.items()})
-        stalled = watchdog.observe(position, end, now)
-        metrics.stalled.set(len(stalled))
-        if stalled:
-            log.error("stalled partitions (messages waiting, no progress for %.0f s): %s",
-                      settings.kafka.stall_seconds, watchdog.stalled)
+        error = await worker_health.check(tps, delivery.handled)
+        if error is not None and ("UNKNOWN_PARTITION" in error or "UNKNOWN_TOPIC" in error):
+            await _topics_lost()
 
     async def _topics_lost() -> None:
         """The broker answers but our topics are gone: a broker that lost its data (this
@@ -504,7 +430,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             return
         log.error("source topics %s are gone from the broker (it lost its data?): forgetting "
                   "the offsets of the old log and creating the topics again", sorted(gone))
-        handled.clear()
+        delivery.handled.clear()
         shards.forget_offsets()
         _forget_faust_offsets(app.consumer.assignment())
         try:
@@ -522,13 +448,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
                 consumer._read_offset.pop(tp, None)
                 consumer._committed_offset.pop(tp, None)
 
-    def _unhealthy() -> bool:
-        return bool(watchdog.stalled) or broker.unreachable
-
     def _status() -> dict[str, Any]:
-        status = ("broker_unreachable" if broker.unreachable else
-                  "stalled" if watchdog.stalled else "ok")
-        return {"status": status, "stalled": [f"{t}/{p}" for t, p in watchdog.stalled],
+        return {"status": worker_health.status,
+                "stalled": [f"{t}/{p}" for t, p in worker_health.stalled],
                 "batches": state["batches"], "models": len(shards.monitors),
                 "partitions": sorted(shards.services), "replayed": shards.replayed(),
                 "restored": shards.restored, "checkpoints": delivery.checkpoints,
@@ -538,12 +460,12 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     async def health(web: Any, request: Any) -> Any:
         """Liveness: 503 while a partition is stalled (restart me)."""
         body = _status()
-        return web.json(body, status=503 if _unhealthy() else 200)
+        return web.json(body, status=503 if worker_health.unhealthy else 200)
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
         """Readiness: 200 once the worker has joined its group and nothing is stalled."""
-        ok = not _unhealthy() and not app.rebalancing and state["started"]
+        ok = not worker_health.unhealthy and not app.rebalancing and state["started"]
         body = {**_status(), "rebalancing": bool(app.rebalancing), "ready": ok}
         if not ok and body["status"] == "ok":
             body["status"] = "starting" if not state["started"] else "rebalancing"
