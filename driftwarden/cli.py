@@ -506,20 +506,10 @@ def dashboards_push(grafana_url: str, folder: str, no_overwrite: bool, timeout: 
 def _open_store(config: str | None) -> Any:
     """The store of ``DRIFTWARDEN_DATABASE_URL`` (or the default SQLite file); a database that
     cannot be reached is one line."""
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from driftwarden.config import load_settings
+    from driftwarden.store import database_url, open_store
 
-    from driftwarden.config import load_settings, safe_url
-    from driftwarden.store import Store, database_url
-
-    url = database_url(load_settings(config))
-    try:
-        return Store(url)
-    except ArgumentError:
-        raise InputError(f"DRIFTWARDEN_DATABASE_URL is not a database URL: "
-                         f"{safe_url(url)}") from None
-    except (SQLAlchemyError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise InputError(f"database {safe_url(url)}: {reason}") from None
+    return open_store(database_url(load_settings(config)))
 
 
 def _actor() -> str:

@@ -197,3 +197,15 @@ def test_versions_the_stream_saw_are_listed_with_the_registered_ones(db_url):
         ("3", "seen"), ("1", "seen"), ("2", "seen")]
     assert models["fraud"]["registered"] and not models["churn"]["registered"]
     store.close()
+
+
+def test_an_unreachable_or_malformed_database_is_one_line_without_its_password(monkeypatch,
+                                                                               capsys):
+    from driftwarden.cli import main
+
+    for url, says in (("postgresql+psycopg://dw:s3cret@127.0.0.1:1/x", "127.0.0.1:1/x"),
+                      ("nonsense://dw:s3cret@host/x", "not a database URL")):
+        monkeypatch.setenv("DRIFTWARDEN_DATABASE_URL", url)
+        assert main(["incidents", "list"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0] and "s3cret" not in err[0], err

@@ -67,6 +67,30 @@ def database_url(settings: Any) -> str:
     return f"sqlite:///{Path(settings.data_dir).resolve() / 'driftwarden.db'}"
 
 
+def open_store(url: str, what: str = "database") -> Store:
+    """:class:`Store` at ``url``, or one readable :class:`~driftwarden.errors.InputError`
+    (credentials never shown): a bad URL, a database that does not answer.
+
+    >>> open_store("nonsense://x")
+    Traceback (most recent call last):
+    ...
+    driftwarden.errors.InputError: DRIFTWARDEN_DATABASE_URL is not a database URL: nonsense://x
+    """
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    from driftwarden.config import safe_url
+    from driftwarden.errors import InputError
+
+    try:
+        return Store(url)
+    except (ArgumentError, NoSuchModuleError):
+        raise InputError(f"DRIFTWARDEN_DATABASE_URL is not a database URL: "
+                         f"{safe_url(url)}") from None
+    except (SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise InputError(f"{what} {safe_url(url)}: {reason}") from None
+
+
 def _utc(t: datetime | None) -> str | None:
     if t is None:
         return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from driftwarden.config import Settings, safe_url
+from driftwarden.config import Settings
 from driftwarden.detectors.baseline import Baseline
 from driftwarden.errors import ConfigError, InputError
 
@@ -75,15 +75,9 @@ def configured_models(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def _store(settings: Settings) -> Any:
-    from driftwarden.store import Store, database_url
+    from driftwarden.store import database_url, open_store
 
-    url = database_url(settings)
-    try:
-        return Store(url)
-    except Exception as exc:  # noqa: BLE001 - one line, whatever the driver raised
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise InputError(f"baselines from the store: database {safe_url(url)}: "
-                         f"{reason}") from None
+    return open_store(database_url(settings), "baselines from the store: database")
 
 
 def _from_store(store: Any, model: str, version: str | None, revision: int | None,
