@@ -16,6 +16,7 @@ import click
 
 from driftwarden import __version__
 from driftwarden.errors import DriftwardenError, InputError
+from driftwarden.logs import FORMATS as LOG_FORMATS
 from driftwarden.statuses import INCIDENT_STATUSES
 
 EXIT_USAGE = 2
@@ -258,7 +259,7 @@ def broker(port: int | None, config: str | None) -> None:
                    "0.0.0.0 inside a container).")
 @click.option("--session-timeout", type=click.FloatRange(1, 300), default=10.0,
               show_default=True, help="Kafka consumer-group session timeout, seconds.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
               show_default=True, help="json: one JSON object per line, for log shippers.")
 def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None,
            web_port: int | None, web_host: str | None, session_timeout: float,

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-FORMATS = ("text", "json")
+FORMATS = ["text", "json"]  # --log-format
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # harmless warnings Faust gives on every start (no sensor state before the first rebalance)
 NOISE = ("Missing sensor state for rebalance",)

@@ -74,7 +74,6 @@ class Partial(msgspec.Struct, frozen=True, kw_only=True):
     watermark: float     # event time the source vouches for with this partial (see _publish)
     baseline: str        # fingerprint of the bins the summary follows (see fingerprint)
     rows: int
-    late_rows: int = 0   # rows the source itself found too late for this slice
     summary: dict[str, Any]  # driftwarden.detectors.summary.Summary.to_state()
 
 

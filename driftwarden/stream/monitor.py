@@ -224,7 +224,7 @@ class ModelMonitor:
         [('onset', ['x'])]
         """
         if self.baseline is None:
-            if len(self._warm) < max(1, self.detection.min_warmup):
+            if not self.idle_work:  # a warm-up short of min_warmup waits for more records
                 return []
             self._fit_from_warmup()
         assert self.window is not None
@@ -237,7 +237,7 @@ class ModelMonitor:
         """Whether :meth:`advance` could change anything: a warm-up to end, slices to close
         or a window that still holds rows."""
         if self.baseline is None:
-            return len(self._warm) >= max(1, self.detection.min_warmup)
+            return len(self._warm) >= self.detection.min_warmup  # (>= 1: config)
         return self.window is not None and bool(self.window.has_rows)
 
     @property
