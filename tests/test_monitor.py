@@ -147,9 +147,9 @@ def test_late_records_are_counted_not_merged():
     ("regression", [1.0, 3.0], [2.0, 3.0], [1.0, 0.0]),
 ])
 def test_error_definitions(task, preds, labels, expected):
-    from driftwarden.stream.monitor import _error
+    from driftwarden.partials import outcome_errors
 
-    assert [_error(p, y, task) for p, y in zip(preds, labels)] == expected
+    assert outcome_errors(preds, labels, task) == expected
 
 
 def test_estimated_accuracy_matches_the_realized_one_for_calibrated_scores():

@@ -18,8 +18,11 @@ from driftwarden.partials import (
     Partial,
     PartialBuilder,
     SliceMerger,
+    SourceClock,
     decode,
     encode,
+    fingerprint,
+    merge_data,
 )
 
 RNG = np.random.default_rng(0)
@@ -45,6 +48,10 @@ def exact(summary):
             out[name]["s1"] = pytest.approx(fs["s1"], abs=1e-9)
             out[name]["s2"] = pytest.approx(fs["s2"], abs=1e-9)
     return out
+
+
+def new_merger(idle_seconds):
+    return SliceMerger(SourceClock(idle_seconds), slice_seconds=W, fingerprint=fingerprint(BASE))
 
 
 def one_summary(cols, ts, sid):
@@ -74,11 +81,12 @@ def test_merged_slices_equal_one_summary_of_their_records(n_sources, seed, cut, 
     partials = []
     while any(queues):
         partials.append(rnd.choice([q for q in queues if q]).pop(0))
-    merger = SliceMerger(BASE, slice_seconds=W, idle_seconds=1e9)
+    merger = new_merger(1e9)
     for b in builders:  # stage 2 knows its source partitions
-        merger.expect(b.source, now=0.0)
+        merger.clock.expect(b.source, now=0.0)
     closed = [c for p in partials for c in merger.add(p, now=0.0)]
-    closed += merger.close_idle(now=math.inf)
+    closed += merger.close(now=math.inf)
+    closed = [(sid, merge_data(BASE, ps)) for sid, ps in closed]
     assert [sid for sid, _ in closed] == sorted({sid for sid, _ in closed})
     for sid, s in closed:
         assert exact(s) == exact(one_summary(cols, ts, sid)), sid
@@ -89,12 +97,12 @@ def test_merged_slices_equal_one_summary_of_their_records(n_sources, seed, cut, 
 def test_a_device_away_for_ten_slices_is_late_not_merged_and_not_lost():
     """Three devices and a stream source; device c goes offline for slices 4-13 and sends
     them when back, after the others have closed them."""
-    merger = SliceMerger(BASE, slice_seconds=W, idle_seconds=30.0)
+    merger = new_merger(30.0)
     sources = {name: PartialBuilder(BASE, model="m", version="1", source=name,
                                     slice_seconds=W) for name in ("a", "b", "c", "stream")}
     data = {name: records(2000, i, span=100.0) for i, name in enumerate(sources)}
     for name in sources:
-        merger.expect(name, now=0.0)
+        merger.clock.expect(name, now=0.0)
     closed, held = {}, []
     for step in range(20):  # one slice per step; the wall clock advances with event time
         now = step * W
@@ -105,11 +113,12 @@ def test_a_device_away_for_ten_slices_is_late_not_merged_and_not_lost():
             if name == "c" and 4 <= step < 14:
                 held += out  # offline: kept on the device
                 continue
+            if name == "c" and step == 14:  # back online: catching up, oldest first
+                out = held + out
             for p in out:
                 closed.update(merger.add(p, now))
-        closed.update(merger.close_idle(now))
-    for p in held:  # back online: catching up
-        closed.update(merger.add(p, 20 * W))
+        closed.update(merger.close(now))
+    closed = {sid: merge_data(BASE, ps) for sid, ps in closed.items()}
     c = merger.counts
     assert c.by_source_late == {"c": len(held)} and c.late == len(held) >= 9
     assert c.late_rows == sum(p.rows for p in held)
@@ -125,7 +134,7 @@ def test_replays_are_duplicates_and_other_bins_are_refused():
     cols, ts = records(300, 3)
     b = PartialBuilder(BASE, model="m", version="1", source="p0", slice_seconds=W)
     partials = b.add(cols, ts) + b.flush()
-    merger = SliceMerger(BASE, slice_seconds=W, idle_seconds=1e9)
+    merger = new_merger(1e9)
     closed = []
     for p in partials + partials[:5]:  # a replay of the first five
         closed += merger.add(p, now=0.0)
@@ -133,9 +142,9 @@ def test_replays_are_duplicates_and_other_bins_are_refused():
     stranger = PartialBuilder(other, model="m", version="1", source="p1", slice_seconds=W)
     for p in stranger.add(cols, ts) + stranger.flush():
         closed += merger.add(p, now=0.0)
-    closed += merger.close_idle(math.inf)
+    closed += merger.close(math.inf)
     assert merger.counts.duplicates == 5 and merger.counts.mismatched == len(partials)
-    assert sum(s.n_rows for _, s in closed) == 300
+    assert sum(merge_data(BASE, ps).n_rows for _, ps in closed) == 300
 
 
 def test_the_format_round_trips_and_refuses_what_it_does_not_know():

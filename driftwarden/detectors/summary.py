@@ -240,7 +240,9 @@ class Reservoir:
         out.n_seen = sum(p.n_seen for p in parts)
         held = [len(p.values) for p in parts]
         if sum(held) <= out.capacity:
-            out.values = np.concatenate([p.values for p in parts])
+            # every value kept: sorted, so the merge does not depend on the parts' order
+            # (partials from many sources arrive in any order)
+            out.values = np.sort(np.concatenate([p.values for p in parts]))
             return out
         rng = np.random.default_rng([first.seed, out.n_seen, *held])
         # how many of the k draws without replacement fall in each part; no part can give

@@ -65,6 +65,33 @@ def take_rows(columns: Mapping[str, Any], index: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def late_rows(t: np.ndarray, max_ts: float, allowed_lateness: float, last_closed: int | None,
+              width: float) -> np.ndarray | None:
+    """Which rows of a batch with event times ``t`` are late (None: none), each judged as if
+    the rows came one at a time: not finite, older than the watermark of the rows before it
+    (the newest event time so far, ``max_ts`` before the batch, minus ``allowed_lateness``),
+    or in a slice of ``width`` seconds already closed (ids <= ``last_closed``).
+
+    >>> late_rows(np.array([10.0, 3.0, 9.5]), 8.0, 1.0, None, 5.0).tolist()
+    [False, True, False]
+    """
+    lo, hi = float(t.min()), float(t.max())  # NaN if any row is NaN
+    first_open = -math.inf if last_closed is None else last_closed + 1
+    if (math.isfinite(lo) and math.isfinite(hi) and lo >= first_open * width
+            and (lo >= max(max_ts, hi) - allowed_lateness
+                 or (t[0] >= max_ts - allowed_lateness and bool(np.all(t[1:] >= t[:-1]))))):
+        return None  # the common case: in order, or disordered within the lateness
+    finite = np.isfinite(t)
+    seen = np.maximum.accumulate(np.where(finite, t, -math.inf))
+    before = np.empty_like(seen)
+    before[0] = max_ts
+    np.maximum(seen[:-1], max_ts, out=before[1:])
+    late = ~finite | (t < before - allowed_lateness)
+    if last_closed is not None:
+        late |= np.floor(np.where(finite, t, 0.0) / width) <= last_closed
+    return late
+
+
 class SlidingWindow:
     """A ring of ``slices`` sub-window summaries; see the module docstring.
 
@@ -170,23 +197,7 @@ class SlidingWindow:
         return AddResult(n_rows - n_late, n_late, closed)
 
     def _late_rows(self, t: np.ndarray, width: float) -> np.ndarray | None:
-        """Which rows are late (None: none), each judged against the watermark of the rows
-        before it: not finite, older than that watermark, or in a slice already closed."""
-        lo, hi = float(t.min()), float(t.max())  # NaN if any row is NaN
-        first_open = -math.inf if self.last_closed is None else self.last_closed + 1
-        if (math.isfinite(lo) and math.isfinite(hi) and lo >= first_open * width
-                and (lo >= max(self.max_ts, hi) - self.allowed_lateness
-                     or (t[0] >= self.watermark and bool(np.all(t[1:] >= t[:-1]))))):
-            return None  # the common case: in order, or disordered within the lateness
-        finite = np.isfinite(t)
-        seen = np.maximum.accumulate(np.where(finite, t, -math.inf))
-        before = np.empty_like(seen)
-        before[0] = self.max_ts
-        np.maximum(seen[:-1], self.max_ts, out=before[1:])
-        late = ~finite | (t < before - self.allowed_lateness)
-        if self.last_closed is not None:
-            late |= np.floor(np.where(finite, t, 0.0) / width) <= self.last_closed
-        return late
+        return late_rows(t, self.max_ts, self.allowed_lateness, self.last_closed, width)
 
     def _add_by_count(self, columns: Mapping[str, Any], n_rows: int, ts: np.ndarray | None,
                       on_close: Callable[[int], None] | None) -> AddResult:
@@ -209,6 +220,30 @@ class SlidingWindow:
             if self.rows_seen % self.slice_rows == 0:
                 closed += self._close_through(sid, on_close)
         return AddResult(n_rows, 0, closed)
+
+    def add_slice(self, sid: int, summary: Summary, *,
+                  on_close: Callable[[int], None] | None = None) -> list[int]:
+        """Add a slice summarised elsewhere and complete (a merge of partial summaries, see
+        :mod:`driftwarden.partials`), closing it and every slice before it. A slice already
+        closed is refused (the merge stage counts such partials as late before this).
+
+        >>> import numpy as np
+        >>> from driftwarden.detectors.summary import NumericSpec, Summary
+        >>> spec = {"x": NumericSpec.fit("x", [0.0, 9.0])}
+        >>> w = SlidingWindow(lambda: Summary.empty(spec), slices=2, slice_seconds=5.0)
+        >>> s = Summary.empty(spec); s.update_columns({"x": np.ones(4)}, ts=np.full(4, 12.0))
+        >>> w.add_slice(2, s), w.summary().n_rows
+        ([2], 4)
+        """
+        if self.slice_seconds is None:
+            raise ValidationError("add_slice needs an event-time window")
+        if self.last_closed is not None and sid <= self.last_closed:
+            raise ValidationError(f"slice {sid} is already closed")
+        if summary.n_rows:
+            self._open[sid] = summary
+            self.max_ts = max(self.max_ts, summary.t_max if math.isfinite(summary.t_max)
+                              else (sid + 1) * self.slice_seconds)
+        return self._close_through(sid, on_close)
 
     def advance(self, to: float, *,
                 on_close: Callable[[int], None] | None = None) -> list[int]:

@@ -62,6 +62,7 @@ from driftwarden.detectors.summary import (
 )
 from driftwarden.detectors.window import SlidingWindow
 from driftwarden.events import SCHEMA_VERSION
+from driftwarden.partials import outcome_error
 from driftwarden.schema import PredictionRecord, RecordBatch
 
 KINDS = ("data", "prediction", "quality", "concept")
@@ -198,6 +199,46 @@ class ModelMonitor:
         self.n_late += result.late
         return events
 
+    # -- merged slices (the merge stage: see driftwarden.partials) ------------------------------
+    def add_warm_slice(self, ts: Sequence[float], columns: Mapping[str, Sequence[Any]],
+                       rows: int | None = None) -> list[dict[str, Any]]:
+        """The records of a closed slice while the model version has no baseline (in a
+        canonical order: see :func:`driftwarden.partials.merge_records`). The warm-up takes
+        whole slices: once it holds ``warmup`` records, the baseline is fitted from all of
+        them, so where it ends does not depend on how the records were spread or batched.
+        ``rows``: how many records the slice had (more than given when sources capped
+        them)."""
+        names = [n for n in columns if n != PREDICTION]
+        preds = columns.get(PREDICTION)
+        for i, t in enumerate(ts):
+            feats = {n: columns[n][i] for n in names if columns[n][i] is not None}
+            self._warm.append(PredictionRecord(self.model, self.version, None, float(t), feats,
+                                               None if preds is None else preds[i]))
+        self.n_records += len(ts) if rows is None else rows
+        if self.baseline is None and len(self._warm) >= self.detection.warmup:
+            self._fit_from_warmup()
+        return []
+
+    def add_slice(self, sid: int, summary: Summary) -> list[dict[str, Any]]:
+        """A closed slice merged from partial summaries over this monitor's baseline: it
+        enters the window, which closes it (and the empty slices before it) and evaluates."""
+        assert self.window is not None, "add_slice needs a baseline"
+        self.n_records += summary.n_rows
+        events: list[dict[str, Any]] = []
+        self.window.add_slice(sid, summary,
+                              on_close=lambda s: events.extend(self._evaluate(s)))
+        return events
+
+    def add_outcome_slice(self, sid: int, summary: OutcomeSummary, errors: np.ndarray
+                          ) -> list[dict[str, Any]]:
+        """A closed slice of label time merged from outcome partials: its performance counts,
+        and its errors (see :func:`driftwarden.partials.replay_errors`) for the error-stream
+        detector, decided every ``concept_step`` outcomes as in :meth:`add_outcomes`."""
+        self.outcomes = self.outcomes.merge(summary)
+        recent = self._window_outcomes((sid + 0.5) * self.detection.slice_seconds)
+        self.recent_outcomes[sid] = recent.merge(summary)
+        return self._feed_errors(errors.tolist(), (sid + 1) * self.detection.slice_seconds)
+
     def advance(self, to: float) -> list[dict[str, Any]]:
         """The model's sources are idle (no records for ``idle_close_seconds``; the caller
         keeps that clock): its event time has reached ``to``. A warm-up holding at least
@@ -326,7 +367,7 @@ class ModelMonitor:
         reference error rate is that of the first ``CONCEPT_REFERENCE`` outcomes exactly.
         """
         errors = [e for p, y in zip(predictions, labels)
-                  if (e := _error(p, y, self.task)) is not None]
+                  if (e := outcome_error(p, y, self.task)) is not None]
         numeric = [(p, y) for p, y in zip(predictions, labels)
                    if isinstance(p, (int, float)) and isinstance(y, (int, float))]
         if numeric:
@@ -334,6 +375,9 @@ class ModelMonitor:
             y_arr = np.array([y for _, y in numeric], dtype=float)
             self.outcomes.update(p_arr, y_arr)
             self._window_outcomes(ts).update(p_arr, y_arr)
+        return self._feed_errors(errors, ts)
+
+    def _feed_errors(self, errors: Sequence[float], ts: float) -> list[dict[str, Any]]:
         step = self.detection.concept_step
         events: list[dict[str, Any]] = []
         for e in errors:
@@ -528,24 +572,3 @@ def _record_state(r: PredictionRecord) -> dict[str, Any]:
     return {"model": r.model, "version": r.version, "id": r.id, "ts": r.ts,
             "features": r.features, "prediction": r.prediction, "latency_ms": r.latency_ms,
             "segment": r.segment}
-
-
-def _error(prediction: Any, label: Any, task: str) -> float | None:
-    """0/1 mistake of a classifier (scores are thresholded at 0.5), or absolute error."""
-    try:
-        if task == "regression":
-            e = abs(float(prediction) - float(label))
-            return e if math.isfinite(e) else None
-        if isinstance(prediction, (int, float)) and isinstance(label, (int, float)) and (
-                0.0 <= float(prediction) <= 1.0 and float(label) in (0.0, 1.0)):
-            return float((float(prediction) >= 0.5) != (float(label) == 1.0))
-        return float(str(prediction) != str(label) and _num(prediction) != _num(label))
-    except (TypeError, ValueError):
-        return None
-
-
-def _num(x: Any) -> Any:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return x
