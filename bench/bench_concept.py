@@ -6,8 +6,10 @@ moves as it restructures, which is not a concept change) — predicts 20,000 sam
 abrupt concept change at 10,000 (one generator, then another: another SEA variant, Agrawal
 function or hyperplane) or without one (the control). Its errors go to a driftwarden
 ModelMonitor in calls of 100 outcomes and, as the reference measured in the same run, to
-river's ADWIN directly. Counted: runs with an alarm before the change (false alarms: every
-alarm of a control run counts), changes found, and the delay.
+river's ADWIN directly; ``dw-slices`` is the worker's path — each 100 outcomes one merged
+outcome slice, its errors replayed to the detector from the counts. Counted: runs with an
+alarm before the change (false alarms: every alarm of a control run counts), changes found,
+and the delay.
 
     python bench/bench_concept.py [--seeds 10] [--n 20000]
 
@@ -25,10 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 from river import drift, tree  # noqa: E402
 from river.datasets import synth  # noqa: E402
 
 from driftwarden.config import Detection  # noqa: E402
+from driftwarden.detectors.summary import OutcomeSummary  # noqa: E402
+from driftwarden.partials import replay_errors  # noqa: E402
 from driftwarden.stream.monitor import ModelMonitor  # noqa: E402
 
 
@@ -54,8 +59,9 @@ def run(family: str, seed: int, n: int, change: int | None, warm: int
     model learns from the first ``warm`` samples only, and is monitored after them."""
     model = tree.HoeffdingTreeClassifier()
     monitor = ModelMonitor("m", "1", Detection())
+    merged = ModelMonitor("m", "1", Detection())  # the worker's path: merged outcome slices
     adwin = drift.ADWIN()
-    ours, raw = [], []
+    ours, raw, slices = [], [], []
     preds, labels = [], []
     for i, (x, y) in enumerate(stream(family, seed, n, change)):
         if i < warm:
@@ -72,8 +78,16 @@ def run(family: str, seed: int, n: int, change: int | None, warm: int
             for e in monitor.add_outcomes(preds, labels, ts=float(i)):
                 if e["state"] == "onset":
                     ours.append(i)
+            # one slice of 100 outcomes, as stage 2 gets it: counts, errors replayed from them
+            summary = OutcomeSummary()
+            summary.update(np.array(preds, dtype=float), np.array(labels, dtype=float))
+            errors = sum(float(a != b) for a, b in zip(preds, labels))
+            for e in merged.add_outcome_slice(i // 100, summary,
+                                              replay_errors(len(preds), errors, None)):
+                if e["state"] == "onset":
+                    slices.append(i)
             preds, labels = [], []
-    return ours, raw
+    return ours, raw, slices
 
 
 def main() -> None:
@@ -86,11 +100,13 @@ def main() -> None:
     rows = []
     t0 = time.perf_counter()
     for family in ("sea", "agrawal", "hyperplane"):
-        stats = {k: {"false": 0, "found": 0, "delays": []} for k in ("driftwarden", "adwin")}
+        stats = {k: {"false": 0, "found": 0, "delays": []}
+                 for k in ("driftwarden", "dw-slices", "adwin")}
         for seed in range(args.seeds):
             for with_change in (True, False):
-                ours, raw = run(family, seed, args.n, change if with_change else None, warm)
-                for name, hits in (("driftwarden", ours), ("adwin", raw)):
+                ours, raw, merged = run(family, seed, args.n,
+                                        change if with_change else None, warm)
+                for name, hits in (("driftwarden", ours), ("dw-slices", merged), ("adwin", raw)):
                     s = stats[name]
                     early = [h for h in hits if h < change] if with_change else hits
                     s["false"] += bool(early)

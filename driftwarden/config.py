@@ -44,7 +44,9 @@ class Topics(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     predictions: str = "driftwarden.predictions"
     features: str = "driftwarden.features"
     labels: str = "driftwarden.labels"
-    summaries: str = "driftwarden.summaries"
+    summaries: str = "driftwarden.summaries"  # partial summaries, keyed by model
+    joins: str = "driftwarden.joins"  # what the label join needs, keyed by request id
+    baselines: str = "driftwarden.baselines"  # compacted: baselines fitted from warm-ups
     drift: str = "driftwarden.drift"
     actions: str = "driftwarden.actions"
     dlq: str = "driftwarden.dlq"
@@ -100,6 +102,9 @@ class Detection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     min_warmup: Annotated[int, msgspec.Meta(ge=1)] = 500
     # wall-clock seconds without records after which a model's open slices close (0: never)
     idle_close_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # seconds a source (input partition, device) may be silent before the merge stage stops
+    # waiting for it; longer than a rebalance, so a partition changing owner is waited for
+    source_idle_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     quality_tolerance: float = 0.05  # missing / unseen / invalid ratio above the baseline's
     concept_detector: str = "adwin"  # online detector on the error stream of joined labels
     # joined outcomes between two concept-drift decisions (by count: batching does not matter)

@@ -41,7 +41,7 @@ def produce(producer: Any, topic: str, value: bytes | None, key: bytes | None = 
 def ensure_topics(settings: Settings, timeout: float = 15.0,
                   bootstrap_servers: str | None = None) -> None:
     """Create every topic of the settings that does not exist yet (idempotent), with the
-    configured partition count; the state topic compacted."""
+    configured partition count; the state and baselines topics compacted."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     # librdkafka's noise: to logging
@@ -49,7 +49,8 @@ def ensure_topics(settings: Settings, timeout: float = 15.0,
     existing = set(admin.list_topics(timeout=timeout).topics)
     names = [getattr(settings.topics, f) for f in settings.topics.__struct_fields__]
     new = [NewTopic(n, num_partitions=settings.kafka.partitions, replication_factor=1,
-                    config={"cleanup.policy": "compact"} if n == settings.topics.state else {})
+                    config={"cleanup.policy": "compact"}
+                    if n in (settings.topics.state, settings.topics.baselines) else {})
            for n in dict.fromkeys(names) if n not in existing]
     if not new:
         return

@@ -132,6 +132,20 @@ DEFINITIONS = {d.name: d for d in (
                ("model", "version")),
     Definition("actions_total", "counter", "Action events emitted (rollback/retrain/review).",
                ("model", "action")),
+    Definition("partials_total", "counter",
+               "Partial summaries the merge stage took, by fate: merged, duplicate (a replay), "
+               "late (its slice had closed: counted, not merged), mismatched (other bins).",
+               ("model", "version", "kind", "fate")),
+    Definition("late_partial_rows_total", "counter",
+               "Records in partials that came after their slice closed (not merged).",
+               ("model", "version", "kind")),
+    Definition("source_lag_seconds", "gauge",
+               "How far the slowest active source (input partition, device) is behind the most "
+               "advanced one, in event time: a device catching up, a partition behind.",
+               ("kind",)),
+    Definition("sources", "gauge",
+               "Sources the merge stage knows, by state: active, idle (said so), silent "
+               "(nothing for source_idle_seconds: no longer waited for).", ("kind", "state")),
     Definition("notifications_sent_total", "counter",
                "Items delivered to a side channel (grafana annotations, alertmanager).",
                ("sink",)),
@@ -235,6 +249,9 @@ class StateCollector(Collector):
                 actions[k] = actions.get(k, 0) + n
             for monitor in list(svc.monitors.values()):
                 _monitor_samples(fam, monitor)
+            merge = getattr(svc, "merge", None)
+            if merge is not None:
+                _merge_samples(fam, merge)
         for reason, n in sorted(invalid.items()):
             fam["invalid_events_total"].add_metric([reason], n)
         for k, n in sorted(counts.items()):
@@ -253,6 +270,35 @@ class StateCollector(Collector):
             fam["notification_failures_total"].add_metric([sink.name], sink.failures)
             fam["notification_queue"].add_metric([sink.name], sink.depth)
         yield from fam.values()
+
+
+def _merge_samples(fam: dict[str, Any], merge: Any) -> None:
+    """Stage 2's partials and sources (one shard's; a source clock per kind)."""
+    for (model, version), stage in list(merge.stages.items()):
+        for kind, merger in (("data", stage.data), ("outcomes", stage.outcomes)):
+            c = merger.counts
+            for fate in ("merged", "duplicates", "late", "mismatched"):
+                fam["partials_total"].add_metric([model, version, kind, fate.rstrip("s")
+                                                  if fate == "duplicates" else fate],
+                                                 getattr(c, fate))
+            fam["late_partial_rows_total"].add_metric([model, version, kind], c.late_rows)
+    import time
+
+    now = time.monotonic()
+    for kind, clock in zip(("data", "outcomes"), merge.clocks):
+        states = {"active": 0, "idle": 0, "silent": 0}
+        lags = []
+        lag = clock.lag(now)
+        for name, src in clock.sources.items():
+            state = ("idle" if src.idle else "silent" if now - src.last_seen >= clock.idle_seconds
+                     else "active")
+            states[state] += 1
+            if state == "active":
+                lags.append(lag.get(name, 0.0))
+        for state, n in states.items():
+            fam["sources"].add_metric([kind, state], n)
+        finite = [x for x in lags if math.isfinite(x)]
+        fam["source_lag_seconds"].add_metric([kind], max(finite, default=0.0))
 
 
 def _monitor_samples(fam: dict[str, Any], m: Any) -> None:

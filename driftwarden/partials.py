@@ -11,8 +11,8 @@ Two kinds of partial:
 
 * ``data`` — the records' :class:`~driftwarden.detectors.summary.Summary` over a baseline's
   bins; or, while the source knows no baseline for the model version yet (its warm-up), the
-  records themselves as columns (``records``, at most ``max_records`` per slice; ``rows``
-  counts them all), from which the merge stage fits the baseline.
+  records themselves as columns (``records``, in chunks of at most ``CHUNK_CELLS`` values:
+  several partials for one slice), from which the merge stage fits the baseline.
 * ``outcomes`` — joined (prediction, label) pairs of a slice of *label* time: their count,
   their errors (a 0/1 count for a classifier, a histogram of absolute errors for a regressor)
   and the :class:`~driftwarden.detectors.summary.OutcomeSummary` (confusion counts, score
@@ -69,11 +69,12 @@ import msgspec
 import numpy as np
 
 from driftwarden.detectors.baseline import Baseline
-from driftwarden.detectors.summary import OutcomeSummary, Summary
+from driftwarden.detectors.summary import PREDICTION, OutcomeSummary, Summary, plain_numbers
 from driftwarden.detectors.window import late_rows, take_rows
 from driftwarden.errors import ValidationError
 
 FORMAT_VERSION = 1
+CHUNK_CELLS = 100_000  # values (records x columns) in one partial carrying records
 # absolute errors of a regressor, binned on a log scale (8 bins per decade, 1e-9 .. 1e9, plus
 # an underflow bin for exact zeros): what concept-drift detection replays from a merged slice
 ERROR_EDGES = np.concatenate([[0.0], np.logspace(-9, 9, 8 * 18 + 1)])
@@ -89,7 +90,9 @@ class Partial(msgspec.Struct, frozen=True, kw_only=True, tag="partial", tag_fiel
     source: str          # "topic/partition", a device id, "batch:<job>"
     slice: int           # floor(event time / slice_seconds); label time for outcomes
     slice_seconds: float
-    seq: int             # per (source, kind, model version), from 0, in publishing order
+    seq: int             # per (source, kind, model version): the slices published, from 0
+    part: int = 0        # a slice's records in chunks: part 0, 1, ... of ``parts``
+    parts: int = 1
     watermark: float     # event time the source vouches for with this partial (see _publish)
     baseline: str = ""   # fingerprint of the bins ``summary`` follows ("": none, records)
     rows: int
@@ -99,10 +102,11 @@ class Partial(msgspec.Struct, frozen=True, kw_only=True, tag="partial", tag_fiel
 
 class Watermark(msgspec.Struct, frozen=True, kw_only=True, tag="watermark", tag_field="type"):
     """A source's event time (per kind) with no partial: sent to every summaries partition, so
-    a model whose records this source never carries is not held back by it."""
+    a model whose records this source never carries is not held back by it (``labels``: a
+    label partition's label time, sent to every joins partition the same way)."""
 
     format_version: int = FORMAT_VERSION
-    kind: Literal["data", "outcomes"] = "data"
+    kind: Literal["data", "outcomes", "labels"] = "data"
     source: str
     watermark: float
     idle: bool = False   # read to the end, nothing more for now: do not wait for me
@@ -177,6 +181,11 @@ class EventTime:
         self.late_rows += int(len(t) - ok.sum())
         return ok
 
+    def advance(self, watermark: float) -> None:
+        """Event time vouched for from elsewhere (the join: its label sources' horizon)."""
+        if math.isfinite(watermark):
+            self.max_ts = max(self.max_ts, watermark + self.allowed_lateness)
+
     def to_state(self) -> list[Any]:
         return [self.max_ts if math.isfinite(self.max_ts) else None, self.late_rows]
 
@@ -250,7 +259,8 @@ class _Builder:
     def _take(self, sid: int, columns: Mapping[str, Any], ts: np.ndarray) -> None:
         raise NotImplementedError
 
-    def _payload(self, acc: Any) -> dict[str, Any]:
+    def _payloads(self, acc: Any) -> list[dict[str, Any]]:
+        """What the partials of one slice carry (more than one: chunks of records)."""
         raise NotImplementedError
 
     def _publish(self, through: int, final: bool = False) -> list[Partial]:
@@ -269,11 +279,15 @@ class _Builder:
                 wm = self.watermark if math.isfinite(self.watermark) else 0.0
                 if final:
                     wm = max(wm, (sid + 1) * self.slice_seconds)
-            out.append(Partial(kind=self.kind, model=self.model,  # type: ignore[arg-type]
-                               version=self.version, source=self.source, slice=sid,
-                               slice_seconds=self.slice_seconds, seq=self.seq, watermark=wm,
-                               **self._payload(acc)))
-            self.seq += 1
+            payloads = self._payloads(acc)
+            for j, payload in enumerate(payloads):  # chunks before the last vouch for less
+                out.append(Partial(kind=self.kind, model=self.model,  # type: ignore[arg-type]
+                                   version=self.version, source=self.source, slice=sid,
+                                   slice_seconds=self.slice_seconds, seq=self.seq, part=j,
+                                   parts=len(payloads),
+                                   watermark=wm if j == len(payloads) - 1
+                                   else sid * self.slice_seconds, **payload))
+            self.seq += 1  # per slice, chunked or not: a replay binned differently matches
             self.published_through = max(sid, self.published_through if
                                          self.published_through is not None else sid)
         return out
@@ -308,7 +322,7 @@ class _DataSlice:
 
 class PartialBuilder(_Builder):
     """A source's aggregation of the records of one (model, version) into ``data`` partials:
-    over ``baseline``'s bins, or as records (at most ``max_records`` per slice) while it has
+    over ``baseline``'s bins, or as records while it has
     none (:meth:`set_baseline` bins the open slices when one arrives)."""
 
     kind = "data"
@@ -316,13 +330,12 @@ class PartialBuilder(_Builder):
     def __init__(self, baseline: Baseline | None, *, model: str, version: str, source: str,
                  slice_seconds: float, allowed_lateness: float = 0.0,
                  reservoir_size: int = 1024, seed: int = 0, seq: int = 0,
-                 max_records: int = 10_000, task: str = "classification",
+                 task: str = "classification",
                  time: EventTime | None = None) -> None:
         super().__init__(model=model, version=version, source=source,
                          slice_seconds=slice_seconds, allowed_lateness=allowed_lateness,
                          seq=seq, time=time)
         self.reservoir_size, self.seed, self.task = reservoir_size, seed, task
-        self.max_records = max_records
         self.baseline: Baseline | None = None
         self.fingerprint = ""
         if baseline is not None:
@@ -340,8 +353,8 @@ class PartialBuilder(_Builder):
             if acc.summary is None:
                 acc.summary = self._new()
                 if acc.ts:
-                    acc.summary.update_columns(_typed(acc.columns), n_rows=len(acc.ts),
-                                               ts=np.asarray(acc.ts))
+                    acc.summary.update_columns(typed_columns(baseline, acc.columns),
+                                               n_rows=len(acc.ts), ts=np.asarray(acc.ts))
                 acc.ts, acc.columns = [], {}
 
     def add(self, columns: Mapping[str, Any], ts: Any) -> list[Partial]:
@@ -357,24 +370,27 @@ class PartialBuilder(_Builder):
         if acc.summary is not None:
             acc.summary.update_columns(columns, n_rows=n, ts=ts)
             return
-        room = self.max_records - len(acc.ts)
-        if room <= 0:
-            return
-        k = min(room, n)
         before = len(acc.ts)
-        acc.ts.extend(ts[:k].tolist())
+        acc.ts.extend(ts.tolist())
         for name, col in columns.items():
             dest = acc.columns.setdefault(name, [None] * before)
-            dest.extend(_plain(col[:k]))
+            dest.extend(_plain(col))
         for name, dest in acc.columns.items():  # a column these rows lack: None there
             if name not in columns:
-                dest.extend([None] * k)
+                dest.extend([None] * n)
 
-    def _payload(self, acc: _DataSlice) -> dict[str, Any]:
+    def _payloads(self, acc: _DataSlice) -> list[dict[str, Any]]:
         if acc.summary is not None:
-            return {"baseline": self.fingerprint, "rows": acc.rows,
-                    "summary": acc.summary.to_state()}
-        return {"rows": acc.rows, "records": {"ts": acc.ts, "columns": acc.columns}}
+            return [{"baseline": self.fingerprint, "rows": acc.rows,
+                     "summary": acc.summary.to_state()}]
+        # records: in chunks of at most CHUNK_CELLS values, so a message stays small
+        step = max(1, CHUNK_CELLS // max(1, len(acc.columns)))
+        out = []
+        for i in range(0, max(len(acc.ts), 1), step):
+            ts = acc.ts[i:i + step]
+            out.append({"rows": len(ts), "records": {
+                "ts": ts, "columns": {k: v[i:i + step] for k, v in acc.columns.items()}}})
+        return out
 
     def _acc_state(self, acc: _DataSlice) -> Any:
         return {"rows": acc.rows, "summary": None if acc.summary is None
@@ -447,8 +463,8 @@ class OutcomeBuilder(_Builder):
             acc.summary.update(np.array([a for a, _ in numeric], dtype=float),
                                np.array([b for _, b in numeric], dtype=float))
 
-    def _payload(self, acc: _OutcomeSlice) -> dict[str, Any]:
-        return {"rows": acc.n, "summary": self._acc_state(acc)}
+    def _payloads(self, acc: _OutcomeSlice) -> list[dict[str, Any]]:
+        return [{"rows": acc.n, "summary": self._acc_state(acc)}]
 
     def _acc_state(self, acc: _OutcomeSlice) -> Any:
         return {"n": acc.n, "errors": acc.errors, "outcomes": acc.summary.to_state(),
@@ -514,15 +530,40 @@ def _plain(col: Any) -> list[Any]:
     return list(col)
 
 
-def _typed(columns: Mapping[str, list[Any]]) -> dict[str, Any]:
-    """Columns of records as arrays: float64 where every value is a number."""
+def typed_columns(baseline: Baseline, cols: Mapping[str, Any]) -> dict[str, Any]:
+    """Columns as arrays once (float64 where the baseline expects numbers and every value is
+    one), so a window's per-slice splits and the summaries take their fast paths."""
+    specs = baseline.specs
     out: dict[str, Any] = {}
-    for name, col in columns.items():
-        if col and all(type(v) is float or type(v) is int for v in col):
-            out[name] = np.asarray(col, dtype=np.float64)
+    for name, col in cols.items():
+        spec = baseline.prediction if name == PREDICTION else specs.get(name)
+        if isinstance(col, np.ndarray) and col.dtype == np.float64:
+            out[name] = col
+        elif spec is not None and spec.kind == "numeric" and plain_numbers(col):
+            out[name] = np.array(col, dtype=np.float64)
         else:
             out[name] = np.asarray(col, dtype=object)
     return out
+
+
+def peek_model(raw: bytes) -> str | None:
+    """The model a binary partial names, without decoding its summary (None: not one)."""
+    try:
+        p = _peek.decode(raw)
+    except Exception:  # noqa: BLE001 - whatever it is, the full decode will say
+        return None
+    return p.model if isinstance(p, _ModelOnly) else None
+
+
+class _ModelOnly(msgspec.Struct, tag="partial", tag_field="type"):
+    model: str
+
+
+class _OtherOnly(msgspec.Struct, tag="watermark", tag_field="type"):
+    pass
+
+
+_peek = msgspec.msgpack.Decoder(_ModelOnly | _OtherOnly)
 
 
 # -- a model's side ---------------------------------------------------------------------------
@@ -621,7 +662,8 @@ class SliceMerger:
         self.slice_seconds = float(slice_seconds)
         self.fingerprint = fingerprint
         self.open: dict[int, list[Partial]] = {}
-        self.last_seq: dict[str, int] = {}   # source -> newest seq merged (or counted late)
+        # source -> newest (seq, part, parts) taken (merged, or counted late / mismatched)
+        self.last_seq: dict[str, tuple[int, int, int]] = {}
         self.local: dict[str, float] = {}    # source -> watermark its partials vouched for
         self.last_closed: int | None = None
         self.counts = MergeCounts()
@@ -631,22 +673,27 @@ class SliceMerger:
         it let close, oldest first, each with its partials."""
         self.clock.see(p.source, now)
         self.local[p.source] = max(self.local.get(p.source, -math.inf), p.watermark)
-        if p.seq <= self.last_seq.get(p.source, -1):
+        ident = (p.seq, p.part, p.parts)
+        last = self.last_seq.get(p.source, (-1, 0, 1))
+        # a replay repeats what was taken: an earlier slice, an earlier chunk, or a slice
+        # already complete (a replay may bin a slice first sent as records, or the reverse)
+        if p.seq < last[0] or (p.seq == last[0] and (p.part <= last[1]
+                                                     or last[1] == last[2] - 1)):
             self.counts.duplicates += 1
         elif p.slice_seconds != self.slice_seconds or (
                 p.baseline and self.fingerprint is not None and p.baseline != self.fingerprint):
             self.counts.mismatched += 1
-            self.last_seq[p.source] = p.seq
+            self.last_seq[p.source] = ident
         elif self.last_closed is not None and p.slice <= self.last_closed:
             self.counts.late += 1
             self.counts.late_rows += p.rows
             self.counts.by_source_late[p.source] = (
                 self.counts.by_source_late.get(p.source, 0) + 1)
-            self.last_seq[p.source] = p.seq
+            self.last_seq[p.source] = ident
         else:
             self.open.setdefault(p.slice, []).append(p)
             self.counts.merged += 1
-            self.last_seq[p.source] = p.seq
+            self.last_seq[p.source] = ident
         return self.close(now)
 
     def close(self, now: float) -> list[tuple[int, list[Partial]]]:
@@ -666,7 +713,8 @@ class SliceMerger:
     def to_state(self) -> dict[str, Any]:
         return {"open": {str(k): [msgspec.to_builtins(p) for p in v]
                          for k, v in self.open.items()},
-                "last_seq": dict(self.last_seq), "last_closed": self.last_closed,
+                "last_seq": {k: list(v) for k, v in self.last_seq.items()},
+                "last_closed": self.last_closed,
                 "local": {k: v if math.isfinite(v) else None for k, v in self.local.items()},
                 "fingerprint": self.fingerprint, "counts": msgspec.to_builtins(self.counts)}
 
@@ -676,7 +724,8 @@ class SliceMerger:
         m = cls(clock, slice_seconds=slice_seconds, fingerprint=state["fingerprint"])
         m.open = {int(k): [msgspec.convert(p, Partial) for p in v]
                   for k, v in state["open"].items()}
-        m.last_seq = {k: int(v) for k, v in state["last_seq"].items()}
+        m.last_seq = {k: (int(v[0]), int(v[1]), int(v[2]))
+                      for k, v in state["last_seq"].items()}
         m.last_closed = state["last_closed"]
         m.local = {k: -math.inf if v is None else v for k, v in state["local"].items()}
         m.counts = msgspec.convert(state["counts"], MergeCounts)
@@ -697,7 +746,7 @@ def merge_data(baseline: Baseline, partials: Sequence[Partial], *, reservoir_siz
             part = baseline.new_summary(reservoir_size=reservoir_size, seed=seed, task=task)
             rec = p.records or {"ts": [], "columns": {}}
             if rec["ts"]:
-                part.update_columns(_typed(rec["columns"]), n_rows=len(rec["ts"]),
+                part.update_columns(typed_columns(baseline, rec["columns"]), n_rows=len(rec["ts"]),
                                     ts=np.asarray(rec["ts"], dtype=np.float64))
         out = out.merge(part)
     return out

@@ -120,10 +120,9 @@ def active_alerts(port):
     return [a for a in got or [] if a["status"]["state"] == "active"]
 
 
-@pytest.fixture
-def spawn_worker(tmp_path):
+def _spawner(tmp_path):
     """Start real `driftwarden worker` processes: spawn(bootstrap, env) -> (proc, port, log).
-    Every process still running at the end of the test is killed."""
+    Every process still running at the end is killed."""
     import os
     import subprocess
     import sys
@@ -159,6 +158,18 @@ def spawn_worker(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+@pytest.fixture
+def spawn_worker(tmp_path):
+    """Real `driftwarden worker` processes for one test (see _spawner)."""
+    yield from _spawner(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def spawn_worker_module(tmp_path_factory):
+    """Real `driftwarden worker` processes for a module's tests (see _spawner)."""
+    yield from _spawner(tmp_path_factory.mktemp("workers"))
 
 
 POSTGRES_URL = os.environ.get("DRIFTWARDEN_TEST_POSTGRES_URL",

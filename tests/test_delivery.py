@@ -105,7 +105,7 @@ class Metrics:
 
 def setup():
     settings = load_settings(env={"DRIFTWARDEN_KAFKA__CHECKPOINT_SECONDS": "0"})
-    shards = Shards(lambda: StreamService(settings), Store())
+    shards = Shards(lambda p: StreamService(settings), Store())
     producer = Producer()
     return Delivery(settings, shards, producer, Metrics(), lambda: CONSUMER), producer
 

@@ -255,14 +255,14 @@ def test_an_exception_anywhere_in_a_message_is_that_message_s_dead_letter(monkey
     assert svc.counts["m1\x1f1\x1fprediction"] == 196
     assert svc.messages == {"used": 196, "dead_lettered": 4}
 
-    real_add = service.ModelMonitor.add
+    real = service.StreamService._summarise
 
-    def add(self, batch):  # a monitor that cannot take the record with id g213
+    def summarise(self, key, batch):  # a summary that cannot take the record with id g213
         if "g213" in batch.ids:
             raise ZeroDivisionError("boom")
-        return real_add(self, batch)
+        return real(self, key, batch)
 
-    monkeypatch.setattr(service.ModelMonitor, "add", add)
+    monkeypatch.setattr(service.StreamService, "_summarise", summarise)
     more = [RawMessage(good(i, NOW - 10 + i / 100), [], PRED, 0, i, NOW) for i in range(200, 220)]
     outs = svc.handle_predictions(more)
     dlq = [dict(o.headers) for o in outs if o.topic == svc.topics.dlq]

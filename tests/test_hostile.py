@@ -164,7 +164,7 @@ def test_too_many_features_long_names_and_long_values_are_refused():
     outs = svc.handle_predictions(msgs([wide, long_model, long_feature, long_value, batch]))
     assert [r for r, _ in dlq(outs, svc)] == ["limit_exceeded"] * 5
     assert counted(svc) == 3
-    assert max(len(m) for m, _ in svc.monitors) <= SETTINGS.limits.max_name_chars
+    assert max(len(m) for m, _ in svc.admitted) <= SETTINGS.limits.max_name_chars
 
 
 def test_a_model_cannot_grow_past_its_feature_cap():
@@ -207,4 +207,4 @@ def test_names_with_a_nul_character_are_refused_before_they_reach_the_store():
     outs = svc.handle_predictions(msgs(bodies))
     assert dlq(outs, svc) == [("invalid_record", 0), ("invalid_record", 1),
                               ("invalid_record", 2)]
-    assert list(svc.monitors) == [("m", "1")] and counted(svc) == 1
+    assert sorted(svc.admitted) == [("m", "1")] and counted(svc) == 1

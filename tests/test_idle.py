@@ -131,7 +131,7 @@ def test_idle_close_is_off_at_zero_and_ends_a_short_warmup():
     svc.handle_predictions(_messages(examples / "current.csv", "m", 1.7e9))
     clock.now += 3600
     assert svc.handle_idle() == []
-    assert not next(iter(svc.monitors.values())).ready  # 2,000 of 5,000 warm-up records
+    assert not svc.monitors  # nothing closed: no slice has reached the merge stage
 
     svc, clock = _service(Detection(min_warmup=1000))
     svc.handle_predictions(_messages(examples / "current.csv", "m", 1.7e9))
@@ -164,12 +164,14 @@ def test_records_after_an_idle_close_start_a_new_stretch_and_late_ones_are_count
     rec = orjson.loads(cur[500].value)
     rec["id"] = "straggler"
     svc.handle_predictions([cur[500]._replace(value=orjson.dumps(rec), offset=10_000)])
-    assert (monitor.n_late, monitor.n_records) == (1, 6001)
+    # late at its source: its slice was flushed when the source went idle
+    assert (svc.data.late_rows(), monitor.n_records) == (1, 6000)
     assert key_quiet(svc, clock) == 0.0  # its records reset the idle clock
+    assert not svc.data.idle_sources  # and the source is busy again
 
 
 def key_quiet(svc, clock):
-    (last,) = svc.last_records.values()
+    (last,) = svc.data.last_records.values()
     return clock.now - last
 
 

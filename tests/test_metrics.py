@@ -68,6 +68,7 @@ def test_metrics_follow_the_stream():
     labels = rng.integers(0, 2, 500)
     svc.handle_labels(raw([{"model": "fraud", "id": f"fraud-13-{i}", "label": int(y)}
                            for i, y in enumerate(labels)], "driftwarden.labels"))
+    svc.finish()  # outcomes reach the monitor when their slice of label time closes
     assert get("driftwarden_label_outcomes_total", mv) == 500
     assert get("driftwarden_label_join_ratio", mv) == 500 / (14 * 500)
     monitor = svc.monitors[("fraud", "1")]
@@ -91,6 +92,7 @@ def test_realized_accuracy_matches_an_independent_computation():
     labels = rng.integers(0, 2, len(recs))
     svc.handle_labels(raw([{"model": "fraud", "id": r["id"], "label": int(y)}
                            for r, y in zip(recs, labels)], "driftwarden.labels"))
+    svc.finish()  # outcomes reach the monitor when their slice of label time closes
     pred = np.array([r["prediction"] for r in recs]) >= 0.5
     want = float(np.mean(pred == labels.astype(bool)))
     got = registry.get_sample_value("driftwarden_model_performance",

@@ -43,6 +43,7 @@ def _monitor(settings, version):
     rec = {"model": "fraud", "version": version, "id": "r1", "ts": 1.7e9,
            "features": {"amount": 3.0}}
     svc.handle_predictions([RawMessage(orjson.dumps(rec), [], "p", 0, 0, 1.7e9)])
+    svc.finish()  # its slice closes: the merge stage makes the monitor
     return svc.monitors[("fraud", version)]
 
 

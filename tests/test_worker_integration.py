@@ -98,8 +98,14 @@ def test_drift_events_actions_dlq_and_labels(worker):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/verdicts", timeout=5) as r:
         verdicts = json.loads(r.read())
     assert any(v["kind"] == "data" and v["drift"] for v in verdicts)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=5) as r:
-        status = json.loads(r.read())[0]
+    # the last slices (data and outcomes) close once their sources are idle (10 s)
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=5) as r:
+            status = json.loads(r.read())[0]
+        if (status["records"], status["outcomes"]) == (n, 500) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert status["records"] == n and status["outcomes"] == 500
     assert 0.4 < status["accuracy"] < 0.6  # random scores against label 1: about half right
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:

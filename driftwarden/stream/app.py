@@ -34,7 +34,7 @@ from driftwarden.errors import InputError
 from driftwarden.kafka import client_config, ensure_topics, produce
 from driftwarden.metrics import Metrics
 from driftwarden.store import Store
-from driftwarden.stream.baselines import configured_models
+from driftwarden.stream.baselines import BaselineFeed, configured_models
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.delivery import Delivery
 from driftwarden.stream.service import Output, StreamService
@@ -126,7 +126,8 @@ class OutputProducer:
                 callback = functools.partial(self._delivered, event_id=event_id)
             try:
                 produce(self.raw, o.topic, o.value, o.key, headers=list(o.headers),
-                        on_delivery=callback)
+                        on_delivery=callback,
+                        **({} if o.partition is None else {"partition": o.partition}))
             except Exception as exc:  # noqa: BLE001 - KafkaException: MSG_SIZE_TOO_LARGE, ...
                 self.failed += 1
                 if o.topic == self.actions_topic:  # not queued: the outbox may send it again
@@ -264,7 +265,7 @@ def _limit_fetch_wait(ms: int) -> None:
 
 
 def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127.0.0.1",
-               factory: Callable[[], StreamService] | None = None,
+               factory: Callable[[int], StreamService] | None = None,
                session_timeout: float = 10.0, batch: int = 2000, batch_bytes: int = 1 << 20,
                within: float = 0.2) -> Any:
     """Build the Faust app of one worker (``app.dw_shards``: its :class:`Shards`).
@@ -283,9 +284,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftwarden-calibration")
     # baselines from files or the store: a bad file or a missing revision stops the start
     models = configured_models(settings)
-    factory = factory or (lambda: StreamService(
+    factory = factory or (lambda partition: StreamService(
         settings, discovery=settings.discovery, max_models=settings.max_models,
-        models=models, executor=executor))
+        models=models, executor=executor, loopback=False, partition=partition))
     writable_data_dir(settings.data_dir)
     app = faust.App(
         settings.kafka.group_id,
@@ -327,11 +328,17 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     delivery = Delivery(settings, shards, producer, metrics, lambda: app.consumer)
     worker_health = WorkerHealth(settings, metrics)
     state: dict[str, Any] = {"batches": 0, "started": False}
-    sources = {settings.topics.predictions, settings.topics.features, settings.topics.labels}
+    topics = settings.topics
+    # every topic a shard consumes: partition p of each is shard p's (see stream.shards)
+    sources = {topics.predictions, topics.features, topics.labels, topics.joins,
+               topics.summaries}
 
-    predictions = app.topic(settings.topics.predictions, settings.topics.features,
-                            value_serializer="raw", key_serializer="raw")
-    labels = app.topic(settings.topics.labels, value_serializer="raw", key_serializer="raw")
+    predictions = app.topic(topics.predictions, topics.features, value_serializer="raw",
+                            key_serializer="raw")
+    labels = app.topic(topics.labels, value_serializer="raw", key_serializer="raw")
+    joins = app.topic(topics.joins, value_serializer="raw", key_serializer="raw")
+    summaries = app.topic(topics.summaries, value_serializer="raw", key_serializer="raw")
+    baselines = BaselineFeed(settings, shards)
 
     @app.agent(predictions)
     async def ingest(stream: Any) -> None:
@@ -344,9 +351,25 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             await delivery.checkpoint()
 
     @app.agent(labels)
-    async def join_labels(stream: Any) -> None:
+    async def route_labels(stream: Any) -> None:
+        """Stage 1 of labels: to the join, by request id."""
         async for events in stream.take_events(batch, within=within):
             side.send(shards.handle("labels", await delivery.take(events)))
+            await delivery.checkpoint()
+
+    @app.agent(joins)
+    async def join(stream: Any) -> None:
+        """The label join: outcome partials for the merge stage."""
+        async for events in stream.take_events(batch, within=within):
+            side.send(shards.handle("joins", await delivery.take(events)))
+            await delivery.checkpoint()
+
+    @app.agent(summaries)
+    async def merge(stream: Any) -> None:
+        """Stage 2: partials merged per model; verdicts, actions, store, metrics."""
+        async for events in stream.take_events(batch, within=within):
+            baselines.apply()
+            side.send(shards.handle("summaries", await delivery.take(events)))
             await delivery.checkpoint()
 
     if side.alerting is not None:
@@ -404,7 +427,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         closed and evaluated (see StreamService.handle_idle) — only in partitions the worker
         has read to the end (at the watchdog's last look), so a backlog or a broker away is
         never taken for a producer that has finished."""
-        if settings.detection.idle_close_seconds > 0 and worker_health.caught_up:
+        baselines.apply()
+        if settings.detection.idle_close_seconds > 0:
             side.send(shards.handle_idle(worker_health.caught_up))
 
     @app.timer(max(1.0, min(10.0, settings.kafka.stall_seconds / 4)))
@@ -475,6 +499,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     async def _started() -> None:
         state["started"] = True
         side.start()
+        baselines.start()
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
@@ -543,6 +568,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             delivery.forget(gone)
 
     async def _flush(sender: Any, **kwargs: Any) -> None:  # noqa: ARG001
+        baselines.stop()
         await delivery.checkpoint(force=True)  # which flushes the events with it
         await side.close(2.0)  # a last try for what is queued, never a long wait
 

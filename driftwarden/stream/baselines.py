@@ -104,3 +104,71 @@ def _from_store(store: Any, model: str, version: str | None, revision: int | Non
     log.info("baselines of %s from the store: %s", model,
              ", ".join(f"v{v} revision {r['revision']}" for v, r in rows.items()) or
              "none yet (each version warms up)")
+
+
+class BaselineFeed:
+    """The baselines stage 2 fitted from warm-ups, for this worker's stage 1: a thread reads
+    the compacted baselines topic (every partition, from its start, no consumer group) and
+    queues them; :meth:`apply`, called on the event loop, hands them to every shard — so
+    partials of those model versions are binned at the source instead of carrying records.
+    A baseline that arrives late only costs bytes: the merge stage bins records itself."""
+
+    def __init__(self, settings: Settings, shards: Any) -> None:
+        import queue
+        import threading
+
+        self.settings = settings
+        self.shards = shards
+        self.queue: queue.SimpleQueue[tuple[str, str, Baseline]] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.received = 0
+
+    def start(self) -> None:
+        import threading
+
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="driftwarden-baselines",
+                                           daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def apply(self) -> int:
+        """Hand the queued baselines to the shards; how many."""
+        n = 0
+        while not self.queue.empty():
+            model, version, baseline = self.queue.get_nowait()
+            self.shards.set_baseline(model, version, baseline)
+            n += 1
+        return n
+
+    def _run(self) -> None:
+        import orjson
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from driftwarden.kafka import client_config
+
+        topic = self.settings.topics.baselines
+        consumer = Consumer(client_config(self.settings, {
+            "group.id": "driftwarden-baselines", "enable.auto.commit": False}), logger=log)
+        try:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                             for p in range(self.settings.kafka.partitions)])
+            while not self.stopping.is_set():
+                for m in consumer.consume(100, 0.5):
+                    if m.error() is not None or m.value() is None:
+                        continue
+                    try:
+                        body = orjson.loads(m.value() or b"")
+                        base = Baseline.from_state(body["baseline"])
+                        self.queue.put((str(body["model"]), str(body["version"]), base))
+                        self.received += 1
+                    except Exception as exc:  # noqa: BLE001 - not ours: skip it, say so
+                        log.warning("baselines topic: skipped a message at offset %s: %s",
+                                    m.offset(), str(exc)[:200])
+        except Exception:  # noqa: BLE001 - the feed is an optimisation: log, stop it
+            log.exception("baseline feed stopped")
+        finally:
+            consumer.close()

@@ -44,7 +44,7 @@ import orjson
 from driftwarden.config import Settings
 from driftwarden.errors import DriftwardenError
 from driftwarden.kafka import client_config, produce
-from driftwarden.stream.labels import LabelJoiner
+from driftwarden.stream.labels import JoinerTables, LabelJoiner
 
 log = logging.getLogger("driftwarden.checkpoint")
 
@@ -137,7 +137,7 @@ class StateStore:
         return ref
 
     def write(self, partition: int, state: Mapping[str, Any],
-              labels: LabelJoiner | None = None) -> int:
+              labels: JoinerTables | LabelJoiner | None = None) -> int:
         """Produce one checkpoint of ``partition`` (not flushed): ``state`` whole, and the
         changes of the ``labels`` table since the last one (journal on), or a new base of it.
         Returns the bytes written."""

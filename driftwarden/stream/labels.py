@@ -22,6 +22,8 @@ True
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ class LabelJoiner:
         self.grace = float(grace)
         self._pending: OrderedDict[tuple[str, str], tuple[str, Any, float]] = OrderedDict()
         self._waiting: OrderedDict[tuple[str, str], PendingLabel] = OrderedDict()
+        self._heap: list[tuple[float, tuple[str, str]]] = []  # waiting labels by event time
         self._late: list[PendingLabel] = []
         self.joined = 0
         self.late = 0
@@ -179,6 +182,9 @@ class LabelJoiner:
         hit = self._pending.pop((model, id), None)
         if hit is None:
             self._waiting[(model, id)] = PendingLabel(model, id, label, ts, raw)
+            heapq.heappush(self._heap, (ts, (model, id)))
+            if len(self._heap) > 2 * len(self._waiting) + 1024:  # stale entries: rebuild
+                self._rebuild_heap()
             while len(self._waiting) > self.max_pending:
                 self._late.append(self._waiting.popitem(last=False)[1])
                 self.late += 1
@@ -199,6 +205,28 @@ class LabelJoiner:
                            self.grace, lambda lab: lab.ts)
         self._late += gone
         self.late += len(gone)
+
+    def oldest_waiting(self) -> float:
+        """Event time of the oldest label still waiting for its prediction (inf: none): the
+        join's outcome slices stay open while it may still join.
+
+        >>> j = LabelJoiner(); j.add_label("m", "b", 1, ts=7.0); j.add_label("m", "a", 0, ts=5.0)
+        >>> j.oldest_waiting(); _ = j.add_prediction("m", "a", "1", 0.4, 4.0); j.oldest_waiting()
+        5.0
+        7.0
+        """
+        heap, waiting = self._heap, self._waiting
+        while heap:
+            ts, key = heap[0]
+            w = waiting.get(key)
+            if w is not None and w.ts == ts:
+                return ts
+            heapq.heappop(heap)
+        return math.inf
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(w.ts, k) for k, w in self._waiting.items()]
+        heapq.heapify(self._heap)
 
     def take_late(self) -> list[PendingLabel]:
         """Labels whose prediction did not come within the grace period (handed over once)."""
@@ -295,9 +323,56 @@ class LabelJoiner:
         j._late = waiting[len(waiting) - n_late:] if n_late else []
         for w in waiting[:len(waiting) - n_late]:
             j._waiting[(w.model, w.id)] = w
+        j._rebuild_heap()
         j.joined, j.late, j.expired = state["joined"], state["late"], state["expired"]
         j.watermark = float("-inf") if state["watermark"] is None else state["watermark"]
         lw = state["label_watermark"]
         j.label_watermark = float("-inf") if lw is None else lw
         return j
 
+
+
+class JoinerTables:
+    """The pending tables of several :class:`LabelJoiner` checkpointed together as one base
+    plus deltas (what :class:`~driftwarden.stream.checkpoint.StateStore` saves apart from the
+    rest of a shard's state): the join's table and stage 1's memory of re-sends.
+
+    >>> a, b = LabelJoiner(), LabelJoiner()
+    >>> t = JoinerTables({"labels": a, "resends": b}); t.journal = True
+    >>> b.add_prediction("m", "r1", "1", 0.5, 1.0)
+    >>> c, d = LabelJoiner(), LabelJoiner()
+    >>> JoinerTables({"labels": c, "resends": d}).apply_delta(t.take_delta()); len(c), len(d)
+    (0, 1)
+    """
+
+    def __init__(self, joiners: Mapping[str, LabelJoiner]) -> None:
+        self.joiners = dict(joiners)
+
+    @property
+    def journal(self) -> bool:
+        return all(j.journal for j in self.joiners.values())
+
+    @journal.setter
+    def journal(self, on: bool) -> None:
+        for j in self.joiners.values():
+            j.journal = on
+
+    def take_delta(self) -> dict[str, Any]:
+        return {"tables": {k: j.take_delta() for k, j in self.joiners.items()}}
+
+    def restore_delta(self, delta: Mapping[str, Any]) -> None:
+        for k, d in delta["tables"].items():
+            self.joiners[k].restore_delta(d)
+
+    def apply_delta(self, delta: Mapping[str, Any]) -> None:
+        for k, d in delta["tables"].items():
+            if k in self.joiners:
+                self.joiners[k].apply_delta(d)
+
+    def pending_state(self) -> dict[str, Any]:
+        return {"tables": {k: j.pending_state() for k, j in self.joiners.items()}}
+
+    def load_pending(self, pending: Mapping[str, Any]) -> None:
+        for k, p in pending["tables"].items():
+            if k in self.joiners:
+                self.joiners[k].load_pending(p)

@@ -5,10 +5,10 @@ A :class:`ModelStage` holds a :class:`~driftwarden.stream.monitor.ModelMonitor` 
 ``outcomes`` partials (label time) — over :class:`~driftwarden.partials.SourceClock` shared by
 every model of the stage-2 shard. Each closed slice goes to the monitor once, in slice order:
 
-* while the monitor has no baseline, the records of the slice (warm-up partials carry them, in
-  a canonical order) extend its warm-up; the baseline is fitted at the end of the slice that
-  brings the warm-up to ``warmup`` records, so where it ends does not depend on how records
-  were spread over sources or batched;
+* while the monitor has no baseline, the records of the slice (warm-up partials carry them)
+  extend its warm-up, in event-time order: the baseline is the first ``warmup`` records by
+  event time, whatever their spread over sources and batches, and the rest of the slice
+  where it ends is the window's first slice;
 * then the merged summary of the slice enters the sliding window (records a source still sent
   raw are binned on the way), which evaluates it;
 * outcome slices update the realized performance and feed the error-stream detector with the
@@ -39,18 +39,24 @@ of sources.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 from driftwarden.partials import (
     Partial,
     SliceMerger,
     SourceClock,
+    Watermark,
+    decode,
     fingerprint,
     merge_data,
     merge_outcomes,
     merge_records,
     replay_errors,
+    typed_columns,
 )
 from driftwarden.stream.monitor import ModelMonitor
 
@@ -85,11 +91,9 @@ class ModelStage:
         return (self._data_slices(self.data.close(now))
                 + self._outcome_slices(self.outcomes.close(now)))
 
-    @property
-    def sources_done(self) -> bool:
-        """Every data source is idle and every open slice has closed."""
-        return not self.data.open and self.data.clock.horizon(
-            float("-inf"), self.data.local) == float("inf")
+    def sources_done(self, now: float) -> bool:
+        """Every data source is idle (or silent too long) and every open slice has closed."""
+        return not self.data.open and self.data.clock.horizon(now, self.data.local) == math.inf
 
     def _data_slices(self, slices: list[tuple[int, list[Partial]]]) -> list[dict[str, Any]]:
         m = self.monitor
@@ -99,10 +103,21 @@ class ModelStage:
                 raw = [p for p in parts if p.summary is None]
                 self.unusable_rows += sum(p.rows for p in parts if p.summary is not None)
                 ts, cols = merge_records(raw)
-                events += m.add_warm_slice(ts, cols, rows=sum(p.rows for p in raw))
-                if m.baseline is not None:
-                    self.data.fingerprint = fingerprint(m.baseline)
-                    self.fresh_baseline = True
+                need = m.detection.warmup - len(m._warm)
+                # the warm-up is the first `warmup` records by event time, whatever their
+                # spread; the rest of the slice where it ends is the window's first slice
+                events += m.add_warm_slice(ts[:need], {k: v[:need] for k, v in cols.items()})
+                if m.baseline is None:
+                    continue
+                self.data.fingerprint = fingerprint(m.baseline)
+                self.fresh_baseline = True
+                if len(ts) > need:
+                    rest = m.baseline.new_summary(reservoir_size=m.detection.reservoir_size,
+                                                  seed=m.detection.seed, task=m.task)
+                    rest.update_columns(typed_columns(m.baseline, {
+                        k: v[need:] for k, v in cols.items()}), n_rows=len(ts) - need,
+                        ts=np.asarray(ts[need:], dtype=np.float64))
+                    events += m.add_slice(sid, rest)
                 continue
             summary = merge_data(m.baseline, [p for p in parts if p.summary is None or
                                               p.baseline == self.data.fingerprint],
@@ -133,3 +148,88 @@ class ModelStage:
         stage.fresh_baseline = bool(state["fresh_baseline"])
         stage.unusable_rows = int(state["unusable_rows"])
         return stage
+
+
+class MergeStage:
+    """Stage 2 of one summaries partition: a :class:`ModelStage` per model version whose
+    partials land here (every partial of a model lands in one partition), over two shared
+    source clocks (data, outcomes). ``expect``: the sources to wait for from the start (the
+    input partitions; devices count from their first message); ``new_monitor`` makes the
+    monitor of a model version, or refuses it (None: unknown model, cap reached)."""
+
+    def __init__(self, new_monitor: Callable[[str, str, float], ModelMonitor | None], *,
+                 idle_seconds: float, expect: tuple[Iterable[str], Iterable[str]] = ((), ()),
+                 now: float = 0.0) -> None:
+        self.new_monitor = new_monitor
+        self.clocks = SourceClock(idle_seconds), SourceClock(idle_seconds)
+        for clock, names in zip(self.clocks, expect):
+            for name in names:
+                clock.expect(name, now)
+        self.stages: dict[tuple[str, str], ModelStage] = {}
+        self.last_partial: dict[tuple[str, str], float] = {}
+        self.refused = 0  # partials of model versions without a monitor
+
+    @property
+    def monitors(self) -> dict[tuple[str, str], ModelMonitor]:
+        return {k: s.monitor for k, s in self.stages.items()}
+
+    def handle(self, value: bytes, now: float) -> list[dict[str, Any]]:
+        """One message of the summaries topic; its drift events. Raises
+        :class:`~driftwarden.errors.ValidationError` on what is not a partial or a
+        watermark (the caller dead-letters it)."""
+        msg = decode(value)
+        if isinstance(msg, Watermark):
+            self.clocks[msg.kind == "outcomes"].see(msg.source, now, msg.watermark, msg.idle)
+            return self.close(now)
+        stage = self.stage(msg.model, msg.version, msg.slice * msg.slice_seconds)
+        if stage is None:
+            self.refused += 1
+            return []
+        self.last_partial[stage.key] = now
+        return stage.add(msg, now)
+
+    def stage(self, model: str, version: str, ts: float) -> ModelStage | None:
+        """The stage of a model version, made when first seen (at event time ``ts``)."""
+        stage = self.stages.get((model, version))
+        if stage is None:
+            monitor = self.new_monitor(model, version, ts)
+            if monitor is None:
+                return None
+            stage = self.stages[(model, version)] = ModelStage(monitor, *self.clocks)
+        return stage
+
+    def close(self, now: float) -> list[dict[str, Any]]:
+        return [e for s in list(self.stages.values()) for e in s.close(now)]
+
+    def idle(self, now: float, quiet_before: float) -> list[dict[str, Any]]:
+        """Close what the clocks allow at ``now``; then, for every model version whose data
+        sources are all idle and whose slices have all closed, take event time to go on at
+        the wall clock's pace from its newest record (``quiet_before``: how long the sources
+        were quiet before they said so) — so the window drains and a replayed file ends in
+        a verdict (see :meth:`ModelMonitor.advance`)."""
+        events = self.close(now)
+        for key, stage in self.stages.items():
+            m = stage.monitor
+            if not stage.sources_done(now) or not m.idle_work or not math.isfinite(m.max_ts):
+                continue
+            quiet = now - self.last_partial.get(key, now) + quiet_before
+            events += m.advance(m.max_ts + quiet)
+            if m.baseline is not None and stage.data.fingerprint is None:
+                stage.data.fingerprint = fingerprint(m.baseline)
+                stage.fresh_baseline = True
+        return events
+
+    def to_state(self) -> dict[str, Any]:
+        return {"clocks": [c.to_state() for c in self.clocks], "refused": self.refused,
+                "stages": [s.to_state() for s in self.stages.values()]}
+
+    def restore(self, state: Mapping[str, Any], load_monitor: Callable[[Any], ModelMonitor],
+                now: float) -> None:
+        self.clocks = (SourceClock.from_state(state["clocks"][0], now),
+                       SourceClock.from_state(state["clocks"][1], now))
+        self.refused = int(state["refused"])
+        self.stages = {}
+        for st in state["stages"]:
+            stage = ModelStage.from_state(st, load_monitor(st["monitor"]), *self.clocks)
+            self.stages[stage.key] = stage
+            self.last_partial[stage.key] = now

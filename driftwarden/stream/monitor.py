@@ -58,11 +58,10 @@ from driftwarden.detectors.summary import (
     PREDICTION,
     OutcomeSummary,
     Summary,
-    plain_numbers,
 )
 from driftwarden.detectors.window import SlidingWindow
 from driftwarden.events import SCHEMA_VERSION
-from driftwarden.partials import outcome_error
+from driftwarden.partials import outcome_error, typed_columns
 from driftwarden.schema import PredictionRecord, RecordBatch
 
 KINDS = ("data", "prediction", "quality", "concept")
@@ -161,7 +160,7 @@ class ModelMonitor:
 
     def _fit_from_warmup(self) -> None:
         d = self.detection
-        cols = _columns(RecordBatch.of(self._warm))
+        cols = batch_columns(RecordBatch.of(self._warm))
         base = Baseline.fit(cols, bins=d.bins, max_categories=d.max_categories,
                             categorical_max_distinct=d.categorical_max_distinct,
                             sample_rows=d.sample_rows, reference_sample=d.reference_sample,
@@ -189,7 +188,7 @@ class ModelMonitor:
             if not len(batch):
                 return []
         assert self.window is not None
-        cols = self._typed(_columns(batch))
+        cols = self._typed(batch_columns(batch))
         ts = np.array(batch.ts, dtype=np.float64)
         events: list[dict[str, Any]] = []
         # each slice is evaluated the moment it closes, on the window as it was then, however
@@ -200,21 +199,18 @@ class ModelMonitor:
         return events
 
     # -- merged slices (the merge stage: see driftwarden.partials) ------------------------------
-    def add_warm_slice(self, ts: Sequence[float], columns: Mapping[str, Sequence[Any]],
-                       rows: int | None = None) -> list[dict[str, Any]]:
-        """The records of a closed slice while the model version has no baseline (in a
-        canonical order: see :func:`driftwarden.partials.merge_records`). The warm-up takes
-        whole slices: once it holds ``warmup`` records, the baseline is fitted from all of
-        them, so where it ends does not depend on how the records were spread or batched.
-        ``rows``: how many records the slice had (more than given when sources capped
-        them)."""
+    def add_warm_slice(self, ts: Sequence[float], columns: Mapping[str, Sequence[Any]]
+                       ) -> list[dict[str, Any]]:
+        """Warm-up records of a closed slice, in a canonical order (see
+        :func:`driftwarden.partials.merge_records`); once the warm-up holds ``warmup``
+        records the baseline is fitted from them (the merge stage gives no more than that)."""
         names = [n for n in columns if n != PREDICTION]
         preds = columns.get(PREDICTION)
         for i, t in enumerate(ts):
             feats = {n: columns[n][i] for n in names if columns[n][i] is not None}
             self._warm.append(PredictionRecord(self.model, self.version, None, float(t), feats,
                                                None if preds is None else preds[i]))
-        self.n_records += len(ts) if rows is None else rows
+        self.n_records += len(ts)
         if self.baseline is None and len(self._warm) >= self.detection.warmup:
             self._fit_from_warmup()
         return []
@@ -294,20 +290,8 @@ class ModelMonitor:
         return max((r.ts for r in self._warm), default=-math.inf)
 
     def _typed(self, cols: dict[str, Any]) -> dict[str, Any]:
-        """Lists to arrays once (float64 where the baseline expects numbers and every value is
-        one), so the window's per-slice splits and the summaries take their fast paths."""
         assert self.baseline is not None
-        specs = self.baseline.specs
-        out: dict[str, Any] = {}
-        for name, col in cols.items():
-            spec = self.baseline.prediction if name == PREDICTION else specs.get(name)
-            if isinstance(col, np.ndarray):  # already float64 (RecordBatch.columns)
-                out[name] = col
-            elif spec is not None and spec.kind == "numeric" and plain_numbers(col):
-                out[name] = np.array(col, dtype=np.float64)
-            else:
-                out[name] = np.asarray(col, dtype=object)
-        return out
+        return typed_columns(self.baseline, cols)
 
     def _evaluate(self, slice_id: int) -> list[dict[str, Any]]:
         assert self.baseline is not None and self.window is not None
@@ -561,7 +545,8 @@ def estimated_accuracy(prediction: Any) -> float | None:
     return float(np.maximum(x, 1.0 - x).mean())
 
 
-def _columns(batch: RecordBatch) -> dict[str, Any]:
+def batch_columns(batch: RecordBatch) -> dict[str, Any]:
+    """A batch's feature columns, and its predictions as the ``__prediction__`` column."""
     cols: dict[str, Any] = batch.columns()
     if any(p is not None for p in batch.predictions):
         cols[PREDICTION] = batch.predictions

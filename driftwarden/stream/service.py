@@ -1,11 +1,26 @@
 """The stream service's core: raw Kafka messages in, messages to produce out. No Kafka here.
 
 :class:`StreamService` is what the Faust agents hand their batches to (STYLE: thin agents over
-a plain-Python core). It decodes, dead-letters what cannot be used, routes records to one
-:class:`~driftwarden.stream.monitor.ModelMonitor` per (model, version) — discovered from the
-stream up to ``max_models``, or only the configured ones — joins labels, applies the response
-policy, and returns the :class:`Output` messages to produce (drift events, action events, dead
-letters, late labels) in order.
+a plain-Python core). One service is one *shard*: everything of one partition number of the
+input topics, which Faust assigns together. It plays the three roles of the two-stage path
+(DESIGN 3b), each in its own module:
+
+* **stage 1** (predictions, features, labels; any key): decode, dead-letter what cannot be
+  used, admit model versions (discovered up to ``max_models``, or only the configured ones),
+  drop a producer's re-sends, and summarise records into partial summaries per source
+  partition and event-time slice (:mod:`driftwarden.stream.sources`), published to the
+  summaries topic keyed by model; what the label join needs goes to the joins topic, keyed by
+  request id (:mod:`driftwarden.stream.joins`);
+* **the join** (joins): predictions meet their labels whatever the producers' keys were;
+  outcomes become outcome partials, labels without a prediction go to the late topic;
+* **stage 2** (summaries): each model's partials from every source merged into its sliding
+  windows, tests, verdicts and the response policy (:mod:`driftwarden.stream.merge`) — one
+  place decides per model, however many partitions its records were spread over.
+
+With ``loopback`` (the default: tests, notebooks, one process) messages for the joins and
+summaries topics are handled by this same service at once, so ``handle_predictions`` returns
+the drift and action events directly; the worker turns loopback off and lets Kafka carry them
+to the shard that owns them.
 
 >>> from driftwarden.config import load_settings
 >>> svc = StreamService(load_settings(env={}))
@@ -14,7 +29,6 @@ letters, late labels) in order.
 >>> [(o.topic, dict(o.headers)["dw.reason"]) for o in outs]
 [('driftwarden.dlq', b'bad_json')]
 """
-
 from __future__ import annotations
 
 import logging
@@ -23,12 +37,15 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
+import numpy as np
 import orjson
 
 from driftwarden.config import Settings
+from driftwarden.detectors.baseline import Baseline
+from driftwarden.errors import ValidationError
+from driftwarden.partials import EventTime, PartialBuilder, peek_model, typed_columns
 from driftwarden.schema import (
     CloudEventJoiner,
     Decoded,
@@ -39,56 +56,66 @@ from driftwarden.schema import (
     decode_predictions,
 )
 from driftwarden.stream.dlq import dead_letter
-from driftwarden.stream.labels import LabelJoiner, Outcome
-from driftwarden.stream.monitor import ModelMonitor
+from driftwarden.stream.joins import JoinRouter, JoinStage
+from driftwarden.stream.labels import JoinerTables, LabelJoiner
+from driftwarden.stream.merge import MergeStage
+from driftwarden.stream.monitor import ModelMonitor, batch_columns
+from driftwarden.stream.output import Output, RawMessage
 from driftwarden.stream.policy import ModelPolicy, ResponsePolicy
+from driftwarden.stream.sources import Sources, summary_partition
 
 log = logging.getLogger("driftwarden.stream")
-
-
-class RawMessage(NamedTuple):
-    """One consumed Kafka message (value, headers, where it came from, its timestamp in s)."""
-
-    value: bytes
-    headers: Sequence[tuple[str, bytes | None]]
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float
-
-
-@dataclass(frozen=True)
-class Output:
-    """One message to produce."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+STATE_FORMAT = 2  # a shard's checkpoint: 2 = the three roles (1: one monitor per model)
 
 
 class StreamService:
-    """Decoding, monitors, label join and response policy; see the module docstring."""
+    """One shard's three roles; see the module docstring."""
 
     def __init__(self, settings: Settings, *, discovery: bool = True, max_models: int = 100,
                  models: dict[str, dict[str, Any]] | None = None,
                  policy: ResponsePolicy | None = None,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, loopback: bool = True,
+                 partition: int | None = None) -> None:
         self.settings = settings
         self.executor = executor  # where monitors calibrate (None: inline)
         self.topics = settings.topics
         self.discovery = discovery
         self.max_models = max_models
+        self.loopback = loopback
+        # partitions of the summaries and joins topics (1 with loopback: this service is all)
+        self.n_partitions = 1 if loopback else settings.kafka.partitions
+        self.partition = partition  # the shard's partition number (None: any, loopback)
         # model -> {"feature_names": [...], "task": ..., "baseline": for every version,
         #           "baselines": {version: Baseline}} (see stream.baselines)
         self.models = dict(models or {})
-        self.monitors: dict[tuple[str, str], ModelMonitor] = {}
-        self.labels = LabelJoiner(settings.detection.label_ttl,
-                                  settings.detection.max_pending_labels,
-                                  settings.detection.label_grace)
+        d = settings.detection
+        # stage 1: a producer's re-sends are recognised among the predictions still pending
+        # here (the join itself happens in the join role, keyed by request id: self.labels)
+        self.resends = LabelJoiner(d.label_ttl, d.max_pending_labels, d.label_grace)
         self.cloudevents = CloudEventJoiner()
+        self.admitted: set[tuple[str, str]] = set()  # model versions stage 1 takes
+        self.baselines: dict[tuple[str, str], Baseline] = {}  # known to stage 1 (binned)
+        self.data = Sources("data", slice_seconds=d.slice_seconds,
+                            allowed_lateness=d.allowed_lateness,
+                            n_partitions=self.n_partitions, topic=self.topics.summaries,
+                            new_builder=self._data_builder)
+        self.router = JoinRouter(self.topics.joins, self.n_partitions)
+        self.join = JoinStage(d, summaries=self.topics.summaries, late=self.topics.late,
+                              n_partitions=self.n_partitions,
+                              tasks={m: c.get("task", "classification")
+                                     for m, c in self.models.items()},
+                              label_sources=[] if loopback else [
+                                  f"{self.topics.labels}/{p}"
+                                  for p in range(settings.kafka.partitions)])
+        # stage 1 of labels: each label partition's label time, sent to every joins partition
+        self.label_times = Sources("labels", slice_seconds=d.slice_seconds,
+                                   allowed_lateness=d.allowed_lateness,
+                                   n_partitions=self.n_partitions, topic=self.topics.joins,
+                                   new_builder=self._no_builder)
+        self.merge = MergeStage(self._new_monitor, idle_seconds=d.source_idle_seconds,
+                                expect=self._expected_sources())
         self.policy = policy or ResponsePolicy(ModelPolicy(runbook_url=settings.runbook_base))
-        self.counts: Counter[str] = Counter()        # events by model/version/kind
+        self.counts: Counter[str] = Counter()        # records by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
         self.actions: Counter[str] = Counter()
         self.feature_names = {m: c["feature_names"] for m, c in self.models.items()
@@ -97,6 +124,7 @@ class StreamService:
         # already holds, so a replay after a restart skips it (exactly-once effect on state)
         self.offsets: dict[str, int] = {}
         self.replayed = 0  # messages skipped because the state already held them
+        self.loop_offset = 0  # loopback messages, numbered like a topic's
         # models silenced through the admin API (set by the worker from the store): their
         # verdicts are still published and recorded, their actions are not emitted
         self.silenced: frozenset[str] = frozenset()
@@ -108,12 +136,71 @@ class StreamService:
         self.model_features: dict[str, set[str]] = {}  # the feature names seen per model
         self.duplicates: Counter[str] = Counter()  # records a producer sent twice, by model
         self.fault_every = settings.fault_every  # tests: every Nth offset raises (0: never)
-        # idle close: when each monitor last took records (monotonic seconds; a restored
-        # monitor counts from its restore), and the ones already reported idle
+        # idle close (see handle_idle): the caller's monotonic clock
         self.monotonic = time.monotonic
-        self.last_records: dict[tuple[str, str], float] = {}
-        self.idle: set[tuple[str, str]] = set()
-        self.idle_closes = 0  # handle_idle calls that changed a monitor (state to checkpoint)
+        self.idle_closes = 0  # handle_idle calls that changed something (state to checkpoint)
+
+    # -- roles' factories -----------------------------------------------------------------------
+    def _expected_sources(self) -> tuple[list[str], list[str]]:
+        """The sources stage 2 waits for from the start: every input partition (with
+        loopback, none: a source counts from its first partial)."""
+        if self.loopback:
+            return [], []
+        n = self.settings.kafka.partitions
+        data = [f"{t}/{p}" for t in (self.topics.predictions, self.topics.features)
+                for p in range(n)]
+        return data, [f"{self.topics.joins}/{p}" for p in range(n)]
+
+    def _configured_baseline(self, model: str, version: str) -> Baseline | None:
+        config = self.models.get(model, {})
+        found: Baseline | None = config.get("baselines", {}).get(version) or config.get(
+            "baseline")
+        return found
+
+    def _data_builder(self, source: str, model: str, version: str,
+                      time: EventTime) -> PartialBuilder:
+        d = self.settings.detection
+        base = self.baselines.get((model, version)) or self._configured_baseline(model, version)
+        return PartialBuilder(base, model=model, version=version, source=source,
+                              slice_seconds=d.slice_seconds, reservoir_size=d.reservoir_size,
+                              seed=d.seed, time=time,
+                              task=self.models.get(model, {}).get("task", "classification"))
+
+    @staticmethod
+    def _no_builder(source: str, model: str, version: str, time: EventTime) -> Any:
+        raise AssertionError("label sources have no builders")
+
+    def _new_monitor(self, model: str, version: str, ts: float) -> ModelMonitor | None:
+        """Stage 2's monitor of a model version first seen in a partial of event time ``ts``
+        (None: refused)."""
+        monitors = self.merge.stages
+        if model not in self.models and (not self.discovery or len(monitors) >= self.max_models):
+            return None
+        if "\x00" in model or "\x00" in version:
+            return None
+        config = self.models.get(model, {})
+        # a new version of a known model counts as deployed now, replacing the newest version
+        # seen before it: what a rollback would go back to (every partial of a model comes
+        # to this one shard, so "before" is the model's whole history)
+        earlier = [v for (m, v) in monitors if m == model]
+        self.policy.register_version(model, version, ts, earlier[-1] if earlier else None)
+        return ModelMonitor(model, version, self.settings.detection,
+                            task=config.get("task", "classification"), executor=self.executor,
+                            baseline=self._configured_baseline(model, version))
+
+    @property
+    def labels(self) -> LabelJoiner:
+        """The label join's table (predictions waiting for their labels)."""
+        return self.join.joiner
+
+    def tables(self) -> JoinerTables:
+        """The pending tables a checkpoint saves as a base plus deltas."""
+        return JoinerTables({"labels": self.join.joiner, "resends": self.resends})
+
+    @property
+    def monitors(self) -> dict[tuple[str, str], ModelMonitor]:
+        """Stage 2's monitors in this shard (the models whose summaries partition it owns)."""
+        return self.merge.monitors
 
     def _fresh(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
         """The messages not yet applied to this state (each partition's in offset order)."""
@@ -127,38 +214,37 @@ class StreamService:
             out.append(msg)
         return out
 
-    # -- predictions ---------------------------------------------------------------------------
+    # -- stage 1: predictions --------------------------------------------------------------------
     def handle_predictions(self, messages: Sequence[RawMessage]) -> list[Output]:
         """The outputs of a batch of prediction / feature messages. Whatever raises while one
-        message is decoded, admitted or joined is that message's own failure: it is
-        dead-lettered as ``internal_error`` and the others go on. The records of the batch
-        then reach their monitors together (one update per model version); if that update
-        raises, the monitor's parts are applied again one message at a time and the part that
-        raises is dead-lettered (see the README's failure modes)."""
+        message is decoded, admitted or summarised is that message's own failure: it is
+        dead-lettered as ``internal_error`` and the others go on. Each message's records are
+        judged on time or late against their source partition's event time, in order, and
+        reach their model version's partial builder together; if that raises, the parts are
+        added one message at a time and the part that raises is dead-lettered (see the
+        README's failure modes)."""
         out: list[Output] = []
-        # per monitor, in arrival order: (message, records of it) parts
-        by_monitor: dict[tuple[str, str], list[tuple[RawMessage, RecordBatch]]] = {}
-        joined: dict[tuple[str, str], list[Outcome]] = {}
+        # per (source, model, version), in arrival order: (message, on-time records) parts
+        by_builder: dict[tuple[str, str, str], list[tuple[RawMessage, RecordBatch]]] = {}
         for msg in self._fresh(messages):
             mark = len(out)
             try:
-                parts = self._prediction_parts(msg, out, joined)
+                parts = self._prediction_parts(msg, out)
             except Exception as exc:  # noqa: BLE001 - one message's failure stays its own
                 del out[mark:]
                 self._internal_error(msg, exc, out)
                 continue
             for key, batch in parts:
-                by_monitor.setdefault(key, []).append((msg, batch))
-        for key, monitor_parts in by_monitor.items():
-            out += self._apply(key, monitor_parts)
-        out += self._outcomes(joined)
-        return out
+                by_builder.setdefault(key, []).append((msg, batch))
+        for key, builder_parts in by_builder.items():
+            out += self._apply(key, builder_parts)
+        out += self.data.publish(self.monotonic()) + self.router.outputs()
+        return self._loop(out)
 
-    def _prediction_parts(self, msg: RawMessage, out: list[Output],
-                          joined: dict[tuple[str, str], list[Outcome]]
-                          ) -> list[tuple[tuple[str, str], RecordBatch]]:
-        """Decode one message, dead-letter what cannot be used, admit its model versions and
-        remember its predictions for the label join; its records by monitor."""
+    def _prediction_parts(self, msg: RawMessage, out: list[Output]
+                          ) -> list[tuple[tuple[str, str, str], RecordBatch]]:
+        """Decode one message, dead-letter what cannot be used, admit its model versions,
+        route its predictions to the join; its on-time records by builder."""
         self._inject_fault(msg)
         mark, held, resent = len(out), len(self.cloudevents), 0
         clock = self._clock(msg)
@@ -167,11 +253,11 @@ class StreamService:
                                      limits=self.limits, feature_names=self.feature_names,
                                      joiner=self.cloudevents)
         self._dead_letters(msg, decoded, out)
-        parts: list[tuple[tuple[str, str], RecordBatch]] = []
+        source = f"{msg.topic}/{msg.partition}"
+        taken: list[RecordBatch] = []
         singles: dict[tuple[str, str], list[PredictionRecord]] = {}
         for batch in decoded.batches:
-            key = (batch.model, batch.version)
-            if not self._admit(batch.model, batch.version, batch.ts[0], msg, out, None):
+            if not self._admit(batch.model, batch.version, msg, out, None):
                 continue
             whole = len(batch)
             batch = self._without_duplicates(batch)
@@ -180,16 +266,11 @@ class StreamService:
                 continue
             if not self._within_features(batch.model, batch.feature_names(), msg, out, None):
                 continue
-            parts.append((key, batch))
-            outcomes = self.labels.add_predictions(batch.model, batch.version, batch.ids,
-                                                   batch.predictions, batch.ts)
-            if outcomes:
-                joined.setdefault(key, []).extend(outcomes)
+            taken.append(batch)
         for i, rec in enumerate(decoded.records):
-            key = (rec.model, rec.version)
-            if not self._admit(rec.model, rec.version, rec.ts, msg, out, rec):
+            if not self._admit(rec.model, rec.version, msg, out, rec):
                 continue
-            if rec.id is not None and self.labels.duplicates(
+            if rec.id is not None and self.resends.duplicates(
                     rec.model, rec.version, [rec.id], [rec.prediction], [rec.ts]):
                 self.duplicates[rec.model] += 1
                 resent += 1
@@ -197,52 +278,64 @@ class StreamService:
             if not self._within_features(rec.model, rec.features.keys(), msg, out, rec,
                                          i if len(decoded.records) > 1 else None):
                 continue
-            singles.setdefault(key, []).append(rec)
-            if rec.id is not None and rec.prediction is not None:
-                outcome = self.labels.add_prediction(rec.model, rec.id, rec.version,
-                                                     rec.prediction, rec.ts)
-                if outcome is not None:  # its label had arrived first
-                    joined.setdefault(key, []).append(outcome)
-        parts += [(key, RecordBatch.of(recs)) for key, recs in singles.items()]
-        if not parts and not resent and len(out) == mark and len(self.cloudevents) == held:
+            singles.setdefault((rec.model, rec.version), []).append(rec)
+        taken += [RecordBatch.of(recs) for recs in singles.values()]
+        parts: list[tuple[tuple[str, str, str], RecordBatch]] = []
+        for batch in taken:
+            self.resends.add_predictions(batch.model, batch.version, batch.ids,
+                                        batch.predictions, batch.ts)
+            self.router.predictions(source, msg.offset, batch.model, batch.version, batch.ids,
+                                    batch.predictions, batch.ts)
+            ok = self.data.admit(source, np.asarray(batch.ts, dtype=np.float64))
+            if not ok.all():  # late at their source: counted as records, not summarised
+                self.counts[f"{batch.model}\x1f{batch.version}\x1fprediction"] += int(
+                    (~ok).sum())
+                batch = batch.without(np.flatnonzero(~ok).tolist())
+            if len(batch):
+                parts.append(((source, batch.model, batch.version), batch))
+        if not taken and not resent and len(out) == mark and len(self.cloudevents) == held:
             self._reject(msg, Rejection("invalid_record", "the message holds no record"), out)
         # held: a CloudEvent half waiting for the other; duplicate: a producer's re-send
-        self.messages["used" if parts else "dead_lettered" if len(out) > mark
+        self.messages["used" if taken else "dead_lettered" if len(out) > mark
                       else "duplicate" if resent else "held"] += 1
         return parts
 
-    def _apply(self, key: tuple[str, str],
+    def _apply(self, key: tuple[str, str, str],
                parts: list[tuple[RawMessage, RecordBatch]]) -> list[Output]:
-        """Feed a monitor the parts of a batch at once; if that raises, one at a time, and
+        """Give a builder the parts of a batch at once; if that raises, one at a time, and
         dead-letter the part that raises."""
-        monitor = self.monitors[key]
-        self.last_records[key] = self.monotonic()
-        self.idle.discard(key)
-        counter = f"{key[0]}\x1f{key[1]}\x1fprediction"
         batch = RecordBatch.concat([b for _, b in parts])
+        counter = f"{key[1]}\x1f{key[2]}\x1fprediction"
         try:
-            events = monitor.add(batch)
-        except Exception:  # noqa: BLE001 - a bug must not take the partition down
-            log.exception("monitor %s/%s failed on a batch; retrying it message by message",
-                          *key)
-        else:
+            self._summarise(key, batch)
             self.counts[counter] += len(batch)
-            return self._events(events)
+            return []
+        except Exception:  # noqa: BLE001 - a bug must not take the partition down
+            log.exception("summarising %s/%s failed on a batch; retrying it message by message",
+                          key[1], key[2])
         out: list[Output] = []
         for msg, part in parts:
             try:
-                events = monitor.add(part)
+                self._summarise(key, part)
             except Exception as exc:  # noqa: BLE001
                 self._internal_error(msg, exc, out, fate=False)  # its fate was counted
                 continue
             self.counts[counter] += len(part)
-            out += self._events(events)
         return out
+
+    def _summarise(self, key: tuple[str, str, str], batch: RecordBatch) -> None:
+        source, model, version = key
+        builder = self.data.builder(source, model, version)
+        assert isinstance(builder, PartialBuilder)
+        cols = batch_columns(batch)
+        if builder.baseline is not None:
+            cols = typed_columns(builder.baseline, cols)
+        self.data.add(source, model, version, cols, np.asarray(batch.ts, dtype=np.float64))
 
     def _without_duplicates(self, batch: RecordBatch) -> RecordBatch:
         """The batch less the records a producer sent again (see LabelJoiner.duplicates):
         counted, not taken twice, so a retried send leaves the statistics as they were."""
-        dup = self.labels.duplicates(batch.model, batch.version, batch.ids, batch.predictions,
+        dup = self.resends.duplicates(batch.model, batch.version, batch.ids, batch.predictions,
                                      batch.ts)
         if not dup:
             return batch
@@ -289,92 +382,162 @@ class StreamService:
         clock (a producer sets it; a replay of old messages sees the same value)."""
         return min(msg.timestamp, time.time())
 
-    def _admit(self, model: str, version: str, ts: float, msg: RawMessage, out: list[Output],
+    def _admit(self, model: str, version: str, msg: RawMessage, out: list[Output],
                record: Any) -> bool:
-        """Whether records of (model, version) have a monitor (made now when allowed)."""
-        if (model, version) in self.monitors:
+        """Whether stage 1 takes records of (model, version) (remembered when allowed)."""
+        if (model, version) in self.admitted:
             return True
         if "\x00" in model or "\x00" in version:  # names go to the store: no NUL there
             self._reject(msg, Rejection("invalid_record", "a model name or version holds a NUL "
                                         "character"), out, record=record)
             return False
         known = model in self.models
-        if not known and (not self.discovery or len(self.monitors) >= self.max_models):
+        if not known and (not self.discovery or len(self.admitted) >= self.max_models):
             why = ("discovery is off" if not self.discovery
                    else f"the cap of {self.max_models} models is reached")
             self._reject(msg, Rejection("unknown_model", f"model {model!r}: {why}"), out,
                          record=record)
             return False
-        config = self.models.get(model, {})
-        task = config.get("task", "classification")
-        # a new version of a known model counts as deployed now (event time), replacing the
-        # newest version seen before it: what a rollback would go back to
-        earlier = [v for (m, v) in self.monitors if m == model]
-        self.policy.register_version(model, version, ts, earlier[-1] if earlier else None)
-        self.monitors[(model, version)] = ModelMonitor(
-            model, version, self.settings.detection, task=task, executor=self.executor,
-            baseline=config.get("baselines", {}).get(version) or config.get("baseline"))
+        self.admitted.add((model, version))
         return True
 
-    # -- labels ---------------------------------------------------------------------------
+    # -- stage 1: labels ------------------------------------------------------------------------
     def handle_labels(self, messages: Sequence[RawMessage]) -> list[Output]:
-        """The outputs of a batch of label messages (a message that raises is dead-lettered
-        as ``internal_error``, the others go on)."""
+        """The outputs of a batch of label messages: each label goes to the join (a message
+        that raises is dead-lettered as ``internal_error``, the others go on)."""
         out: list[Output] = []
-        joined: dict[tuple[str, str], list[Outcome]] = {}
         for msg in self._fresh(messages):
             mark = len(out)
             try:
-                self._label(msg, out, joined)
+                self._label(msg, out)
             except Exception as exc:  # noqa: BLE001 - one message's failure stays its own
                 del out[mark:]
                 self._internal_error(msg, exc, out)
-        out += self._outcomes(joined)
-        return out
+        # rows first, then the label partitions' watermarks (which vouch for those rows)
+        out += self.router.outputs() + self.label_times.publish(self.monotonic())
+        return self._loop(out)
 
-    def _label(self, msg: RawMessage, out: list[Output],
-               joined: dict[tuple[str, str], list[Outcome]]) -> None:
+    def _label(self, msg: RawMessage, out: list[Output]) -> None:
         self._inject_fault(msg)
         clock = self._clock(msg)
         decoded = decode_label(msg.value, now=clock, clock=clock, limits=self.limits,
                                max_bytes=self.settings.kafka.max_message_bytes)
         self._dead_letters(msg, decoded, out)
         self.messages["used" if decoded.records else "dead_lettered"] += 1
+        source = f"{msg.topic}/{msg.partition}"
+        self.label_times.admit(source, np.array([lab.ts for lab in decoded.records],
+                                                dtype=np.float64))
         for lab in decoded.records:  # only what the join needs is kept, not the message
-            outcome = self.labels.add_label(lab.model, lab.id, lab.label, lab.ts)
-            if outcome is not None:
-                joined.setdefault((outcome.model, outcome.version), []).append(outcome)
+            self.router.label(source, msg.offset, lab.model, lab.id, lab.label, lab.ts)
 
-    def _outcomes(self, joined: dict[tuple[str, str], list[Outcome]]) -> list[Output]:
+    # -- the join ---------------------------------------------------------------------------------
+    def handle_joins(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """Messages of the joins topic (written by stage-1 shards): the outcome partials and
+        late labels they cause."""
         out: list[Output] = []
-        for key, outcomes in joined.items():
-            monitor = self.monitors.get(key)
-            if monitor is None:
-                continue
+        now = self.monotonic()
+        for msg in self._fresh(messages):
+            mark = len(out)
             try:
-                events = monitor.add_outcomes([o.prediction for o in outcomes],
-                                              [o.label for o in outcomes],
-                                              self.labels.watermark)
-            except Exception:  # noqa: BLE001 - a bug must not take the partition down
-                log.exception("monitor %s/%s failed on %d outcomes; they are not counted",
-                              *key, len(outcomes))
-                self.invalid["internal_error"] += len(outcomes)
+                out += self.join.handle(msg, now)
+            except Exception as exc:  # noqa: BLE001 - one message's failure stays its own
+                del out[mark:]
+                self._internal_error(msg, exc, out, fate=False)
+        return self._loop(out)
+
+    # -- stage 2 ---------------------------------------------------------------------------
+    def handle_summaries(self, messages: Sequence[RawMessage]) -> list[Output]:
+        """Messages of the summaries topic (partials and watermarks from stage-1 shards, edge
+        devices, batch jobs): the drift and action events of the slices they close. What is
+        not a partial is dead-lettered (``invalid_summary``); a partial in another model's
+        partition is forwarded to its own."""
+        out: list[Output] = []
+        now = self.monotonic()
+        for msg in self._fresh(messages):
+            mark = len(out)
+            try:
+                out += self._summary(msg, now)
+            except ValidationError as exc:
+                self.invalid["invalid_summary"] += 1
+                value, headers = dead_letter(msg.value, msg.headers,
+                                             Rejection("invalid_summary", str(exc)), msg.topic,
+                                             msg.partition, msg.offset, None,
+                                             max_bytes=self.limits.dlq_max_bytes)
+                out.append(Output(self.topics.dlq, None, value, headers))
+            except Exception as exc:  # noqa: BLE001 - one message's failure stays its own
+                del out[mark:]
+                self._internal_error(msg, exc, out, fate=False)
+        return self._loop(out + self._fresh_baselines())
+
+    def _summary(self, msg: RawMessage, now: float) -> list[Output]:
+        if not self.loopback and msg.value[:1] != b"{":  # a model's partial, elsewhere?
+            model = peek_model(msg.value)
+            if model is not None and summary_partition(model, self.n_partitions) != (
+                    msg.partition):
+                return [Output(msg.topic, msg.value[:0] or None, msg.value, list(
+                    (k, v) for k, v in msg.headers if v is not None),
+                    partition=summary_partition(model, self.n_partitions))]
+        return self._events(self.merge.handle(msg.value, now))
+
+    def _fresh_baselines(self) -> list[Output]:
+        """Baselines stage 2 fitted from a warm-up: to the baselines topic (every shard's
+        stage 1 bins from then on), or straight to stage 1 with loopback."""
+        out = []
+        for stage in self.merge.stages.values():
+            if not stage.fresh_baseline or stage.monitor.baseline is None:
                 continue
-            out += self._events(events)
-        for lab in self.labels.take_late():
-            out.append(Output(self.topics.late, lab.model.encode(), _dumps(
-                {"model": lab.model, "id": lab.id, "label": lab.label, "ts": lab.ts}),
-                [("dw.reason", b"no_pending_prediction")]))
+            stage.fresh_baseline = False
+            model, version = stage.key
+            if self.loopback:
+                self.set_baseline(model, version, stage.monitor.baseline)
+                continue
+            body = {"model": model, "version": version,
+                    "baseline": stage.monitor.baseline.to_state()}
+            out.append(Output(self.topics.baselines, f"{model}\x1f{version}".encode(
+                "utf-8", "surrogatepass"), _dumps(body)))
         return out
 
+    def set_baseline(self, model: str, version: str, baseline: Baseline) -> None:
+        """A baseline stage 2 fitted (from the baselines topic): stage 1 bins from now on."""
+        if (model, version) in self.baselines:
+            return
+        self.baselines[(model, version)] = baseline
+        self.data.set_baseline(model, version, baseline)
+
+    def _loop(self, out: list[Output]) -> list[Output]:
+        """With loopback, handle the outputs meant for the joins and summaries topics here
+        (until none is left); the others are returned."""
+        if not self.loopback:
+            return out
+        done: list[Output] = []
+        while out:
+            joins = [o for o in out if o.topic == self.topics.joins]
+            summaries = [o for o in out if o.topic == self.topics.summaries]
+            done += [o for o in out if o.topic not in (self.topics.joins, self.topics.summaries)]
+            out = []
+            if joins:
+                out += self.handle_joins(self._as_messages(joins))
+            if summaries:
+                out += self.handle_summaries(self._as_messages(summaries))
+        return done
+
+    def _as_messages(self, outputs: list[Output]) -> list[RawMessage]:
+        msgs = []
+        for o in outputs:
+            self.loop_offset += 1
+            msgs.append(RawMessage(o.value, [], o.topic, 0, self.loop_offset, time.time()))
+        return msgs
+
     # -- idle sources ---------------------------------------------------------------------------
-    def handle_idle(self) -> list[Output]:
-        """Close the slices of the monitors whose records stopped ``idle_close_seconds`` ago
-        (wall clock): their event time is taken to go on at the wall clock's pace from their
-        newest record, so the open slices close and are evaluated, and the window then drains
+    def handle_idle(self, sources: Sequence[str] | None = None) -> list[Output]:
+        """Sources without records for ``idle_close_seconds`` (wall clock) are flushed —
+        their open slices published at once — and announced idle, so the merge stage stops
+        waiting for them; a model version whose sources are all idle has its event time
+        taken to go on at the wall clock's pace from its newest record, so its window drains
         slice by slice, as it would under live traffic with nothing in it (see
-        :meth:`ModelMonitor.advance`). Called every second or so by the worker; returns the
-        outputs of the events it caused.
+        :meth:`ModelMonitor.advance`). ``sources``: the input partitions read to their end
+        (None: every source this service knows). Called every second or so by the worker;
+        returns the outputs of what it caused.
 
         >>> from driftwarden.config import load_settings
         >>> svc = StreamService(load_settings(env={}))
@@ -385,28 +548,39 @@ class StreamService:
         if after <= 0:
             return []
         now = self.monotonic()
+        before = self._progress()
         out: list[Output] = []
-        for key, monitor in self.monitors.items():
-            quiet = now - self.last_records.setdefault(key, now)
-            if quiet < after or not monitor.idle_work:
-                continue
-            newest = monitor.max_ts
-            if not math.isfinite(newest):
-                continue
-            if key not in self.idle:
-                self.idle.add(key)
-                log.info("%s v%s: no records for %.0f s: closing its open slices (event time "
-                         "taken to go on from its newest record)", key[0], key[1], quiet)
-            before = monitor.progress
-            try:
-                events = monitor.advance(newest + quiet)
-            except Exception:  # noqa: BLE001 - a bug must not take the partition down
-                log.exception("monitor %s/%s failed closing idle slices", *key)
-                continue
-            if monitor.progress != before:
-                self.idle_closes += 1
-            out += self._events(events)
+        labels = f"{self.topics.labels}/"
+        data = None if sources is None else [s for s in sources if not s.startswith(labels)]
+        label = None if sources is None else [s for s in sources if s.startswith(labels)]
+        out += self.data.idle(now, after, data) + self.label_times.idle(now, after, label)
+        out = self._loop(out)
+        try:
+            out += self._loop(self._events(self.merge.idle(now, after)) + self._fresh_baselines())
+        except Exception:  # noqa: BLE001 - a bug must not take the partition down
+            log.exception("closing idle slices failed")
+        if self._progress() != before:
+            self.idle_closes += 1
         return out
+
+    def finish(self) -> list[Output]:
+        """The input has ended (a file replayed, a notebook's last batch): every source is
+        flushed and announced idle now, so every open slice closes and is evaluated — without
+        the wall-clock drain of :meth:`handle_idle`.
+
+        >>> from driftwarden.config import load_settings
+        >>> StreamService(load_settings(env={})).finish()
+        []
+        """
+        now = self.monotonic()
+        out = self._loop(self.data.idle(now, 0.0) + self.label_times.idle(now, 0.0))
+        return out + self._loop(self._events(self.merge.idle(now, 0.0))
+                                + self._fresh_baselines())
+
+    def _progress(self) -> Any:
+        return ([m.progress for m in self.monitors.values()], sorted(self.data.idle_sources),
+                sorted(self.label_times.idle_sources),
+                [(k, len(s.data.open)) for k, s in self.merge.stages.items()])
 
     # -- shared ---------------------------------------------------------------------------
     def _events(self, events: list[dict[str, Any]]) -> list[Output]:
@@ -439,13 +613,19 @@ class StreamService:
 
     # -- state ---------------------------------------------------------------------------------
     def to_state(self, pending: bool = True) -> dict[str, Any]:
-        """Everything this service has learnt, as JSON-ready data: monitors, pending labels
-        and CloudEvent halves, the response policy's memory, counters and the offsets applied.
-        :meth:`restore` on a service built from the same settings takes it back. Without the
-        pending-label table when ``pending`` is False (checkpoints save it incrementally)."""
-        return {"offsets": dict(self.offsets),
-                "monitors": [m.to_state() for m in self.monitors.values()],
-                "labels": self.labels.to_state(pending), "cloudevents": self.cloudevents.to_state(),
+        """Everything this service has learnt, as JSON-ready data: the three roles' state,
+        the pending predictions (re-sends) and CloudEvent halves, the response policy's
+        memory, counters and the offsets applied. :meth:`restore` on a service built from
+        the same settings takes it back. Without the pending-prediction table when
+        ``pending`` is False (checkpoints save it incrementally)."""
+        return {"format": STATE_FORMAT, "offsets": dict(self.offsets),
+                "loop_offset": self.loop_offset, "resends": self.resends.to_state(pending),
+                "admitted": sorted(self.admitted),
+                "baselines": [[m, v, b.to_state()] for (m, v), b in self.baselines.items()],
+                "data": self.data.to_state(), "join": self.join.to_state(pending),
+                "label_times": self.label_times.to_state(),
+                "merge": self.merge.to_state(),
+                "cloudevents": self.cloudevents.to_state(),
                 "policy": self.policy.to_state(), "counts": dict(self.counts),
                 "invalid": dict(self.invalid), "actions": dict(self.actions),
                 "messages": dict(self.messages), "duplicates": dict(self.duplicates),
@@ -455,18 +635,37 @@ class StreamService:
                 deltas: Sequence[Mapping[str, Any]] = ()) -> None:
         """Replace this service's state by a saved one (see :meth:`to_state`); ``pending``
         and ``deltas``: the label table's base and the changes since, when saved apart."""
-        journal = self.labels.journal
+        if state.get("format") != STATE_FORMAT:
+            raise ValidationError(f"a checkpoint of format {state.get('format', 1)} (this "
+                                  f"driftwarden reads {STATE_FORMAT}): starting afresh")
+        journal = self.tables().journal
+        now = self.monotonic()
         self.offsets = {k: int(v) for k, v in state["offsets"].items()}
-        self.monitors = {}
-        for ms in state["monitors"]:
-            m = ModelMonitor.from_state(ms, self.settings.detection, executor=self.executor)
-            self.monitors[(m.model, m.version)] = m
-        self.labels = LabelJoiner.from_state(state["labels"])
+        self.loop_offset = int(state.get("loop_offset", 0))
+        self.admitted = {(m, v) for m, v in state["admitted"]}
+        self.baselines = {(m, v): Baseline.from_state(b) for m, v, b in state["baselines"]}
+        d = self.settings.detection
+
+        def builder(source: str, model: str, version: str, time: EventTime,
+                    st: Any) -> PartialBuilder:
+            return PartialBuilder.from_state(
+                st, model=model, version=version, source=source,
+                slice_seconds=d.slice_seconds, reservoir_size=d.reservoir_size, seed=d.seed,
+                time=time,
+                task=self.models.get(model, {}).get("task", "classification"))
+
+        self.data.load(state["data"], builder)
+        self.join.restore(state["join"], now)
+        self.label_times.load(state["label_times"], builder)
+        self.merge.restore(state["merge"], lambda ms: ModelMonitor.from_state(
+            ms, self.settings.detection, executor=self.executor), now)
+        self.resends = LabelJoiner.from_state(state["resends"])
+        tables = self.tables()
         if pending is not None:
-            self.labels.load_pending(pending)
+            tables.load_pending(pending)
         for delta in deltas:
-            self.labels.apply_delta(delta)
-        self.labels.journal = journal
+            tables.apply_delta(delta)
+        tables.journal = journal
         self.cloudevents = CloudEventJoiner.from_state(state["cloudevents"])
         self.policy.restore(state["policy"])
         self.counts = Counter(state["counts"])

@@ -3,14 +3,16 @@
 State belongs to the partition it came from, so it can move with the partition when workers
 join or leave the consumer group: a shard is restored from its checkpoint (see
 :mod:`driftwarden.stream.checkpoint`) the first time a worker sees its partition, saved every
-few seconds, and dropped when the partition is revoked. Records of one model share a key and
-so a partition; the prediction, feature and label topics have the same partition count, so a
-model's predictions and labels meet in the same shard.
+few seconds, and dropped when the partition is revoked. Every topic the worker consumes —
+predictions, features, labels, joins, summaries — has the same partition count, and Faust
+assigns the same partition number of each to one worker, so shard *p* holds all of partition
+*p*: stage 1 of its input partitions, the join of its joins partition, stage 2 of the models
+whose summaries partition it is (see :mod:`driftwarden.stream.service`).
 
 >>> from driftwarden.config import load_settings
 >>> from driftwarden.stream.service import RawMessage
 >>> settings = load_settings(env={})
->>> shards = Shards(lambda: StreamService(settings))
+>>> shards = Shards(lambda p: StreamService(settings))
 >>> outs = shards.handle("predictions", [RawMessage(b"{", [], "p", 3, 0, 1.0)])
 >>> sorted(shards.services), shards.dirty, shards.invalid()["bad_json"]
 ([3], {3}, 1)
@@ -24,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from driftwarden.errors import ValidationError
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.monitor import ModelMonitor
 from driftwarden.stream.service import Output, RawMessage, StreamService
@@ -34,7 +37,7 @@ log = logging.getLogger("driftwarden.stream")
 class Shards:
     """The worker's services by partition; see the module docstring."""
 
-    def __init__(self, factory: Callable[[], StreamService],
+    def __init__(self, factory: Callable[[int], StreamService],
                  store: StateStore | None = None) -> None:
         self.factory = factory
         self.store = store
@@ -44,6 +47,7 @@ class Shards:
         self.silenced: frozenset[str] = frozenset()
         self.failed_checkpoints = 0
         self.forget_until = 0.0  # see forget_offsets
+        self.baselines: dict[tuple[str, str], Any] = {}  # fitted by stage 2 (BaselineFeed)
 
     def set_silenced(self, models: frozenset[str]) -> None:
         """Models whose actions are not emitted (silenced through the admin API)."""
@@ -51,25 +55,41 @@ class Shards:
         for svc in self.services.values():
             svc.silenced = models
 
+    def set_baseline(self, model: str, version: str, baseline: Any) -> None:
+        """A baseline stage 2 fitted: every shard's stage 1 bins with it (new ones too)."""
+        self.baselines[(model, version)] = baseline
+        for svc in self.services.values():
+            svc.set_baseline(model, version, baseline)
+
     def ensure(self, partition: int) -> StreamService:
         """The shard of ``partition``, restored from its checkpoint when it is new here."""
         svc = self.services.get(partition)
         if svc is None:
-            svc = self.factory()
+            svc = self.factory(partition)
             svc.silenced = self.silenced
             if self.store is not None:
-                svc.labels.journal = True  # checkpoints save the label table's changes
+                svc.tables().journal = True  # checkpoints save the tables' changes
                 saved = self.store.read(partition)
                 if saved is not None:
-                    svc.restore(saved.state, saved.pending, saved.deltas)
-                    self.restored[partition] = saved.generation
-                    if time.monotonic() < self.forget_until:
-                        svc.offsets = {}
+                    try:
+                        svc.restore(saved.state, saved.pending, saved.deltas)
+                    except ValidationError as exc:  # an older format: start afresh, say so
+                        log.warning("partition %d: %s", partition, exc)
+                        svc = self.factory(partition)
+                        svc.silenced = self.silenced
+                        svc.tables().journal = True
+                    else:
+                        self.restored[partition] = saved.generation
+                        if time.monotonic() < self.forget_until:
+                            svc.offsets = {}
+            for (model, version), baseline in self.baselines.items():
+                svc.set_baseline(model, version, baseline)
             self.services[partition] = svc
         return svc
 
     def handle(self, kind: str, messages: Sequence[RawMessage]) -> list[Output]:
-        """Hand each partition's messages to its shard (``kind``: predictions or labels)."""
+        """Hand each partition's messages to its shard (``kind``: predictions, labels, joins
+        or summaries)."""
         by_partition: dict[int, list[RawMessage]] = {}
         for m in messages:
             by_partition.setdefault(m.partition, []).append(m)
@@ -79,8 +99,7 @@ class Shards:
             self.dirty.add(p)
             mark = len(out)
             try:
-                out += (svc.handle_predictions(msgs) if kind == "predictions"
-                        else svc.handle_labels(msgs))
+                out += getattr(svc, f"handle_{kind}")(msgs)
             except Exception as exc:  # noqa: BLE001 - the last net: the service isolates
                 # each message itself, so this is a bug outside a message's own handling
                 log.exception("partition %d: handling a batch of %d messages failed", p,
@@ -100,8 +119,10 @@ class Shards:
             if wanted is not None and p not in wanted:
                 continue
             before = svc.idle_closes
+            t = svc.topics
             try:
-                out += svc.handle_idle()
+                out += svc.handle_idle(None if wanted is None else [
+                    f"{topic}/{p}" for topic in (t.predictions, t.features, t.labels)])
             except Exception:  # noqa: BLE001 - the last net, as in handle
                 log.exception("partition %d: closing idle slices failed", p)
             if svc.idle_closes != before:
@@ -119,7 +140,7 @@ class Shards:
                 continue
             try:
                 written[p] = self.store.write(p, self.services[p].to_state(pending=False),
-                                              self.services[p].labels)
+                                              self.services[p].tables())
             except Exception:  # noqa: BLE001 - its messages stay held: replayed, never lost
                 self.failed_checkpoints += 1
                 log.exception("checkpoint of partition %d failed; its messages stay held", p)

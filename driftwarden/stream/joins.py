@@ -1,0 +1,202 @@
+"""The label join, whatever keys the producers used: both sides re-keyed by request id.
+
+Stage 1 does not join: a prediction's partition follows its producer's key (a request id, the
+model name, or none), and so does its label's, so the two may never meet there. Instead every
+shard routes what the join needs — of a prediction: model, version, id, prediction, event
+time; of a label: model, id, label, event time — to the partition of the **joins** topic given
+by the request id (:func:`join_partition`), batched per destination (:class:`JoinRouter`). The
+shard owning that joins partition (:class:`JoinStage`) joins them with a
+:class:`~driftwarden.stream.labels.LabelJoiner` and turns outcomes into ``outcomes`` partials
+sliced by label time (:class:`~driftwarden.stream.sources.Sources`), published to the merge
+stage like data partials. Labels that find no prediction go to the late topic, as before.
+
+Every row carries its source message's offset: a stage-1 shard that replays after a crash
+sends rows again, and the join stage skips those at or below the newest offset it applied per
+source — so replays join nothing twice.
+
+>>> r = JoinRouter("joins", n_partitions=2)
+>>> r.prediction("predictions/0", 7, "m", "1", "req-1", 0.9, 10.0)
+>>> r.label("labels/1", 3, "m", "req-1", 1, 12.0)
+>>> outs = r.outputs()
+>>> len(outs), {o.partition for o in outs} == {join_partition("req-1", 2)}
+(2, True)
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from driftwarden.config import Detection
+from driftwarden.partials import OutcomeBuilder, SourceClock, Watermark, decode
+from driftwarden.stream.labels import LabelJoiner, Outcome
+from driftwarden.stream.output import Output, RawMessage
+from driftwarden.stream.sources import Sources
+
+JOIN_FORMAT = 1
+
+
+def join_partition(request_id: str, n_partitions: int) -> int:
+    """The joins partition of a request id (CRC-32 of its UTF-8 bytes)."""
+    return zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % max(1, n_partitions)
+
+
+class JoinRouter:
+    """A shard's rows for the join, collected during a batch and sent as one message per
+    joins partition and source (see the module docstring)."""
+
+    def __init__(self, topic: str, n_partitions: int) -> None:
+        self.topic = topic
+        self.n_partitions = n_partitions
+        # (partition, source) -> {"p": prediction rows, "l": label rows}
+        self.rows: dict[tuple[int, str], dict[str, list[list[Any]]]] = {}
+
+    def _rows(self, request_id: str, source: str) -> dict[str, list[list[Any]]]:
+        key = (join_partition(request_id, self.n_partitions), source)
+        return self.rows.setdefault(key, {"p": [], "l": []})
+
+    def prediction(self, source: str, offset: int, model: str, version: str, request_id: str,
+                   prediction: Any, ts: float) -> None:
+        self._rows(request_id, source)["p"].append(
+            [offset, model, version, request_id, prediction, ts])
+
+    def predictions(self, source: str, offset: int, model: str, version: str,
+                    ids: Sequence[str | None], predictions: Sequence[Any],
+                    ts: Sequence[float]) -> None:
+        for i, p, t in zip(ids, predictions, ts):
+            if i is not None and p is not None:
+                self.prediction(source, offset, model, version, i, p, t)
+
+    def label(self, source: str, offset: int, model: str, request_id: str, label: Any,
+              ts: float) -> None:
+        self._rows(request_id, source)["l"].append([offset, model, request_id, label, ts])
+
+    def outputs(self) -> list[Output]:
+        out = []
+        for (partition, source), rows in sorted(self.rows.items()):
+            value = orjson.dumps({"format": JOIN_FORMAT, "source": source, **rows},
+                                 default=repr)
+            out.append(Output(self.topic, None, value, partition=partition))
+        self.rows = {}
+        return out
+
+
+class JoinStage:
+    """One joins partition's join and its outcome partials (see the module docstring)."""
+
+    def __init__(self, detection: Detection, *, summaries: str, late: str, n_partitions: int,
+                 tasks: Mapping[str, str] | None = None,
+                 label_sources: Sequence[str] = ()) -> None:
+        self.detection = detection
+        self.late_topic = late
+        self.tasks = dict(tasks or {})
+        # the label partitions' event time, from their Watermark messages: an outcome's time
+        # is its label's, so the outcome slices of this partition close when every active
+        # label partition has passed them (the same rule as the merge stage's)
+        self.label_clock = SourceClock(detection.source_idle_seconds)
+        for name in label_sources:
+            self.label_clock.expect(name, 0.0)
+        self.late_outcomes = 0
+        self.joiner = LabelJoiner(detection.label_ttl, detection.max_pending_labels,
+                                  detection.label_grace)
+        self.applied: dict[str, int] = {}  # source -> newest offset whose rows are applied
+        self.replayed_rows = 0
+        self.outcomes = Sources(
+            "outcomes", slice_seconds=detection.slice_seconds,
+            # the watermark follows the label partitions' (see handle): no further lateness
+            allowed_lateness=0.0,
+            n_partitions=n_partitions, topic=summaries, new_builder=self._builder)
+
+    def _builder(self, source: str, model: str, version: str, time: Any) -> OutcomeBuilder:
+        return OutcomeBuilder(model=model, version=version, source=source,
+                              slice_seconds=self.detection.slice_seconds,
+                              task=self.tasks.get(model, "classification"), time=time)
+
+    def handle(self, msg: RawMessage, now: float) -> list[Output]:
+        """One joins message — rows, or a label partition's watermark; raises on a message
+        this code did not write (the caller dead-letters it)."""
+        here = f"{msg.topic}/{msg.partition}"
+        if msg.value[:1] != b"{":
+            mark = decode(msg.value)
+            if not isinstance(mark, Watermark) or mark.kind != "labels":
+                raise ValueError("not a join message nor a label watermark")
+            self.label_clock.see(mark.source, now, mark.watermark, mark.idle)
+            return self.tick(here, now)
+        body = orjson.loads(msg.value)
+        if not isinstance(body, dict) or body.get("format") != JOIN_FORMAT:
+            raise ValueError("not a join message of format 1")
+        source = str(body["source"])
+        done = self.applied.get(source, -1)
+        joined: list[tuple[Outcome, float]] = []
+        newest = done
+        for offset, model, version, rid, prediction, ts in body["p"]:
+            newest = max(newest, offset)
+            if offset <= done:
+                self.replayed_rows += 1
+                continue
+            o = self.joiner.add_prediction(model, rid, version, prediction, float(ts))
+            if o is not None:
+                joined.append((o, float(ts) + o.delay))
+        for offset, model, rid, label, ts in body["l"]:
+            newest = max(newest, offset)
+            if offset <= done:
+                self.replayed_rows += 1
+                continue
+            o = self.joiner.add_label(model, rid, label, float(ts))
+            if o is not None:
+                joined.append((o, float(ts)))
+        self.applied[source] = newest
+        if joined:
+            ts = np.array([t for _, t in joined])
+            # on time: not older than this partition's watermark (what the label partitions
+            # have passed); a label that waited for its prediction may be older
+            ok = np.isfinite(ts) & (ts >= self.outcomes.time(here).watermark)
+            self.late_outcomes += int((~ok).sum())
+            by_key: dict[tuple[str, str], list[tuple[Outcome, float]]] = {}
+            for (o, t), fine in zip(joined, ok):
+                if fine:
+                    by_key.setdefault((o.model, o.version), []).append((o, t))
+            for (model, version), rows in by_key.items():
+                self.outcomes.add_outcomes(here, model, version, [o.prediction for o, _ in rows],
+                                           [o.label for o, _ in rows], [t for _, t in rows])
+        return self.tick(here, now)
+
+    def tick(self, here: str, now: float) -> list[Output]:
+        """Move this partition's outcome time to its label sources' horizon, held back to the
+        oldest label still waiting for its prediction (it joins with its own label time: a
+        prediction routed through a slower shard must still find its slice open): the
+        outcome partials and watermark that lets out — all of them, announced idle, once
+        every label source is idle."""
+        horizon = self.label_clock.horizon(now)
+        if horizon == -math.inf:
+            return self.late_outputs()
+        idle = horizon == math.inf
+        if not idle:
+            horizon = min(horizon, self.joiner.oldest_waiting())
+        out = self.outcomes.advance(here, horizon, now, idle=idle)
+        return out + self.late_outputs()
+
+    def late_outputs(self) -> list[Output]:
+        return [Output(self.late_topic, lab.model.encode("utf-8", "surrogatepass"), orjson.dumps(
+            {"model": lab.model, "id": lab.id, "label": lab.label, "ts": lab.ts}, default=repr),
+            [("dw.reason", b"no_pending_prediction")]) for lab in self.joiner.take_late()]
+
+    def to_state(self, pending: bool = True) -> dict[str, Any]:
+        return {"joiner": self.joiner.to_state(pending), "applied": dict(self.applied),
+                "label_clock": self.label_clock.to_state(), "late_outcomes": self.late_outcomes,
+                "replayed_rows": self.replayed_rows, "outcomes": self.outcomes.to_state()}
+
+    def restore(self, state: Mapping[str, Any], now: float) -> None:
+        self.joiner = LabelJoiner.from_state(state["joiner"])
+        self.applied = {k: int(v) for k, v in state["applied"].items()}
+        self.label_clock = SourceClock.from_state(state["label_clock"], now)
+        self.late_outcomes = int(state["late_outcomes"])
+        self.replayed_rows = int(state["replayed_rows"])
+        self.outcomes.load(state["outcomes"], lambda s, m, v, t, st: OutcomeBuilder.from_state(
+            st, model=m, version=v, source=s, slice_seconds=self.detection.slice_seconds,
+            task=self.tasks.get(m, "classification"), time=t))
