@@ -139,6 +139,9 @@ DEFINITIONS = {d.name: d for d in (
     Definition("late_partial_rows_total", "counter",
                "Records in partials that came after their slice closed (not merged).",
                ("model", "version", "kind")),
+    Definition("late_outcomes_total", "counter",
+               "Joined outcomes not counted: their slice of label time had closed (a label "
+               "that waited past its partition's watermark).", ()),
     Definition("source_lag_seconds", "gauge",
                "How far the slowest active source (input partition, device) is behind the most "
                "advanced one, in event time: a device catching up, a partition behind.",
@@ -234,6 +237,7 @@ class StateCollector(Collector):
         actions: dict[tuple[str, ...], float] = {}
         fates: dict[str, float] = {}
         dups: dict[str, float] = {}
+        late_outcomes = 0
         for svc in list(self.services()):
             for reason, n in svc.invalid.items():
                 invalid[reason] = invalid.get(reason, 0) + n
@@ -252,6 +256,7 @@ class StateCollector(Collector):
             merge = getattr(svc, "merge", None)
             if merge is not None:
                 _merge_samples(fam, merge)
+                late_outcomes += svc.join.late_rows
         for reason, n in sorted(invalid.items()):
             fam["invalid_events_total"].add_metric([reason], n)
         for k, n in sorted(counts.items()):
@@ -262,6 +267,7 @@ class StateCollector(Collector):
             fam["messages_total"].add_metric([fate], n)
         for model, n in sorted(dups.items()):
             fam["duplicates_total"].add_metric([model], n)
+        fam["late_outcomes_total"].add_metric([], late_outcomes)
         if self.output_failures is not None:
             fam["output_failures_total"].add_metric([], self.output_failures())
         for sink in self.sinks:

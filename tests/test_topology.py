@@ -13,7 +13,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from conftest import get_json, wait_for
+from conftest import get_json
 from driftwarden.config import load_settings
 from driftwarden.embedded import EmbeddedBroker
 from driftwarden.kafka import ensure_topics
@@ -30,13 +30,14 @@ ENV = {"DRIFTWARDEN_DETECTION__SLICES": "4", "DRIFTWARDEN_DETECTION__SLICE_SECON
 
 
 def traffic():
-    """(model, record, label) in the producers' order: "fraud" drifts in ``amount`` from 24 s,
-    "churn"'s error rate rises from ~15 % to ~50 % from 20 s (label time)."""
+    """(model, record, label) in the producers' order — event time, the two models
+    interleaved as requests are: "fraud" drifts in ``amount`` from 24 s, "churn"'s error
+    rate rises from ~15 % to ~50 % from 20 s (label time)."""
     rng = np.random.default_rng(11)
     out = []
     for t in range(SLICES):
-        for model in ("fraud", "churn"):
-            for i in range(PER):
+        for i in range(PER):
+            for model in ("fraud", "churn"):
                 ts = T0 + t + i / PER
                 x = float(rng.normal(1.5 if model == "fraud" and t >= 24 else 0.0, 1.0))
                 p = float(1 / (1 + np.exp(-3 * x)))
@@ -60,7 +61,7 @@ def _read_all(bootstrap, topics, quiet=3.0):
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{time.monotonic_ns()}",
                   "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
     c.subscribe(topics)
-    got, last = [], time.monotonic()
+    got, last = [], time.monotonic() + 30  # joining the group takes seconds: wait for one
     while time.monotonic() - last < quiet:
         m = c.poll(0.5)
         if m is not None and m.error() is None:
@@ -68,6 +69,16 @@ def _read_all(bootstrap, topics, quiet=3.0):
             last = time.monotonic()
     c.close()
     return got
+
+
+def _late(port):
+    """The worker's counters of what was not merged (for a failure's message)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return [ln for ln in r.read().decode().splitlines() if not ln.startswith("#") and (
+            "late" in ln or "sources{" in ln or "mismatched" in ln or "duplicate" in ln)
+            and not ln.endswith(" 0.0")]
 
 
 def run(spawn_worker, tmp_path, partitions: int, workers: int, keyed: bool):
@@ -88,13 +99,19 @@ def run(spawn_worker, tmp_path, partitions: int, workers: int, keyed: bool):
                  for _ in range(workers)]
         ports = [port for _, port, _ in procs]
 
+        seen: list = []
+
         def counts():
             status = [m for port in ports for m in get_json(port, "/models") or []]
             out = {m["model"]: (m["records"], m["outcomes"], m["late"]) for m in status}
+            seen[:] = [out]
             return out if len(status) == 2 and all(
                 v[:2] == (SLICES * PER, SLICES * PER) for v in out.values()) else None
 
-        final = wait_for("every record and outcome merged", counts, timeout=150)
+        deadline = time.monotonic() + 150
+        while not (final := counts()):
+            assert time.monotonic() < deadline, (seen, [_late(port) for port in ports])
+            time.sleep(0.5)
         got = _read_all(broker.bootstrap_servers, ["driftwarden.drift", "driftwarden.actions"])
         for proc, _, log in procs:
             proc.terminate()

@@ -429,7 +429,27 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         never taken for a producer that has finished."""
         baselines.apply()
         if settings.detection.idle_close_seconds > 0:
-            side.send(shards.handle_idle(worker_health.caught_up))
+            side.send(shards.handle_idle(worker_health.caught_up - _behind_fetched()))
+
+    def _behind_fetched() -> set[int]:
+        """Partitions whose last fetch response says more is there: the watchdog's end
+        offsets come from another request, which a broker may answer with a stale offset
+        (the embedded one does), and a partition taken for idle while it is not would
+        close slices its next records belong to."""
+        consumer: Any = app.consumer
+        behind = set()
+        for tp in consumer.assignment():
+            if tp.topic not in sources:
+                continue
+            try:
+                high = consumer._thread.highwater(tp)  # Faust's consumer thread (aiokafka)
+            except Exception:  # noqa: BLE001 - not fetched yet, or no such internals
+                high = None
+            key = (tp.topic, tp.partition)
+            done = delivery.handled.get(key, worker_health.positions.get(key, -1))
+            if high is None or done < high - 1:
+                behind.add(tp.partition)
+        return behind
 
     @app.timer(max(1.0, min(10.0, settings.kafka.stall_seconds / 4)))
     async def stall_watch() -> None:

@@ -145,7 +145,7 @@ class BaselineFeed:
         return n
 
     def _run(self) -> None:
-        import orjson
+        import msgspec
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         from driftwarden.kafka import client_config
@@ -161,7 +161,7 @@ class BaselineFeed:
                     if m.error() is not None or m.value() is None:
                         continue
                     try:
-                        body = orjson.loads(m.value() or b"")
+                        body = msgspec.msgpack.decode(m.value() or b"")
                         base = Baseline.from_state(body["baseline"])
                         self.queue.put((str(body["model"]), str(body["version"]), base))
                         self.received += 1

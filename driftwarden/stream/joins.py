@@ -91,7 +91,7 @@ class JoinStage:
 
     def __init__(self, detection: Detection, *, summaries: str, late: str, n_partitions: int,
                  tasks: Mapping[str, str] | None = None,
-                 label_sources: Sequence[str] = ()) -> None:
+                 label_sources: Sequence[str] = (), now: float = 0.0) -> None:
         self.detection = detection
         self.late_topic = late
         self.tasks = dict(tasks or {})
@@ -100,7 +100,7 @@ class JoinStage:
         # label partition has passed them (the same rule as the merge stage's)
         self.label_clock = SourceClock(detection.source_idle_seconds)
         for name in label_sources:
-            self.label_clock.expect(name, 0.0)
+            self.label_clock.expect(name, now)
         self.late_outcomes = 0
         self.joiner = LabelJoiner(detection.label_ttl, detection.max_pending_labels,
                                   detection.label_grace)
@@ -175,11 +175,17 @@ class JoinStage:
         horizon = self.label_clock.horizon(now)
         if horizon == -math.inf:
             return self.late_outputs()
-        idle = horizon == math.inf
-        if not idle:
-            horizon = min(horizon, self.joiner.oldest_waiting())
-        out = self.outcomes.advance(here, horizon, now, idle=idle)
+        # a label still waiting holds its slice open, idle label sources or not: its
+        # prediction may be on its way through a shard that is behind
+        horizon = min(horizon, self.joiner.oldest_waiting())
+        out = self.outcomes.advance(here, horizon, now, idle=horizon == math.inf)
         return out + self.late_outputs()
+
+    @property
+    def late_rows(self) -> int:
+        """Outcomes not counted: older than this partition's outcome watermark when they
+        joined, or in a slice already published."""
+        return self.late_outcomes + self.outcomes.late_rows()
 
     def late_outputs(self) -> list[Output]:
         return [Output(self.late_topic, lab.model.encode("utf-8", "surrogatepass"), orjson.dumps(

@@ -99,6 +99,11 @@ class ModelStage:
         m = self.monitor
         events: list[dict[str, Any]] = []
         for sid, parts in slices:
+            if m.window is not None and m.window.last_closed is not None and (
+                    sid <= m.window.last_closed):  # drained meanwhile: late, counted
+                self.data.counts.late += len(parts)
+                self.data.counts.late_rows += sum(p.rows for p in parts)
+                continue
             if m.baseline is None:
                 raw = [p for p in parts if p.summary is None]
                 self.unusable_rows += sum(p.rows for p in parts if p.summary is not None)
@@ -119,8 +124,12 @@ class ModelStage:
                         ts=np.asarray(ts[need:], dtype=np.float64))
                     events += m.add_slice(sid, rest)
                 continue
-            summary = merge_data(m.baseline, [p for p in parts if p.summary is None or
-                                              p.baseline == self.data.fingerprint],
+            usable = [p for p in parts if p.summary is None or
+                      p.baseline == self.data.fingerprint]
+            if len(usable) < len(parts):  # binned over other bins before the fit: counted
+                self.data.counts.mismatched += len(parts) - len(usable)
+                self.unusable_rows += sum(p.rows for p in parts if p not in usable)
+            summary = merge_data(m.baseline, usable,
                                  reservoir_size=m.detection.reservoir_size,
                                  seed=m.detection.seed, task=m.task)
             events += m.add_slice(sid, summary)
@@ -214,6 +223,10 @@ class MergeStage:
                 continue
             quiet = now - self.last_partial.get(key, now) + quiet_before
             events += m.advance(m.max_ts + quiet)
+            closed = None if m.window is None else m.window.last_closed
+            if closed is not None:  # a partial for a drained slice is late from now on
+                stage.data.last_closed = max(closed, stage.data.last_closed
+                                             if stage.data.last_closed is not None else closed)
             if m.baseline is not None and stage.data.fingerprint is None:
                 stage.data.fingerprint = fingerprint(m.baseline)
                 stage.fresh_baseline = True

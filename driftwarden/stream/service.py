@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -106,14 +107,16 @@ class StreamService:
                                      for m, c in self.models.items()},
                               label_sources=[] if loopback else [
                                   f"{self.topics.labels}/{p}"
-                                  for p in range(settings.kafka.partitions)])
+                                  for p in range(settings.kafka.partitions)],
+                              now=time.monotonic())
         # stage 1 of labels: each label partition's label time, sent to every joins partition
         self.label_times = Sources("labels", slice_seconds=d.slice_seconds,
                                    allowed_lateness=d.allowed_lateness,
                                    n_partitions=self.n_partitions, topic=self.topics.joins,
                                    new_builder=self._no_builder)
         self.merge = MergeStage(self._new_monitor, idle_seconds=d.source_idle_seconds,
-                                expect=self._expected_sources())
+                                # expected from now (the worker's clock: monotonic)
+                                expect=self._expected_sources(), now=time.monotonic())
         self.policy = policy or ResponsePolicy(ModelPolicy(runbook_url=settings.runbook_base))
         self.counts: Counter[str] = Counter()        # records by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
@@ -491,10 +494,12 @@ class StreamService:
             if self.loopback:
                 self.set_baseline(model, version, stage.monitor.baseline)
                 continue
+            # msgpack: the state exactly (JSON would turn infinite bin edges into null, and
+            # stage 1 would bin over other bins than the merge stage's)
             body = {"model": model, "version": version,
                     "baseline": stage.monitor.baseline.to_state()}
             out.append(Output(self.topics.baselines, f"{model}\x1f{version}".encode(
-                "utf-8", "surrogatepass"), _dumps(body)))
+                "utf-8", "surrogatepass"), msgspec.msgpack.encode(body)))
         return out
 
     def set_baseline(self, model: str, version: str, baseline: Baseline) -> None:

@@ -111,6 +111,7 @@ class WorkerHealth:
         self.unreachable = False
         self.away_since: float | None = None
         self.caught_up: set[int] = set()  # partitions read to their end at the last look
+        self.positions: dict[TP, int] = {}  # the newest offset handled (or committed) per tp
 
     @property
     def stalled(self) -> list[TP]:
@@ -148,6 +149,7 @@ class WorkerHealth:
         self.unreachable = False
         self.metrics.broker_unreachable.set(0)
         position = {tp: handled.get(tp, committed.get(tp, 0) - 1) for tp in tps}
+        self.positions = position
         behind = {tp[1] for tp, e in end.items() if e - 1 > position[tp]}
         self.caught_up = {tp[1] for tp in tps} - behind
         self.metrics.set_consumer_lag({tp: max(0, e - 1 - position[tp])
