@@ -96,6 +96,7 @@ class Partial(msgspec.Struct, frozen=True, kw_only=True, tag="partial", tag_fiel
     watermark: float     # event time the source vouches for with this partial (see _publish)
     baseline: str = ""   # fingerprint of the bins ``summary`` follows ("": none, records)
     rows: int
+    late: int = 0        # records of this model the source judged late since its last partial
     summary: dict[str, Any] | None = None   # data: Summary.to_state(); outcomes: see below
     records: dict[str, Any] | None = None   # warm-up data: {"ts": [...], "columns": {...}}
 
@@ -218,6 +219,7 @@ class _Builder:
         self.open: dict[int, Any] = {}
         self.published_through: int | None = None  # newest slice published
         self.late_rows = 0  # rows of a slice already published (a shared time admitted them)
+        self.pending_late = 0  # late rows the next partial reports (see Partial.late)
 
     @property
     def watermark(self) -> float:
@@ -233,6 +235,7 @@ class _Builder:
             done = keep & (np.floor(np.where(keep, t, 0.0) / self.slice_seconds)
                            <= self.published_through)
             self.late_rows += int(done.sum())
+            self.pending_late += int(done.sum())
             keep &= ~done
         if not keep.all():
             t, columns = t[keep], take_rows(columns, keep)
@@ -281,10 +284,11 @@ class _Builder:
                     wm = max(wm, (sid + 1) * self.slice_seconds)
             payloads = self._payloads(acc)
             for j, payload in enumerate(payloads):  # chunks before the last vouch for less
+                late, self.pending_late = self.pending_late, 0
                 out.append(Partial(kind=self.kind, model=self.model,  # type: ignore[arg-type]
                                    version=self.version, source=self.source, slice=sid,
                                    slice_seconds=self.slice_seconds, seq=self.seq, part=j,
-                                   parts=len(payloads),
+                                   parts=len(payloads), late=late,
                                    watermark=wm if j == len(payloads) - 1
                                    else sid * self.slice_seconds, **payload))
             self.seq += 1  # per slice, chunked or not: a replay binned differently matches
@@ -294,6 +298,7 @@ class _Builder:
 
     def to_state(self) -> dict[str, Any]:
         return {"seq": self.seq, "published_through": self.published_through,
+                "pending_late": self.pending_late,
                 "late_rows": self.late_rows, "time": self.time.to_state() if self.own_time
                 else None, "open": {str(k): self._acc_state(v) for k, v in self.open.items()}}
 
@@ -301,6 +306,7 @@ class _Builder:
         self.seq = int(state["seq"])
         self.published_through = state["published_through"]
         self.late_rows = int(state["late_rows"])
+        self.pending_late = int(state.get("pending_late", 0))
         if state["time"] is not None:
             self.time.load(state["time"])
         self.open = {int(k): self._acc_load(v) for k, v in state["open"].items()}

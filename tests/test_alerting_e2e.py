@@ -28,6 +28,7 @@ from grafana_stub import GrafanaStub
 
 from driftwarden import alerts as rules
 from driftwarden import dashboards, promql
+from driftwarden.config import Topics
 from driftwarden.embedded import free_port
 
 PROMETHEUS = shutil.which("prometheus")
@@ -35,8 +36,8 @@ pytestmark = pytest.mark.skipif(PROMETHEUS is None or ALERTMANAGER is None,
                                 reason="Debian packages prometheus, prometheus-alertmanager")
 
 PREFIX = "e2e"
-TOPICS = ("predictions", "features", "labels", "summaries", "drift", "actions", "dlq", "late",
-          "state")
+
+TOPICS = Topics.__struct_fields__  # every topic, so a test's worker shares none
 ALERT_BOUND = 45.0  # seconds from the drifted records being produced to the alert in AM
 
 

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import orjson
 from confluent_kafka import Producer
+from conftest import get_json, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import get_json, wait_for
 from driftwarden.batch import fit_baseline_file
 from driftwarden.config import load_settings
 from driftwarden.edge import EdgeClient, KafkaSender

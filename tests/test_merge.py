@@ -154,3 +154,43 @@ def test_events_and_counts_do_not_depend_on_sources_cuts_or_order(reference, n_s
 
 def test_the_error_stream_replayed_from_counts():
     assert outcome_errors([0.9, 0.1], [0, 0], "classification") == [1.0, 0.0]
+
+
+def test_a_baseline_fitted_by_stage_two_reaches_stage_one_with_the_same_bins():
+    """The worker's path without loopback: stage 2 fits the warm-up baseline and publishes it
+    on the baselines topic; what a worker's BaselineFeed decodes has the fingerprint of stage
+    2's bins (else stage 1's binned partials would be refused as mismatched)."""
+    import time
+
+    import msgspec
+    import orjson
+
+    from driftwarden.config import load_settings
+    from driftwarden.detectors.baseline import Baseline
+    from driftwarden.partials import fingerprint
+    from driftwarden.stream.service import RawMessage, StreamService
+
+    settings = load_settings(env={"DRIFTWARDEN_KAFKA__PARTITIONS": "1",
+                                  "DRIFTWARDEN_DETECTION__WARMUP": "300",
+                                  "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
+                                  "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
+                                  "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "20"})
+    svc = StreamService(settings, loopback=False, partition=0)
+    rng = np.random.default_rng(0)
+    recs = [RawMessage(orjson.dumps({"model": "m", "version": "1", "ts": 100 + i / 100,
+                                     "features": {"x": float(rng.normal())}}), [],
+                       "driftwarden.predictions", 0, i, time.time()) for i in range(800)]
+    outs = svc.handle_predictions(recs) + svc.handle_idle(["driftwarden.predictions/0",
+                                                           "driftwarden.features/0",
+                                                           "driftwarden.labels/0"])
+    svc.monotonic = lambda: time.monotonic() + 3600  # every source idle (the worker's timer)
+    outs += svc.handle_idle(["driftwarden.predictions/0", "driftwarden.features/0",
+                             "driftwarden.labels/0"])
+    summaries = [RawMessage(o.value, [], o.topic, 0, i, time.time())
+                 for i, o in enumerate(outs) if o.topic == "driftwarden.summaries"]
+    published = [o for o in svc.handle_summaries(summaries)
+                 if o.topic == "driftwarden.baselines"]
+    (monitor,) = svc.monitors.values()
+    assert monitor.ready and len(published) == 1
+    body = msgspec.msgpack.decode(published[0].value)
+    assert fingerprint(Baseline.from_state(body["baseline"])) == fingerprint(monitor.baseline)

@@ -14,8 +14,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import get_json
 
-TOPICS = ("predictions", "features", "labels", "summaries", "drift", "actions", "dlq", "late",
-          "state")
+from driftwarden.config import Topics
+
+TOPICS = Topics.__struct_fields__  # every topic, so a test's worker shares none
 PER_MODEL = 16_000  # records of each model; 1,000 per second of event time
 SHIFT_AT = 8  # seconds: model "a" drifts from here on
 

@@ -10,12 +10,13 @@ from confluent_kafka import Producer
 from conftest import get_json, wait_for
 from test_worker_integration import consume
 
+from driftwarden.config import Topics
 from driftwarden.store import Store
 from driftwarden.store.models import Action, IncidentEvent
 
 PREFIX = "outage"
-TOPICS = ("predictions", "features", "labels", "summaries", "drift", "actions", "dlq", "late",
-          "state")
+
+TOPICS = Topics.__struct_fields__  # every topic, so a test's worker shares none
 
 
 def produce_model(bootstrap, model, seed):

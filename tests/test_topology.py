@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
-
 from conftest import get_json
+
 from driftwarden.config import load_settings
 from driftwarden.embedded import EmbeddedBroker
 from driftwarden.kafka import ensure_topics

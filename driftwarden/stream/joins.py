@@ -102,6 +102,8 @@ class JoinStage:
         for name in label_sources:
             self.label_clock.expect(name, now)
         self.late_outcomes = 0
+        self.last_rows = -math.inf  # the caller's clock at the last rows message
+        self.quiet_after = detection.idle_close_seconds
         self.joiner = LabelJoiner(detection.label_ttl, detection.max_pending_labels,
                                   detection.label_grace)
         self.applied: dict[str, int] = {}  # source -> newest offset whose rows are applied
@@ -151,6 +153,7 @@ class JoinStage:
             if o is not None:
                 joined.append((o, float(ts)))
         self.applied[source] = newest
+        self.last_rows = now
         if joined:
             ts = np.array([t for _, t in joined])
             # on time: not older than this partition's watermark (what the label partitions
@@ -166,7 +169,7 @@ class JoinStage:
                                            [o.label for o, _ in rows], [t for _, t in rows])
         return self.tick(here, now)
 
-    def tick(self, here: str, now: float) -> list[Output]:
+    def tick(self, here: str, now: float, force: bool = False) -> list[Output]:
         """Move this partition's outcome time to its label sources' horizon, held back to the
         oldest label still waiting for its prediction (it joins with its own label time: a
         prediction routed through a slower shard must still find its slice open): the
@@ -176,8 +179,12 @@ class JoinStage:
         if horizon == -math.inf:
             return self.late_outputs()
         # a label still waiting holds its slice open, idle label sources or not: its
-        # prediction may be on its way through a shard that is behind
-        horizon = min(horizon, self.joiner.oldest_waiting())
+        # prediction may be on its way through a shard that is behind — unless every label
+        # source is idle and no row has come for ``quiet_after`` (wall clock; ``force``: the
+        # input has ended), when its outcome would be late if it ever joined
+        quiet = now - self.last_rows >= self.quiet_after
+        if not (horizon == math.inf and (force or quiet)):
+            horizon = min(horizon, self.joiner.oldest_waiting())
         out = self.outcomes.advance(here, horizon, now, idle=horizon == math.inf)
         return out + self.late_outputs()
 

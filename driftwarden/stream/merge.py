@@ -84,7 +84,12 @@ class ModelStage:
         drift events of the slices it let close."""
         if p.kind == "outcomes":
             return self._outcome_slices(self.outcomes.add(p, now))
-        return self._data_slices(self.data.add(p, now))
+        before = self.data.counts.duplicates
+        closed = self.data.add(p, now)
+        if p.late and self.data.counts.duplicates == before:  # records late at their source
+            self.monitor.n_records += p.late
+            self.monitor.n_late += p.late
+        return self._data_slices(closed)
 
     def close(self, now: float) -> list[dict[str, Any]]:
         """Close what the clocks allow at ``now`` (a watermark or idleness moved them)."""

@@ -291,8 +291,10 @@ class StreamService:
                                     batch.predictions, batch.ts)
             ok = self.data.admit(source, np.asarray(batch.ts, dtype=np.float64))
             if not ok.all():  # late at their source: counted as records, not summarised
-                self.counts[f"{batch.model}\x1f{batch.version}\x1fprediction"] += int(
-                    (~ok).sum())
+                late = int((~ok).sum())
+                self.counts[f"{batch.model}\x1f{batch.version}\x1fprediction"] += late
+                builder = self.data.builder(source, batch.model, batch.version)
+                builder.pending_late += late  # the model's monitor counts them (Partial.late)
                 batch = batch.without(np.flatnonzero(~ok).tolist())
             if len(batch):
                 parts.append(((source, batch.model, batch.version), batch))
@@ -494,8 +496,8 @@ class StreamService:
             if self.loopback:
                 self.set_baseline(model, version, stage.monitor.baseline)
                 continue
-            # msgpack: the state exactly (JSON would turn infinite bin edges into null, and
-            # stage 1 would bin over other bins than the merge stage's)
+            # msgpack: the state exactly (floats bit for bit, non-finite values kept), so
+            # stage 1 bins over the merge stage's very bins
             body = {"model": model, "version": version,
                     "baseline": stage.monitor.baseline.to_state()}
             out.append(Output(self.topics.baselines, f"{model}\x1f{version}".encode(
@@ -559,7 +561,7 @@ class StreamService:
         data = None if sources is None else [s for s in sources if not s.startswith(labels)]
         label = None if sources is None else [s for s in sources if s.startswith(labels)]
         out += self.data.idle(now, after, data) + self.label_times.idle(now, after, label)
-        out = self._loop(out)
+        out = self._loop(out + self.join.tick(self._joins_source(), now))
         try:
             out += self._loop(self._events(self.merge.idle(now, after)) + self._fresh_baselines())
         except Exception:  # noqa: BLE001 - a bug must not take the partition down
@@ -579,8 +581,13 @@ class StreamService:
         """
         now = self.monotonic()
         out = self._loop(self.data.idle(now, 0.0) + self.label_times.idle(now, 0.0))
+        out += self._loop(self.join.tick(self._joins_source(), now, force=True))
         return out + self._loop(self._events(self.merge.idle(now, 0.0))
                                 + self._fresh_baselines())
+
+    def _joins_source(self) -> str:
+        """This shard's joins partition, as its outcome partials name it."""
+        return f"{self.topics.joins}/{0 if self.loopback else self.partition}"
 
     def _progress(self) -> Any:
         return ([m.progress for m in self.monitors.values()], sorted(self.data.idle_sources),

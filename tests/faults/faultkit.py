@@ -12,8 +12,9 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-TOPICS = ("predictions", "features", "labels", "summaries", "drift", "actions", "dlq", "late",
-          "state")
+from driftwarden.config import Topics
+
+TOPICS = Topics.__struct_fields__  # every topic, so a test's worker shares none
 NOW = time.time()
 
 
@@ -25,7 +26,9 @@ def worker_env(prefix: str, **extra: str) -> dict[str, str]:
                 "DRIFTWARDEN_KAFKA__CHECKPOINT_SECONDS": "1",
                 "DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
                 "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
-                "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "30"})
+                "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "30",
+                # sources idle soon: the last slices reach the merge stage in seconds
+                "DRIFTWARDEN_DETECTION__IDLE_CLOSE_SECONDS": "2"})
     env.update(extra)
     return env
 

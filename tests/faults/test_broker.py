@@ -66,7 +66,9 @@ def test_r6_a_paused_broker_is_reported_and_the_lag_recovers(own_broker, spawn_w
     print(f"R6: 503 after {seen.index(503) + 1} s of the pause; lag back to zero "
           f"{time.monotonic() - resumed:.1f} s after it")
     wait_for("healthy again", lambda: health(port) == 200, 30)
-    assert sum(m["records"] for m in get_json(port, "/models")) == 6000
+    # the merge stage has every record once the last slices close (the source idle)
+    wait_for("every record merged", lambda: sum(
+        m["records"] for m in get_json(port, "/models") or []) == 6000, 60)
     assert proc.poll() is None
 
 
@@ -94,7 +96,8 @@ def test_r7_a_restarted_empty_broker_is_reported_then_the_worker_resumes(own_bro
              lambda: fates(port)["used"] in (1000, 3000), 120)
     time.sleep(3)
     assert fates(port)["used"] in (1000, 3000)
-    assert sum(m["records"] for m in get_json(port, "/models")) in (1000, 3000)
+    wait_for("every record merged", lambda: sum(
+        m["records"] for m in get_json(port, "/models") or []) in (1000, 3000), 60)
     assert proc.poll() is None
     assert "We experienced a crash" not in log.read_text()
 

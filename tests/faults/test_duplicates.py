@@ -66,7 +66,8 @@ def test_r10_duplicated_messages_leave_statistics_events_and_actions_as_they_wer
     wait_for("every message's fate", lambda: sum(fates(port).values()) >= len(sent), 90)
     time.sleep(2)
     assert fates(port) == {"used": N, "duplicate": extra}  # none dead-lettered
-    assert [m["records"] for m in get_json(port, "/models")] == [N]
+    wait_for("every record merged, once", lambda: [
+        m["records"] for m in get_json(port, "/models") or []] == [N], 60)
     assert metric(scrape(port), "driftwarden_duplicates_total", model="m") == extra
     wait_for("the drift events on the topic", lambda: len(read_topic(bs, "r10.drift", 10)) >=
              len(want_drift), 60)
