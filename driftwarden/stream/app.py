@@ -55,6 +55,17 @@ def _missing_topics(settings: Settings, topics: set[str], timeout: float = 5.0) 
     return topics - existing
 
 
+def _fenced_codes() -> frozenset[int]:
+    from confluent_kafka import KafkaError
+
+    return frozenset(getattr(KafkaError, n) for n in (
+        "PRODUCER_FENCED", "_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID")
+        if hasattr(KafkaError, n))
+
+
+_FENCED = _fenced_codes()
+
+
 class OutputProducer:
     """Produces service outputs; delivery is retried by librdkafka until acknowledged."""
 
@@ -108,6 +119,8 @@ class OutputProducer:
         if err is not None:
             self.failed += 1
             log.error("delivery to %s failed: %s", msg.topic(), err)
+            if err.code() in _FENCED:  # a broker that lost its state fences this producer id
+                self.fatal = err          # for good: a new client gets a new one
         elif event_id is not None and self.on_action_delivered is not None:
             self.on_action_delivered(event_id)
 
