@@ -25,6 +25,7 @@ are built from these names (see the README's metrics table).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -238,6 +239,8 @@ class StateCollector(Collector):
         fates: dict[str, float] = {}
         dups: dict[str, float] = {}
         late_outcomes = 0
+        sources: dict[str, dict[str, Any]] = {}
+        now = time.monotonic()  # the clock the worker's source clocks use
         for svc in list(self.services()):
             for reason, n in svc.invalid.items():
                 invalid[reason] = invalid.get(reason, 0) + n
@@ -255,7 +258,7 @@ class StateCollector(Collector):
                 _monitor_samples(fam, monitor)
             merge = getattr(svc, "merge", None)
             if merge is not None:
-                _merge_samples(fam, merge)
+                _merge_samples(fam, merge, sources, now)
                 late_outcomes += svc.join.late_rows
         for reason, n in sorted(invalid.items()):
             fam["invalid_events_total"].add_metric([reason], n)
@@ -268,6 +271,7 @@ class StateCollector(Collector):
         for model, n in sorted(dups.items()):
             fam["duplicates_total"].add_metric([model], n)
         fam["late_outcomes_total"].add_metric([], late_outcomes)
+        _source_samples(fam, sources)
         if self.output_failures is not None:
             fam["output_failures_total"].add_metric([], self.output_failures())
         for sink in self.sinks:
@@ -278,33 +282,45 @@ class StateCollector(Collector):
         yield from fam.values()
 
 
-def _merge_samples(fam: dict[str, Any], merge: Any) -> None:
-    """Stage 2's partials and sources (one shard's; a source clock per kind)."""
+PARTIAL_FATES = (("merged", "merged"), ("duplicate", "duplicates"), ("late", "late"),
+                 ("mismatched", "mismatched"))
+STATE_RANK = {"active": 2, "idle": 1, "silent": 0}
+
+
+def _merge_samples(fam: dict[str, Any], merge: Any, sources: dict[str, dict[str, Any]],
+                   now: float) -> None:
+    """Stage 2's partials (a model lives in one shard), and each shard's view of the sources
+    gathered into ``sources`` (kind -> source -> (state, lag)): every shard hears every
+    source, so their views are combined before they are exposed once."""
     for (model, version), stage in list(merge.stages.items()):
         for kind, merger in (("data", stage.data), ("outcomes", stage.outcomes)):
             c = merger.counts
-            for fate in ("merged", "duplicates", "late", "mismatched"):
-                fam["partials_total"].add_metric([model, version, kind, fate.rstrip("s")
-                                                  if fate == "duplicates" else fate],
-                                                 getattr(c, fate))
+            for label, attr in PARTIAL_FATES:
+                fam["partials_total"].add_metric([model, version, kind, label],
+                                                 getattr(c, attr))
             fam["late_partial_rows_total"].add_metric([model, version, kind], c.late_rows)
-    import time
-
-    now = time.monotonic()
     for kind, clock in zip(("data", "outcomes"), merge.clocks):
-        states = {"active": 0, "idle": 0, "silent": 0}
-        lags = []
         lag = clock.lag(now)
-        for name, src in clock.sources.items():
-            state = ("idle" if src.idle else "silent" if now - src.last_seen >= clock.idle_seconds
-                     else "active")
+        seen = sources.setdefault(kind, {})
+        for name in list(clock.sources):
+            state, behind = clock.state(name, now), lag.get(name, 0.0)
+            old = seen.get(name)
+            if old is None or STATE_RANK[state] > STATE_RANK[old[0]]:
+                seen[name] = (state, behind)
+            elif state == old[0]:
+                seen[name] = (state, min(old[1], behind))
+
+
+def _source_samples(fam: dict[str, Any], sources: dict[str, dict[str, Any]]) -> None:
+    for kind in ("data", "outcomes"):
+        seen = sources.get(kind, {})
+        states = {"active": 0, "idle": 0, "silent": 0}
+        for state, _ in seen.values():
             states[state] += 1
-            if state == "active":
-                lags.append(lag.get(name, 0.0))
         for state, n in states.items():
             fam["sources"].add_metric([kind, state], n)
-        finite = [x for x in lags if math.isfinite(x)]
-        fam["source_lag_seconds"].add_metric([kind], max(finite, default=0.0))
+        lags = [b for st, b in seen.values() if st == "active" and math.isfinite(b)]
+        fam["source_lag_seconds"].add_metric([kind], max(lags, default=0.0))
 
 
 def _monitor_samples(fam: dict[str, Any], m: Any) -> None:

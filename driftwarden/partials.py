@@ -611,13 +611,20 @@ class SourceClock:
         active and one has spoken; -inf while an expected source has not spoken."""
         local = local or {}
         marks = {k: max(s.watermark, local.get(k, -math.inf)) for k, s in self.sources.items()}
-        active = [marks[k] for k, s in self.sources.items()
-                  if not s.idle and now - s.last_seen < self.idle_seconds]
+        active = [marks[k] for k in self.sources if self.state(k, now) == "active"]
         if active:
             return min(active)
         if any(math.isfinite(m) for m in marks.values()):
             return math.inf  # every source idle: all they sent is in
         return -math.inf
+
+    def state(self, source: str, now: float) -> str:
+        """``active`` (waited for), ``idle`` (said so) or ``silent`` (nothing for
+        ``idle_seconds``)."""
+        src = self.sources[source]
+        if src.idle:
+            return "idle"
+        return "silent" if now - src.last_seen >= self.idle_seconds else "active"
 
     def lag(self, now: float) -> dict[str, float]:
         """Per source: how far its watermark is behind the most advanced one (seconds of

@@ -129,3 +129,22 @@ def test_every_metric_is_declared_once_with_help():
     instrumented = {d.full_name.removesuffix("_total") for d in DEFINITIONS.values()
                     if d.instrumented}
     assert len(instrumented) == 8 and instrumented <= names
+
+
+def test_a_worker_with_many_shards_exposes_each_source_series_once():
+    """Every shard's merge stage hears every source: their views are combined, so the text
+    format holds one sample per series (Prometheus refuses a scrape with duplicates)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    settings = load_settings(env={**ENV, "DRIFTWARDEN_KAFKA__PARTITIONS": "3"})
+    shards = [StreamService(settings, loopback=False, partition=p) for p in range(3)]
+    registry = CollectorRegistry()
+    Metrics.create(registry, lambda: shards)
+    samples = [(s.name, tuple(sorted(s.labels.items())))
+               for fam in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in fam.samples]
+    assert len(samples) == len(set(samples))
+    get = registry.get_sample_value
+    # the expected input partitions (predictions and features, 3 each), not 3 x 6
+    assert get("driftwarden_sources", {"kind": "data", "state": "active"}) == 6
