@@ -113,7 +113,7 @@ def test_the_output_producer_survives_a_message_it_refuses():
     """librdkafka refuses a message over message.max.bytes at once (no broker needed): it is
     counted and logged, and the outputs after it are still queued."""
     from driftwarden.embedded import free_port
-    from driftwarden.stream.app import OutputProducer
+    from driftwarden.stream.producer import OutputProducer
     from driftwarden.stream.service import Output
 
     settings = load_settings(env={"DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS":

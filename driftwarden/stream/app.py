@@ -3,7 +3,8 @@
 Agents consume **raw bytes** and decode them in the service, so a bad message never makes Faust
 drop or stop anything (Faust acknowledges a message whose agent raised, and crashes an agent on
 a decode error in a typed channel). Output messages go through an idempotent confluent-kafka
-producer (``enable.idempotence``, ``acks=all``, retried until delivered).
+producer (``enable.idempotence``, ``acks=all``, retried until delivered; a fatal error renews
+the client and re-sends what was not confirmed: :mod:`driftwarden.stream.producer`).
 
 Topics are created explicitly (:func:`ensure_topics`) with the configured partition count
 before a worker or producer touches them: a broker's auto-created topics may have another
@@ -16,8 +17,6 @@ State is kept per source partition and checkpointed to the compacted state topic
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import os
 import time
@@ -31,12 +30,13 @@ import orjson
 
 from driftwarden.config import Settings, private_dir
 from driftwarden.errors import InputError
-from driftwarden.kafka import client_config, ensure_topics, produce
+from driftwarden.kafka import client_config, ensure_topics
 from driftwarden.metrics import Metrics
 from driftwarden.store import Store
 from driftwarden.stream.baselines import BaselineFeed, configured_models
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.delivery import Delivery
+from driftwarden.stream.producer import OutputProducer
 from driftwarden.stream.service import Output, StreamService
 from driftwarden.stream.shards import Shards
 from driftwarden.stream.side import SideChannels
@@ -53,103 +53,6 @@ def _missing_topics(settings: Settings, topics: set[str], timeout: float = 5.0) 
     existing = set(AdminClient(client_config(settings), logger=log).list_topics(
         timeout=timeout).topics)
     return topics - existing
-
-
-def _fenced_codes() -> frozenset[int]:
-    from confluent_kafka import KafkaError
-
-    return frozenset(getattr(KafkaError, n) for n in (
-        "PRODUCER_FENCED", "_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID")
-        if hasattr(KafkaError, n))
-
-
-_FENCED = _fenced_codes()
-
-
-class OutputProducer:
-    """Produces service outputs; delivery is retried by librdkafka until acknowledged."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.config = client_config(
-            settings, {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                       # checkpoints are plain JSON: compressed here, off the event loop
-                       "compression.type": "lz4",
-                       # never give up on an action: retry until delivered
-                       "message.timeout.ms": 0, "error_cb": self._error})
-        self.raw = self._client()
-        self.fatal: Any = None  # librdkafka's fatal error, until the client is renewed
-        self.renewed = 0
-        self.failed = 0
-        # action event_ids produced and not yet acknowledged: the outbox does not queue them
-        # a second time while librdkafka still retries them (the broker away for minutes)
-        self.in_flight: set[str] = set()
-        # called with the event_id of each action event the broker acknowledged
-        self.on_action_delivered: Callable[[str], None] | None = None
-        self.on_renewed: Callable[[], None] | None = None  # after a renewal
-        self.actions_topic = settings.topics.actions
-
-    def _client(self) -> Any:
-        from confluent_kafka import Producer
-
-        return Producer(self.config, logger=log)
-
-    def _error(self, err: Any) -> None:
-        if err.fatal():  # e.g. the broker lost the idempotent producer's sequence
-            self.fatal = err
-
-    def renew_if_fatal(self) -> bool:
-        """After a fatal error librdkafka's client produces nothing more: replace it. What
-        its queue held is dropped (held source messages are replayed, the outbox re-sends
-        actions). True when it was renewed."""
-        if self.fatal is None:
-            return False
-        log.error("output producer: fatal error %s; starting a new client", self.fatal)
-        old, self.raw, self.fatal = self.raw, self._client(), None
-        self.renewed += 1
-        self.in_flight.clear()  # dropped with the old client: the outbox sends them again
-        with contextlib.suppress(Exception):
-            old.purge()
-        if self.on_renewed is not None:  # what was queued may be missing: say so
-            self.on_renewed()
-        return True
-
-    def _delivered(self, err: Any, msg: Any, event_id: str | None = None) -> None:
-        if event_id is not None:
-            self.in_flight.discard(event_id)
-        if err is not None:
-            self.failed += 1
-            log.error("delivery to %s failed: %s", msg.topic(), err)
-            if err.code() in _FENCED:  # a broker that lost its state fences this producer id
-                self.fatal = err          # for good: a new client gets a new one
-        elif event_id is not None and self.on_action_delivered is not None:
-            self.on_action_delivered(event_id)
-
-    def send(self, outputs: list[Output]) -> None:
-        """Produce every output; one the client refuses (too large, say) is logged and
-        counted, and the ones after it are still produced."""
-        self.renew_if_fatal()
-        for o in outputs:
-            callback = self._delivered
-            if o.topic == self.actions_topic:  # delivery reports carry no headers: bind the id
-                event_id = dict(o.headers).get("dw.event_id", b"").decode() or None
-                if event_id in self.in_flight:  # queued already: retried by librdkafka
-                    continue
-                if event_id is not None:
-                    self.in_flight.add(event_id)
-                callback = functools.partial(self._delivered, event_id=event_id)
-            try:
-                produce(self.raw, o.topic, o.value, o.key, headers=list(o.headers),
-                        on_delivery=callback,
-                        **({} if o.partition is None else {"partition": o.partition}))
-            except Exception as exc:  # noqa: BLE001 - KafkaException: MSG_SIZE_TOO_LARGE, ...
-                self.failed += 1
-                if o.topic == self.actions_topic:  # not queued: the outbox may send it again
-                    self.in_flight.discard(event_id)  # type: ignore[arg-type]
-                log.error("could not produce %d bytes to %s: %s", len(o.value), o.topic, exc)
-        self.raw.poll(0)
-
-    def flush(self, timeout: float = 30.0) -> int:
-        return int(self.raw.flush(timeout))
 
 
 class BatchLimit:

@@ -119,8 +119,11 @@ class StateStore:
 
     def _produce(self, partition: int, key: str, value: bytes | None) -> None:
         # the worker's OutputProducer (whose client may be renewed) or a plain Producer
-        raw = getattr(self.producer, "raw", self.producer)
-        produce(raw, self.topic, value, key.encode(), partition=partition)
+        put = getattr(self.producer, "put", None)
+        if put is not None:
+            put(self.topic, value, key.encode(), partition)
+        else:
+            produce(self.producer, self.topic, value, key.encode(), partition=partition)
 
     def forget_delivery(self) -> None:
         """What was produced may not have been delivered (the producer was renewed after a
