@@ -346,6 +346,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         baselines.apply()
         if settings.detection.idle_close_seconds > 0:
             side.send(shards.handle_idle(worker_health.caught_up - _behind_fetched()))
+        side.send(shards.tick())  # silent sources stop holding slices back
 
     def _behind_fetched() -> set[int]:
         """Partitions whose last fetch response says more is there: the watchdog's end

@@ -74,6 +74,8 @@ class ModelStage:
         self.outcomes = SliceMerger(outcome_clock, slice_seconds=d.slice_seconds)
         self.fresh_baseline = False  # fitted from the warm-up: to publish to the sources
         self.unusable_rows = 0  # binned partials of a slice closed before the baseline existed
+        # the baseline published for this model version, if any (see _adopt)
+        self.known: Callable[[str, str], Any] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -109,6 +111,8 @@ class ModelStage:
                 self.data.counts.late += len(parts)
                 self.data.counts.late_rows += sum(p.rows for p in parts)
                 continue
+            if m.baseline is None and self.known is not None:
+                self._adopt(parts)
             if m.baseline is None:
                 raw = [p for p in parts if p.summary is None]
                 self.unusable_rows += sum(p.rows for p in parts if p.summary is not None)
@@ -139,6 +143,16 @@ class ModelStage:
                                  seed=m.detection.seed, task=m.task)
             events += m.add_slice(sid, summary)
         return events
+
+    def _adopt(self, parts: list[Partial]) -> None:
+        """Binned partials while this stage warms up: stage 1 bins with a baseline published
+        earlier (by this model's stage 2 before it lost its state); take that baseline
+        rather than wait for records that will not come."""
+        marks = {p.baseline for p in parts if p.summary is not None}
+        base = self.known(*self.key) if marks and self.known is not None else None
+        if base is not None and fingerprint(base) in marks:
+            self.monitor.adopt(base)
+            self.data.fingerprint = fingerprint(base)
 
     def _outcome_slices(self, slices: list[tuple[int, list[Partial]]]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -173,8 +187,9 @@ class MergeStage:
 
     def __init__(self, new_monitor: Callable[[str, str, float], ModelMonitor | None], *,
                  idle_seconds: float, expect: tuple[Iterable[str], Iterable[str]] = ((), ()),
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, known: Callable[[str, str], Any] | None = None) -> None:
         self.new_monitor = new_monitor
+        self.known = known  # (model, version) -> the baseline published for it, or None
         self.clocks = SourceClock(idle_seconds), SourceClock(idle_seconds)
         for clock, names in zip(self.clocks, expect):
             for name in names:
@@ -210,6 +225,7 @@ class MergeStage:
             if monitor is None:
                 return None
             stage = self.stages[(model, version)] = ModelStage(monitor, *self.clocks)
+            stage.known = self.known
         return stage
 
     def close(self, now: float) -> list[dict[str, Any]]:
@@ -249,5 +265,6 @@ class MergeStage:
         self.stages = {}
         for st in state["stages"]:
             stage = ModelStage.from_state(st, load_monitor(st["monitor"]), *self.clocks)
+            stage.known = self.known
             self.stages[stage.key] = stage
             self.last_partial[stage.key] = now

@@ -198,6 +198,14 @@ class ModelMonitor:
         self.n_late += result.late
         return events
 
+    def adopt(self, baseline: Baseline) -> None:
+        """Take the baseline a previous owner of this model fitted (the merge stage lost its
+        state — a broker that lost its log — while stage 1 bins with the published one):
+        monitoring goes on with it; the warm-up records held so far are dropped (counted)."""
+        if self.baseline is None:
+            self._install(baseline, None)
+            self._warm = []
+
     # -- merged slices (the merge stage: see driftwarden.partials) ------------------------------
     def add_warm_slice(self, ts: Sequence[float], columns: Mapping[str, Sequence[Any]]
                        ) -> list[dict[str, Any]]:

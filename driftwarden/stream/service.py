@@ -116,7 +116,8 @@ class StreamService:
                                    new_builder=self._no_builder)
         self.merge = MergeStage(self._new_monitor, idle_seconds=d.source_idle_seconds,
                                 # expected from now (the worker's clock: monotonic)
-                                expect=self._expected_sources(), now=time.monotonic())
+                                expect=self._expected_sources(), now=time.monotonic(),
+                                known=self._published_baseline)
         self.policy = policy or ResponsePolicy(ModelPolicy(runbook_url=settings.runbook_base))
         self.counts: Counter[str] = Counter()        # records by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
@@ -173,6 +174,11 @@ class StreamService:
     def _no_builder(source: str, model: str, version: str, time: EventTime) -> Any:
         raise AssertionError("label sources have no builders")
 
+    def _published_baseline(self, model: str, version: str) -> Baseline | None:
+        """The baseline stage 2 fitted and published for a model version (this worker's
+        stage 1 bins with it), if any."""
+        return self.baselines.get((model, version))
+
     def _new_monitor(self, model: str, version: str, ts: float) -> ModelMonitor | None:
         """Stage 2's monitor of a model version first seen in a partial of event time ``ts``
         (None: refused)."""
@@ -189,7 +195,8 @@ class StreamService:
         self.policy.register_version(model, version, ts, earlier[-1] if earlier else None)
         return ModelMonitor(model, version, self.settings.detection,
                             task=config.get("task", "classification"), executor=self.executor,
-                            baseline=self._configured_baseline(model, version))
+                            baseline=self._configured_baseline(model, version)
+                            or self._published_baseline(model, version))
 
     @property
     def labels(self) -> LabelJoiner:
@@ -566,6 +573,27 @@ class StreamService:
             out += self._loop(self._events(self.merge.idle(now, after)) + self._fresh_baselines())
         except Exception:  # noqa: BLE001 - a bug must not take the partition down
             log.exception("closing idle slices failed")
+        if self._progress() != before:
+            self.idle_closes += 1
+        return out
+
+    def tick(self) -> list[Output]:
+        """The merge stage at the wall clock's ``now``: a source silent for
+        ``source_idle_seconds`` stops holding its slices back even when nothing else arrives
+        (no partial, no watermark — the sources' owner gone, or its writes refused). Called
+        every second or so by the worker, whether or not idle close is on.
+
+        >>> from driftwarden.config import load_settings
+        >>> StreamService(load_settings(env={})).tick()
+        []
+        """
+        before = self._progress()
+        try:
+            out = self._loop(self._events(self.merge.close(self.monotonic()))
+                             + self._fresh_baselines())
+        except Exception:  # noqa: BLE001 - a bug must not take the partition down
+            log.exception("closing slices of silent sources failed")
+            out = []
         if self._progress() != before:
             self.idle_closes += 1
         return out

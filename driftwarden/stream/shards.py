@@ -129,6 +129,17 @@ class Shards:
                 self.dirty.add(p)
         return out
 
+    def tick(self) -> list[Output]:
+        """Every shard's merge stage at the wall clock (see StreamService.tick); a shard
+        whose stage closed a slice is checkpointed with the next round."""
+        out: list[Output] = []
+        for p, svc in list(self.services.items()):
+            before = svc.idle_closes
+            out += svc.tick()
+            if svc.idle_closes != before:
+                self.dirty.add(p)
+        return out
+
     def checkpoint(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         """Write the changed shards (or the given ones) to the store, unflushed; returns
         partition -> bytes written."""
