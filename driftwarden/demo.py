@@ -38,6 +38,7 @@ from driftwarden.embedded import EmbeddedBroker, free_port
 
 CHURN_V2_AT = 6.0
 DRAIN_SECONDS = 180.0  # the longest the demo waits for a busy worker to catch up
+OUTCOMES_STEADY_SECONDS = 15.0  # outcomes not growing for this long: the labels are in
 QUIET = {"log.connection.close": False}  # the broker stopping at the end is not news
 SETTINGS_ENV = {
     "DRIFTWARDEN_DETECTION__SLICES": "5",
@@ -327,21 +328,30 @@ def _get(port: int, path: str) -> Any:
 
 def _drained(port: int, proc: subprocess.Popen[bytes], sent: dict[str, int],
              timeout: float) -> Any:
-    """The worker's model status once it has consumed everything produced; progress on
-    stderr every few seconds while it catches up; RuntimeError at ``timeout``."""
+    """The worker's model status once it has merged every record produced and its count of
+    joined outcomes (a concept drift is decided on merged outcomes, which trail the records
+    by the labels' delay) has stopped growing for a few seconds; progress on stderr every few
+    seconds while it catches up; RuntimeError at ``timeout``."""
     deadline = time.monotonic() + timeout
     want = sum(v for k, v in sent.items() if k != "labels")
     said = time.monotonic()
+    last, steady_since = -1, time.monotonic()
     while proc.poll() is None and time.monotonic() < deadline:
         status = _get(port, "/models")
         seen: dict[str, int] = {}
         for m in status:
             seen[m["model"]] = seen.get(m["model"], 0) + m["records"]
-        if all(seen.get(k, 0) >= v for k, v in sent.items() if k != "labels"):
+        outcomes = sum(m["outcomes"] for m in status)
+        if outcomes != last:
+            last, steady_since = outcomes, time.monotonic()
+        if all(seen.get(k, 0) >= v for k, v in sent.items() if k != "labels") and (
+                outcomes >= sent.get("labels", 0)
+                or time.monotonic() - steady_since >= OUTCOMES_STEADY_SECONDS):
             return status
         if time.monotonic() - said >= 3.0:
             sys.stderr.write(f"waiting for the worker: {sum(seen.values()):,} of {want:,} "
-                             "records consumed\n")
+                             f"records and {outcomes:,} outcomes of {sent.get('labels', 0):,} "
+                             "labels merged\n")
             said = time.monotonic()
         time.sleep(0.3)
     raise RuntimeError(f"the worker did not consume the {want:,} records produced within "

@@ -5,6 +5,7 @@ and re-sends the events it replays with the ids they had."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections import defaultdict
 
@@ -36,16 +37,19 @@ def env(prefix, rare_commits):
             "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50"}
 
 
-def produce_all(bootstrap, prefix):
+def produce_all(bootstrap, prefix, start=0, stop=PER_MODEL):
+    """Records ``start`` … ``stop - 1`` of both models (the same values whatever the cut)."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     rng = np.random.default_rng(7)
-    for i in range(PER_MODEL):
+    for i in range(stop):
         ts = 5000 + i / 1000
         for model in ("a", "b"):
             shift = 1.5 if model == "a" and ts >= 5000 + SHIFT_AT else 0.0
             rec = {"model": model, "version": "1", "id": f"{model}{i}", "ts": ts,
                    "features": {"x": float(rng.normal(shift, 1)), "y": float(rng.normal())},
                    "prediction": float(rng.random())}
+            if i < start:
+                continue
             p.produce(f"{prefix}.predictions", key=model.encode(), value=orjson.dumps(rec))
         if i % 1000 == 0:
             p.poll(0)
@@ -84,20 +88,27 @@ def test_sigkill_mid_stream_then_restart_counts_every_record_once(broker, spawn_
     prefix = f"k9{'r' if rare_commits else 'f'}"
     bs = broker.bootstrap_servers
     first, port, log = spawn_worker(bs, env(prefix, rare_commits))
-    produce_all(bs, prefix)
+    # three quarters first: stage 1 is fast enough to read the whole stream before a test
+    # can see it half done, so the rest is produced while the worker is being killed
+    cut = 3 * PER_MODEL // 4
+    produce_all(bs, prefix, 0, cut)
     deadline = time.monotonic() + 120
-    # kill after the drift was acted on and checkpoints were written, well before the end
+    # kill after the drift was acted on and checkpoints were written
     while time.monotonic() < deadline:
         done = records(port)
         health = get_json(port, "/health") or {}
-        if done.get("a", 0) >= 0.75 * PER_MODEL and health.get("checkpoints", 0) >= 2:
+        if done.get("a", 0) >= cut - 1000 and health.get("checkpoints", 0) >= 2:
             break
         time.sleep(0.1)
     else:
         raise AssertionError("the first worker did not get far:\n" + log.read_text()[-3000:])
-    assert done["a"] < PER_MODEL, "too late to kill mid-stream"
+    rest = threading.Thread(target=produce_all, args=(bs, prefix, cut, PER_MODEL))
+    rest.start()
+    time.sleep(0.3)  # mid-stream: the rest arriving as the worker dies
     first.send_signal(signal.SIGKILL)
     first.wait(10)
+    rest.join(60)
+    assert done["a"] < PER_MODEL
     actions_before = read_all(bs, f"{prefix}.actions")
     assert actions_before, "the drift should have been acted on before the kill"
 

@@ -76,6 +76,9 @@ def test_r7_a_restarted_empty_broker_is_reported_then_the_worker_resumes(own_bro
                                                                        spawn_worker):
     bs = own_broker.bootstrap_servers
     proc, port, log, _ = first_part(own_broker, spawn_worker, "r7")
+    # merged before the broker goes: partials in flight would go with its data
+    wait_for("the first part merged", lambda: sum(
+        m["records"] for m in get_json(port, "/models") or []) == 2000, 60)
     own_broker.stop()
     stopped = time.monotonic()
     wait_for("unhealthy", lambda: health(port) == 503, 120)
@@ -107,7 +110,12 @@ def test_r8_actions_due_while_the_broker_refuses_writes_for_two_minutes_are_deli
     """R8: the broker unreachable for writes for 2 minutes (a relay freezes every connection
     that produces) while the worker keeps consuming and its drift calls for actions; after it
     returns every action is delivered exactly once — librdkafka retries what it holds and the
-    outbox does not queue a second copy of what is still in flight."""
+    outbox does not queue a second copy of what is still in flight.
+
+    With two stages a decision needs the partials on the broker: the drifted records' partials
+    are written before the hold, and a second partition that is behind in event time keeps
+    the merge stage from closing their slices until it falls silent (source_idle_seconds),
+    during the hold — so the actions fall due while writes are refused."""
     from confluent_kafka import Producer
     from faultkit import ProduceHold
 
@@ -120,18 +128,29 @@ def test_r8_actions_due_while_the_broker_refuses_writes_for_two_minutes_are_deli
         try:
             bs = f"127.0.0.1:{relay_port}"
             env = worker_env("r8", DRIFTWARDEN_OUTBOX_SECONDS="5",
-                             DRIFTWARDEN_KAFKA__STALL_SECONDS="20")
+                             DRIFTWARDEN_KAFKA__STALL_SECONDS="20",
+                             DRIFTWARDEN_DETECTION__IDLE_CLOSE_SECONDS="0",
+                             DRIFTWARDEN_DETECTION__SOURCE_IDLE_SECONDS="20")
             proc, port, log = spawn_worker(bs, env, warmup=2000)
             p = Producer({"bootstrap.servers": bs, "client.id": "fault-test", "linger.ms": 20})
+
+            def behind(j0, j1):  # partition 1: a few records, its event time far behind
+                produce(p, "r8.predictions", (record("m", 100_000 + j, NOW - 900 + j / 1000)
+                                              for j in range(j0, j1)), partition=1)
+
+            behind(0, 10)
             produce(p, "r8.predictions", (record("m", i, NOW - 900 + i / 200)
                                           for i in range(4000)), partition=0)
-            wait_for("the calm part", lambda: sum(fates(port).values()) >= 4000, 60)
+            wait_for("the calm part", lambda: sum(fates(port).values()) >= 4010, 60)
             wait_for("a checkpoint", lambda: (get_json(port, "/health") or {}).get(
                 "checkpoints"), 30)
-            relay.hold()
-            held_at = time.monotonic()
+            behind(10, 20)  # still there: the merge stage waits for it
             produce(p, "r8.predictions", (record("m", i, NOW - 900 + i / 200, 1.5)
                                           for i in range(4000, 9000)), partition=0)
+            wait_for("the drifted part", lambda: sum(fates(port).values()) >= 9020, 60)
+            time.sleep(1)  # its partials on the broker
+            relay.hold()
+            held_at = time.monotonic()
             db = f"sqlite:///{tmp_path / f'dw-{port}' / 'driftwarden.db'}"
 
             def pending_actions():
