@@ -60,8 +60,9 @@ def get_json(port, path, timeout=5.0):
         return None
 
 
-def wait_for(what, check, timeout):
-    """``check()``'s first truthy answer, polled every half second; fails after ``timeout``."""
+def wait_for(what, check, timeout, show=None):
+    """``check()``'s first truthy answer, polled every half second; fails after ``timeout``
+    (saying what ``show()`` says then, if given)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -70,7 +71,8 @@ def wait_for(what, check, timeout):
         if got:
             return got
         time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    seen = "" if show is None else f"; at the end: {show()}"
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
 
 
 class Service:

@@ -54,7 +54,7 @@ def test_devices_and_stream_merge_into_one_window_and_an_absent_device_is_waited
     base = fit_baseline_file(str(ref), settings.detection)  # what the worker fits too
     with EmbeddedBroker() as broker:
         ensure_topics(settings, bootstrap_servers=broker.bootstrap_servers)
-        _, port, log = spawn_worker(broker.bootstrap_servers, env)
+        proc, port, log = spawn_worker(broker.bootstrap_servers, env)
         live = KafkaSender(broker.bootstrap_servers)
         offline = KafkaSender(f"127.0.0.1:{free_port()}", timeout=0.5)  # nothing listens
         devices = {name: EdgeClient(base, model="edge", version="1", device=name,
@@ -99,11 +99,14 @@ def test_devices_and_stream_merge_into_one_window_and_an_absent_device_is_waited
         devices["c"].send = live  # back online: the buffer goes out, oldest first
         assert devices["c"].flush() >= SLICES - 10 and devices["c"].buffered == 0
         done = wait_for("every record of every source merged", lambda: (
-            (s := get_json(port, "/models")) and s[0]["records"] == total and s), timeout=60)
+            (s := get_json(port, "/models")) and s[0]["records"] == total and s), timeout=120,
+            show=lambda: get_json(port, "/models"))
         m = metrics(port)
         mv = (("kind", "data"), ("model", "edge"), ("version", "1"))
         assert m[("driftwarden_partials_total", (("fate", "late"), *mv))] == 0
         assert m[("driftwarden_partials_total", (("fate", "duplicate"), *mv))] == 0
         assert done[0]["late"] == 0
         assert not any(v["drift"] for v in get_json(port, "/verdicts") or [])
+        proc.terminate()  # while its broker is there: stopping flushes what it holds
+        proc.wait(30)
         assert "Traceback" not in log.read_text()

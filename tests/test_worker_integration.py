@@ -14,12 +14,21 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftwarden.config import Topics
+
 SHIFT_AT = 12  # seconds of event time; one record every 2 ms
+PREFIX = "wi"  # topics and group of this test's own: the session broker keeps other tests'
+
+
+def topic(name):
+    return f"{PREFIX}.{name}"
 
 
 @pytest.fixture
 def worker(broker, spawn_worker):
-    env = {"DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
+    env = {f"DRIFTWARDEN_TOPICS__{t.upper()}": topic(t) for t in Topics.__struct_fields__}
+    env |= {"DRIFTWARDEN_KAFKA__GROUP_ID": f"{PREFIX}-workers",
+           "DRIFTWARDEN_DETECTION__SLICES": "3", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
            "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0.2",
            "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50",
            "DRIFTWARDEN_KAFKA__MAX_MESSAGE_BYTES": "100000"}
@@ -57,44 +66,44 @@ def test_drift_events_actions_dlq_and_labels(worker):
             rec = {"model": "fraud", "version": "1", "id": f"{t}-{i}", "ts": 1000 + t + i / 500,
                    "features": {"amount": float(rng.normal(1.0 if t >= SHIFT_AT else 0.0, 1))},
                    "prediction": float(rng.random())}
-            p.produce("driftwarden.predictions", key=b"fraud", value=orjson.dumps(rec))
+            p.produce(topic("predictions"), key=b"fraud", value=orjson.dumps(rec))
             n += 1
         if t == 4:
             for body in bad:
-                p.produce("driftwarden.predictions", key=b"fraud", value=body)
+                p.produce(topic("predictions"), key=b"fraud", value=body)
         p.poll(0)
     big = b'{"model": "fraud", "features": {"x": "' + b"a" * 200_000 + b'"}}'
-    p.produce("driftwarden.predictions", key=b"fraud", value=big)
+    p.produce(topic("predictions"), key=b"fraud", value=big)
     # labels for the last second: the model's scores are random, so ~half are errors
     for i in range(500):
-        p.produce("driftwarden.labels", key=b"fraud",
+        p.produce(topic("labels"), key=b"fraud",
                   value=orjson.dumps({"model": "fraud", "id": f"19-{i}", "label": 1}))
-    p.produce("driftwarden.labels", key=b"fraud",
+    p.produce(topic("labels"), key=b"fraud",
               value=b'{"model":"fraud","id":"zz","label":1,"ts":900}')  # grace long passed
     assert p.flush(30) == 0
 
     got = consume(broker.bootstrap_servers,
-                  ["driftwarden.drift", "driftwarden.actions", "driftwarden.dlq",
-                   "driftwarden.late"],
-                  lambda g: sum(t == "driftwarden.dlq" for t, _, _ in g) >= len(bad) + 1
-                  and any(t == "driftwarden.actions" for t, _, _ in g)
-                  and any(t == "driftwarden.late" for t, _, _ in g))
-    dlq = {v: h for t, v, h in got if t == "driftwarden.dlq"}
+                  [topic("drift"), topic("actions"), topic("dlq"),
+                   topic("late")],
+                  lambda g: sum(t == topic("dlq") for t, _, _ in g) >= len(bad) + 1
+                  and any(t == topic("actions") for t, _, _ in g)
+                  and any(t == topic("late") for t, _, _ in g))
+    dlq = {v: h for t, v, h in got if t == topic("dlq")}
     for body, reason in bad.items():
         assert dlq[body]["dw.reason"] == reason
-        assert dlq[body]["dw.source.topic"] == b"driftwarden.predictions"
+        assert dlq[body]["dw.source.topic"] == topic("predictions").encode()
     assert dlq[big]["dw.reason"] == b"oversized"
-    drift = [json.loads(v) for t, v, _ in got if t == "driftwarden.drift"]
+    drift = [json.loads(v) for t, v, _ in got if t == topic("drift")]
     onset = next(e for e in drift if e["state"] == "onset" and e["kind"] == "data")
     assert onset["features"] == ["amount"] and 1000 + SHIFT_AT <= onset["ts"] <= 1000 + 15
-    actions = [json.loads(v) for t, v, _ in got if t == "driftwarden.actions"]
+    actions = [json.loads(v) for t, v, _ in got if t == topic("actions")]
     assert actions[0]["incident_id"] == onset["incident_id"]
     # the public contracts: every event as the typed structs and the committed JSON Schemas
     from test_events import check_events
 
-    check_events([v for t, v, _ in got if t == "driftwarden.drift"],
-                 [v for t, v, _ in got if t == "driftwarden.actions"])
-    assert [json.loads(v)["id"] for t, v, _ in got if t == "driftwarden.late"] == ["zz"]
+    check_events([v for t, v, _ in got if t == topic("drift")],
+                 [v for t, v, _ in got if t == topic("actions")])
+    assert [json.loads(v)["id"] for t, v, _ in got if t == topic("late")] == ["zz"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/verdicts", timeout=5) as r:
         verdicts = json.loads(r.read())
     assert any(v["kind"] == "data" and v["drift"] for v in verdicts)

@@ -86,12 +86,18 @@ class ModelStage:
         drift events of the slices it let close."""
         if p.kind == "outcomes":
             return self._outcome_slices(self.outcomes.add(p, now))
-        before = self.data.counts.duplicates
+        before, late_before = self.data.counts.duplicates, self.data.counts.late_rows
         closed = self.data.add(p, now)
         if p.late and self.data.counts.duplicates == before:  # records late at their source
-            self.monitor.n_records += p.late
-            self.monitor.n_late += p.late
+            self._count_late(p.late)
+        self._count_late(self.data.counts.late_rows - late_before)  # its slice had closed
         return self._data_slices(closed)
+
+    def _count_late(self, rows: int) -> None:
+        """Records that reached no window (late at their source, or their partial came after
+        its slice closed) still count, once, as records and as late ones."""
+        self.monitor.n_records += rows
+        self.monitor.n_late += rows
 
     def close(self, now: float) -> list[dict[str, Any]]:
         """Close what the clocks allow at ``now`` (a watermark or idleness moved them)."""
@@ -110,6 +116,7 @@ class ModelStage:
                     sid <= m.window.last_closed):  # drained meanwhile: late, counted
                 self.data.counts.late += len(parts)
                 self.data.counts.late_rows += sum(p.rows for p in parts)
+                self._count_late(sum(p.rows for p in parts))
                 continue
             if m.baseline is None and self.known is not None:
                 self._adopt(parts)

@@ -188,6 +188,8 @@ def test_r8_actions_due_while_the_broker_refuses_writes_for_two_minutes_are_deli
                                                                          "r8.actions")]
             assert sorted(sent) == sorted(a["event_id"] for a in recorded)  # once each
             assert proc.poll() is None
+            proc.terminate()  # while its broker is there: stopping flushes what it holds
+            proc.wait(30)
         finally:
             relay.release()
             relay.close()

@@ -91,7 +91,10 @@ def test_r12_ten_percent_hostile_messages_among_a_hundred_thousand(broker, spawn
     assert f == {"used": clean + goods, "dead_lettered": n_hostile}, f
     # keyless records spread over both partitions: one monitor per model merges them
     wait_for("every record merged", lambda: sum(
-        m["records"] for m in get_json(port, "/models") or []) == clean + goods, 60)
+        m["records"] for m in get_json(port, "/models") or []) == clean + goods, 60,
+        show=lambda: (clean + goods, [(m["model"], m["records"], m["late"])
+                                      for m in get_json(port, "/models") or []],
+                      {k: v for k, v in scrape(port).items() if "partial" in k[0] and v}))
     # the dead letters are produced as the messages are handled; their delivery (and the
     # broker's end offsets) may trail the fate counter by a moment
     wait_for("every dead letter on the topic", lambda: len(read_topic(bs, "r12.dlq", 10)) >=
