@@ -194,3 +194,69 @@ def test_a_baseline_fitted_by_stage_two_reaches_stage_one_with_the_same_bins():
     assert monitor.ready and len(published) == 1
     body = msgspec.msgpack.decode(published[0].value)
     assert fingerprint(Baseline.from_state(body["baseline"])) == fingerprint(monitor.baseline)
+
+
+def _partials(baseline, source, t0, t1, seed, time=None):
+    """The partials of one source for slices t0 … t1 - 1 (100 rows a slice), closed."""
+    rng = np.random.default_rng(seed)
+    b = PartialBuilder(baseline, model="m", version="1", source=source, slice_seconds=1.0,
+                       time=time or EventTime(0.0))
+    ts = np.arange(t0 * 100, t1 * 100) / 100.0
+    on_time = b.time.admit(ts) if time is None else np.ones(len(ts), bool)
+    n = int(on_time.sum())
+    b.add({"x": rng.normal(0, 1, n), "c": rng.choice(["DE", "FR"], n).astype(object),
+           "__prediction__": rng.uniform(0, 1, n)}, ts[on_time])
+    return b.publish() + b.flush()
+
+
+def test_a_silent_source_stops_holding_and_its_late_partial_counts_once():
+    """Slices wait for an expected source until it is silent for idle_seconds (the stage is
+    closed at the wall clock, nothing arriving); its partial for a slice closed meanwhile is
+    late: counted in the model's records and late ones, merged nowhere."""
+    d = Detection(warmup=300, slices=3, slice_seconds=1.0, allowed_lateness=0.0,
+                  calibration_sims=30)
+    clocks = SourceClock(5.0), SourceClock(5.0)
+    for name in ("p/0", "p/1"):
+        clocks[0].expect(name, now=0.0)
+    stage = ModelStage(ModelMonitor("m", "1", d), *clocks)
+    for p in _partials(None, "p/0", 0, 10, 1):
+        stage.add(p, now=1.0)
+    clocks[0].see("p/0", 1.0, 10.0, idle=True)
+    assert stage.close(now=2.0) == [] and stage.monitor.n_records == 0  # p/1 waited for
+    stage.close(now=6.0)  # p/1 silent for 5 s: the ten slices close
+    assert stage.monitor.n_records == 1000 and stage.monitor.ready
+    late = _partials(None, "p/1", 3, 4, 2)
+    for p in late:
+        stage.add(p, now=7.0)
+    assert stage.data.counts.late == len(late)
+    assert (stage.monitor.n_records, stage.monitor.n_late) == (1100, 100)
+
+
+def test_a_stage_that_lost_its_state_adopts_the_published_baseline():
+    """Stage 1 bins with the baseline stage 2 published; a stage 2 that starts afresh (its
+    state lost with a broker's data) takes that baseline instead of waiting for warm-up
+    records that binned partials do not carry."""
+    d = Detection(warmup=300, slices=3, slice_seconds=1.0, allowed_lateness=0.0,
+                  calibration_sims=30)
+    first = ModelStage(ModelMonitor("m", "1", d), SourceClock(60.0), SourceClock(60.0))
+    first.data.clock.expect("p/0", 0.0)
+    for p in _partials(None, "p/0", 0, 5, 1):
+        first.add(p, now=0.0)
+    first.data.clock.see("p/0", 0.0, 5.0)
+    first.close(now=0.0)
+    base = first.monitor.baseline
+    assert base is not None
+    binned = _partials(base, "p/0", 5, 10, 2)
+    assert all(p.summary is not None for p in binned)
+    for known in (None, lambda m, v: base):
+        again = ModelStage(ModelMonitor("m", "1", d), SourceClock(60.0), SourceClock(60.0))
+        again.known = known
+        again.data.clock.expect("p/0", 0.0)
+        for p in binned:
+            again.add(p, now=0.0)
+        again.data.clock.see("p/0", 0.0, 10.0)
+        again.close(now=0.0)
+        if known is None:  # waits for records that never come
+            assert not again.monitor.ready and again.monitor.n_records == 0
+        else:
+            assert again.monitor.baseline is base and again.monitor.n_records == 500
