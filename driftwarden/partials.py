@@ -173,6 +173,13 @@ class EventTime:
         """Which rows (event times ``ts``, in the source's order) are on time; the others are
         counted late."""
         t = np.asarray(ts, dtype=np.float64)
+        if len(t) == 1:  # a single-record message (the common case): no array work
+            x = float(t[0])
+            if math.isfinite(x) and not x < self.max_ts - self.allowed_lateness:
+                self.max_ts = max(self.max_ts, x)
+                return np.ones(1, dtype=bool)
+            self.late_rows += 1
+            return np.zeros(1, dtype=bool)
         if not len(t):
             return np.ones(0, dtype=bool)
         late = late_rows(t, self.max_ts, self.allowed_lateness, None, 1.0)

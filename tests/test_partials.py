@@ -15,6 +15,7 @@ from driftwarden.detectors.baseline import Baseline
 from driftwarden.errors import ValidationError
 from driftwarden.partials import (
     FORMAT_VERSION,
+    EventTime,
     Partial,
     PartialBuilder,
     SliceMerger,
@@ -163,3 +164,23 @@ def test_the_format_round_trips_and_refuses_what_it_does_not_know():
     with pytest.raises(ValidationError, match="not supported"):
         decode(encode(future))
     assert isinstance(p, Partial) and p.seq == 0 and b.seq > 1
+
+
+@given(st.lists(st.one_of(st.floats(-1e3, 1e3), st.sampled_from([math.nan, math.inf, -math.inf])),
+                max_size=60),
+       st.floats(0, 50), st.lists(st.integers(1, 7), min_size=1, max_size=10))
+def test_event_time_judges_rows_one_at_a_time_whatever_the_calls(ts, lateness, cuts):
+    """A row is late when it is not finite or older than the newest event time before it
+    minus the lateness — computed here row by row — however the rows are cut into calls
+    (single rows take a path of their own)."""
+    newest, want = -math.inf, []
+    for x in ts:
+        want.append(not math.isfinite(x) or x < newest - lateness)
+        if math.isfinite(x):
+            newest = max(newest, x)
+    t, got, i, k = EventTime(lateness), [], 0, 0
+    while i < len(ts):
+        n = cuts[k % len(cuts)]
+        got += (~t.admit(np.array(ts[i:i + n]))).tolist()
+        i, k = i + n, k + 1
+    assert got == want and t.late_rows == sum(want)
