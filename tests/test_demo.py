@@ -11,8 +11,11 @@ import sys
 
 
 def _tansu_processes() -> set[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if "tansu" in line and "broker" in line}
+    """Orphaned embedded brokers (what a demo that did not stop its broker leaves behind:
+    reparented to init) — not the brokers other tests running meanwhile hold as children."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines()
+            if "tansu" in line and "broker" in line and line.split()[1] == "1"}
 
 
 @contextlib.contextmanager

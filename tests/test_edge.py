@@ -55,58 +55,60 @@ def test_devices_and_stream_merge_into_one_window_and_an_absent_device_is_waited
     with EmbeddedBroker() as broker:
         ensure_topics(settings, bootstrap_servers=broker.bootstrap_servers)
         proc, port, log = spawn_worker(broker.bootstrap_servers, env)
-        live = KafkaSender(broker.bootstrap_servers)
-        offline = KafkaSender(f"127.0.0.1:{free_port()}", timeout=0.5)  # nothing listens
-        devices = {name: EdgeClient(base, model="edge", version="1", device=name,
-                                    slice_seconds=1.0, allowed_lateness=0.5,
-                                    buffer_dir=tmp_path / name, send=live,
-                                    n_partitions=settings.kafka.partitions)
-                   for name in ("a", "b", "c")}
-        for t in range(SLICES):
-            for name, dev in devices.items():
-                if name == "c":
-                    dev.send = offline if t >= 10 else live  # away from slice 10 on
+        try:
+            live = KafkaSender(broker.bootstrap_servers)
+            offline = KafkaSender(f"127.0.0.1:{free_port()}", timeout=0.5)  # nothing listens
+            devices = {name: EdgeClient(base, model="edge", version="1", device=name,
+                                        slice_seconds=1.0, allowed_lateness=0.5,
+                                        buffer_dir=tmp_path / name, send=live,
+                                        n_partitions=settings.kafka.partitions)
+                       for name in ("a", "b", "c")}
+            for t in range(SLICES):
+                for name, dev in devices.items():
+                    if name == "c":
+                        dev.send = offline if t >= 10 else live  # away from slice 10 on
+                    cols = rows(rng, PER)
+                    dev.add({"amount": cols["amount"], "country": cols["country"].astype(object)},
+                            T0 + t + np.arange(PER) / PER)
+            for dev in devices.values():
+                dev.close()
+            assert devices["c"].buffered >= SLICES - 10 and devices["a"].buffered == 0
+            # the stream's records of the same model and time, from a producer without keys
+            p = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 20})
+            for t in range(SLICES):
                 cols = rows(rng, PER)
-                dev.add({"amount": cols["amount"], "country": cols["country"].astype(object)},
-                        T0 + t + np.arange(PER) / PER)
-        for dev in devices.values():
-            dev.close()
-        assert devices["c"].buffered >= SLICES - 10 and devices["a"].buffered == 0
-        # the stream's records of the same model and time, from a producer without keys
-        p = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 20})
-        for t in range(SLICES):
-            cols = rows(rng, PER)
-            for i in range(PER):
-                p.produce("driftwarden.predictions", value=orjson.dumps(
-                    {"model": "edge", "version": "1", "ts": T0 + t + i / PER,
-                     "features": {"amount": float(cols["amount"][i]),
-                                  "country": str(cols["country"][i])}}))
-            p.poll(0)
-        assert p.flush(30) == 0
-        total = 4 * SLICES * PER
+                for i in range(PER):
+                    p.produce("driftwarden.predictions", value=orjson.dumps(
+                        {"model": "edge", "version": "1", "ts": T0 + t + i / PER,
+                         "features": {"amount": float(cols["amount"][i]),
+                                      "country": str(cols["country"][i])}}))
+                p.poll(0)
+            assert p.flush(30) == 0
+            total = 4 * SLICES * PER
 
-        # the stream and devices a, b are in; c is behind: its slices hold the window back
-        def held():
+            # the stream and devices a, b are in; c is behind: its slices hold the window back
+            def held():
+                m = metrics(port)
+                lag = m.get(("driftwarden_source_lag_seconds", (("kind", "data"),)), 0.0)
+                return m if lag >= SLICES - 11 else None
+
+            m = wait_for("device c to show as a lagging source", held, timeout=120)
+            status = get_json(port, "/models")
+            assert status and status[0]["records"] <= 4 * 10 * PER  # nothing past c's slice 10
+            assert not any(v["drift"] for v in get_json(port, "/verdicts") or [])
+
+            devices["c"].send = live  # back online: the buffer goes out, oldest first
+            assert devices["c"].flush() >= SLICES - 10 and devices["c"].buffered == 0
+            done = wait_for("every record of every source merged", lambda: (
+                (s := get_json(port, "/models")) and s[0]["records"] == total and s), timeout=120,
+                show=lambda: get_json(port, "/models"))
             m = metrics(port)
-            lag = m.get(("driftwarden_source_lag_seconds", (("kind", "data"),)), 0.0)
-            return m if lag >= SLICES - 11 else None
-
-        m = wait_for("device c to show as a lagging source", held, timeout=60)
-        status = get_json(port, "/models")
-        assert status and status[0]["records"] <= 4 * 10 * PER  # nothing past c's slice 10
-        assert not any(v["drift"] for v in get_json(port, "/verdicts") or [])
-
-        devices["c"].send = live  # back online: the buffer goes out, oldest first
-        assert devices["c"].flush() >= SLICES - 10 and devices["c"].buffered == 0
-        done = wait_for("every record of every source merged", lambda: (
-            (s := get_json(port, "/models")) and s[0]["records"] == total and s), timeout=120,
-            show=lambda: get_json(port, "/models"))
-        m = metrics(port)
-        mv = (("kind", "data"), ("model", "edge"), ("version", "1"))
-        assert m[("driftwarden_partials_total", (("fate", "late"), *mv))] == 0
-        assert m[("driftwarden_partials_total", (("fate", "duplicate"), *mv))] == 0
-        assert done[0]["late"] == 0
-        assert not any(v["drift"] for v in get_json(port, "/verdicts") or [])
-        proc.terminate()  # while its broker is there: stopping flushes what it holds
-        proc.wait(30)
+            mv = (("kind", "data"), ("model", "edge"), ("version", "1"))
+            assert m[("driftwarden_partials_total", (("fate", "late"), *mv))] == 0
+            assert m[("driftwarden_partials_total", (("fate", "duplicate"), *mv))] == 0
+            assert done[0]["late"] == 0
+            assert not any(v["drift"] for v in get_json(port, "/verdicts") or [])
+        finally:  # while its broker is there: stopping flushes what it holds
+            proc.terminate()
+            proc.wait(30)
         assert "Traceback" not in log.read_text()

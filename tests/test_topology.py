@@ -102,20 +102,26 @@ def run(spawn_worker, tmp_path, partitions: int, workers: int, keyed: bool):
         seen: list = []
 
         def counts():
-            status = [m for port in ports for m in get_json(port, "/models") or []]
-            out = {m["model"]: (m["records"], m["outcomes"], m["late"]) for m in status}
-            seen[:] = [out]
+            status = [(port, m) for port in ports for m in get_json(port, "/models") or []]
+            out = {m["model"]: (m["records"], m["outcomes"], m["late"]) for _, m in status}
+            # which worker shows which model: one place decides per model
+            seen[:] = [out, [(port, m["model"], m["records"]) for port, m in status]]
             return out if len(status) == 2 and all(
                 v[:2] == (SLICES * PER, SLICES * PER) for v in out.values()) else None
 
-        deadline = time.monotonic() + 150
-        while not (final := counts()):
-            assert time.monotonic() < deadline, (seen, [_late(port) for port in ports])
-            time.sleep(0.5)
-        got = _read_all(broker.bootstrap_servers, ["driftwarden.drift", "driftwarden.actions"])
-        for proc, _, log in procs:
-            proc.terminate()
-            proc.wait(30)
+        try:
+            deadline = time.monotonic() + 150
+            while not (final := counts()):
+                assert time.monotonic() < deadline, (seen, [_late(port) for port in ports])
+                time.sleep(0.5)
+            got = _read_all(broker.bootstrap_servers,
+                            ["driftwarden.drift", "driftwarden.actions"])
+        finally:  # while their broker is there: stopping flushes what they hold
+            for proc, _, _ in procs:
+                proc.terminate()
+            for proc, _, _ in procs:
+                proc.wait(30)
+        for _, _, log in procs:
             assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     events = {(e["event_id"], e["model"], e["kind"], e["state"], tuple(e["features"]))
               for t, e in got if t == "driftwarden.drift"}
