@@ -299,8 +299,13 @@ def _merge_samples(fam: dict[str, Any], merge: Any, sources: dict[str, dict[str,
                 fam["partials_total"].add_metric([model, version, kind, label],
                                                  getattr(c, attr))
             fam["late_partial_rows_total"].add_metric([model, version, kind], c.late_rows)
-    for kind, clock in zip(("data", "outcomes"), merge.clocks):
-        lag = clock.lag(now)
+    for i, (kind, clock) in enumerate(zip(("data", "outcomes"), merge.clocks)):
+        # a device sends partials, not watermarks: its event time is what they vouched for
+        local: dict[str, float] = {}
+        for stage in list(merge.stages.values()):
+            for name, mark in (stage.outcomes if i else stage.data).local.items():
+                local[name] = max(local.get(name, -math.inf), mark)
+        lag = clock.lag(now, local)
         seen = sources.setdefault(kind, {})
         for name in list(clock.sources):
             state, behind = clock.state(name, now), lag.get(name, 0.0)

@@ -633,15 +633,17 @@ class SourceClock:
             return "idle"
         return "silent" if now - src.last_seen >= self.idle_seconds else "active"
 
-    def lag(self, now: float) -> dict[str, float]:
-        """Per source: how far its watermark is behind the most advanced one (seconds of
-        event time) — a device catching up shows here, not as drift."""
-        marks = [s.watermark for s in self.sources.values() if math.isfinite(s.watermark)]
+    def lag(self, now: float, local: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Per source: how far its watermark (or, if larger, what its partials vouched for:
+        ``local``) is behind the most advanced one (seconds of event time) — a device
+        catching up shows here, not as drift."""
+        local = local or {}
+        own = {k: max(s.watermark, local.get(k, -math.inf)) for k, s in self.sources.items()}
+        marks = [m for m in own.values() if math.isfinite(m)]
         if not marks:
             return {}
         top = max(marks)
-        return {name: (top - s.watermark if math.isfinite(s.watermark) else math.inf)
-                for name, s in self.sources.items()}
+        return {name: (top - m if math.isfinite(m) else math.inf) for name, m in own.items()}
 
     def to_state(self) -> dict[str, Any]:
         return {"idle_seconds": self.idle_seconds, "sources": {

@@ -46,8 +46,11 @@ def test_devices_and_stream_merge_into_one_window_and_an_absent_device_is_waited
     env = {"DRIFTWARDEN_DETECTION__SLICES": "4", "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1",
            "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0.5",
            "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "60",
-           "DRIFTWARDEN_DETECTION__IDLE_CLOSE_SECONDS": "2",
-           "DRIFTWARDEN_DETECTION__SOURCE_IDLE_SECONDS": "90",
+           # the stream partitions hold the merge until their records come (they follow the
+           # devices), then go idle
+           "DRIFTWARDEN_DETECTION__IDLE_CLOSE_SECONDS": "20",
+           # longer than device c is away, however slow the machine: it is waited for
+           "DRIFTWARDEN_DETECTION__SOURCE_IDLE_SECONDS": "600",
            "DRIFTWARDEN_KAFKA__STALL_SECONDS": "8",
            "DRIFTWARDEN_MODELS__EDGE__BASELINE": str(ref)}
     settings = load_settings(env=env)
