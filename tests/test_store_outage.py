@@ -66,9 +66,11 @@ def api(port, path, token="reader-1", body=None):
 
 
 def published(bootstrap, want_models):
+    # both topics: they are read in no particular order, so an action may come first
     got = consume(bootstrap, [f"{PREFIX}.drift", f"{PREFIX}.actions"],
-                  lambda g: {orjson.loads(v)["model"] for t, v, _ in g
-                             if t == f"{PREFIX}.actions"} >= want_models, timeout=90)
+                  lambda g: all({orjson.loads(v)["model"] for t, v, _ in g
+                                 if t == f"{PREFIX}.{topic}"} >= want_models
+                                for topic in ("drift", "actions")), timeout=90)
     drift = [orjson.loads(v) for t, v, _ in got if t == f"{PREFIX}.drift"]
     actions = [orjson.loads(v) for t, v, _ in got if t == f"{PREFIX}.actions"]
     return drift, actions
