@@ -157,9 +157,10 @@ class ModelStage:
         rather than wait for records that will not come."""
         marks = {p.baseline for p in parts if p.summary is not None}
         base = self.known(*self.key) if marks and self.known is not None else None
-        if base is not None and fingerprint(base) in marks:
+        mark = None if base is None else fingerprint(base)
+        if base is not None and mark in marks:
             self.monitor.adopt(base)
-            self.data.fingerprint = fingerprint(base)
+            self.data.fingerprint = mark
 
     def _outcome_slices(self, slices: list[tuple[int, list[Partial]]]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
