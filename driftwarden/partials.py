@@ -616,14 +616,19 @@ class SourceClock:
         """The event time every active source has passed, each at the larger of its watermark
         and ``local`` (what its partials of one model vouched for): +inf when no source is
         active and one has spoken; -inf while an expected source has not spoken."""
-        local = local or {}
-        marks = {k: max(s.watermark, local.get(k, -math.inf)) for k, s in self.sources.items()}
+        marks = self._marks(local)
         active = [marks[k] for k in self.sources if self.state(k, now) == "active"]
         if active:
             return min(active)
         if any(math.isfinite(m) for m in marks.values()):
             return math.inf  # every source idle: all they sent is in
         return -math.inf
+
+    def _marks(self, local: Mapping[str, float] | None) -> dict[str, float]:
+        """Each source's event time: its watermark or, if larger, what its partials vouched
+        for (``local``: a device sends partials, not watermarks)."""
+        local = local or {}
+        return {k: max(s.watermark, local.get(k, -math.inf)) for k, s in self.sources.items()}
 
     def state(self, source: str, now: float) -> str:
         """``active`` (waited for), ``idle`` (said so) or ``silent`` (nothing for
@@ -637,8 +642,7 @@ class SourceClock:
         """Per source: how far its watermark (or, if larger, what its partials vouched for:
         ``local``) is behind the most advanced one (seconds of event time) — a device
         catching up shows here, not as drift."""
-        local = local or {}
-        own = {k: max(s.watermark, local.get(k, -math.inf)) for k, s in self.sources.items()}
+        own = self._marks(local)
         marks = [m for m in own.values() if math.isfinite(m)]
         if not marks:
             return {}
