@@ -14,6 +14,12 @@ so an orchestrator restarts it.
 [('p', 0)]
 >>> w.observe({("p", 0): 49}, {("p", 0): 50}, now=32.0)   # caught up
 []
+>>> w.observe({("p", 0): 49}, {("p", 0): 50}, now=95.0)   # quiet for a minute
+[]
+>>> w.observe({("p", 0): 49}, {("p", 0): 60}, now=100.0)  # then a burst: not stalled
+[]
+>>> w.observe({("p", 0): 49}, {("p", 0): 60}, now=131.0)  # not taken for 31 s
+[('p', 0)]
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ class StallWatchdog:
         for tp, end in ends.items():
             offset = handled.get(tp, -1)
             last = self._seen.get(tp)
-            if last is None or offset != last[0]:
+            # the clock runs from the last move or the last time nothing was waiting: a
+            # partition quiet for an hour that gets a message is not stalled at once
+            if last is None or offset != last[0] or end - 1 <= offset:
                 self._seen[tp] = (offset, now)
                 continue
             if end - 1 > offset and now - last[1] >= self.stall_seconds:
