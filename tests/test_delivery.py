@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from driftwarden.config import load_settings
 from driftwarden.stream.delivery import Delivery
-from driftwarden.stream.service import StreamService
+from driftwarden.stream.service import RawMessage, StreamService
 from driftwarden.stream.shards import Shards
 
 
@@ -142,6 +142,48 @@ def test_a_revoked_partitions_buffered_messages_are_left_to_its_next_owner():
             assert d.held == {}
         finally:
             CONSUMER.assigned = {TP("p", 0), TP("p", 1)}
+
+    asyncio.run(run())
+
+
+class SlowStore(Store):
+    """A checkpoint read that takes until the test lets it finish (a big state, a slow
+    broker): the restore runs off the event loop meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        import threading
+
+        self.reading, self.go = threading.Event(), threading.Event()
+
+    def read(self, partition):
+        self.reading.set()
+        assert self.go.wait(10)
+        return None
+
+
+def test_a_restore_overtaken_by_the_partitions_revocation_is_not_kept():
+    """Restores run off the loop: a partition revoked while its restore runs must not get a
+    shard here once the restore ends (its next owner has one: two shards of one partition
+    would be two places deciding for its models — seen in the three-worker topology test)."""
+    async def run():
+        d, _ = setup()
+        d.shards.store = store = SlowStore()
+        d.shards.assign({0, 1})
+        restoring = asyncio.ensure_future(d.restore(0))
+        await asyncio.to_thread(store.reading.wait, 10)
+        d.shards.drop({0})  # the group took it away meanwhile
+        store.go.set()
+        await restoring
+        assert 0 not in d.shards.services and d.shards.discarded == 1
+        # a message of it taken before the revocation is left to the next owner
+        assert d.shards.handle("predictions", [RawMessage(b"{}", [], "p", 0, 0, 1.0)]) == []
+        assert 0 not in d.shards.services
+        d.shards.assign({0})  # given back later: restored as usual
+        await d.restore(0)
+        assert 0 in d.shards.services and 1 not in d.shards.services
+        await d.restore(1)
+        assert sorted(d.shards.services) == [0, 1]
 
     asyncio.run(run())
 

@@ -487,8 +487,9 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         to read still shows its models, verdicts and metrics."""
         if time.monotonic() < shards.forget_until:  # the broker lost its log a moment ago
             _forget_faust_offsets(assigned)
-        for p in sorted({tp.partition for tp in assigned if tp.topic in sources}
-                        - set(shards.services)):
+        mine = {tp.partition for tp in assigned if tp.topic in sources}
+        shards.assign(mine)
+        for p in sorted(mine - set(shards.services)):
             try:
                 await delivery.restore(p)
             except Exception:  # noqa: BLE001 - the first message of it tries again

@@ -48,6 +48,16 @@ class Shards:
         self.failed_checkpoints = 0
         self.forget_until = 0.0  # see forget_offsets
         self.baselines: dict[tuple[str, str], Any] = {}  # fitted by stage 2 (BaselineFeed)
+        # the partitions assigned to this worker (None: every one — in process); see ensure
+        self.owned: set[int] | None = None
+        self.drops: dict[int, int] = {}  # partition -> times dropped (a restore racing a drop)
+        self.discarded = 0  # shards restored for a partition revoked meanwhile, thrown away
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """The group gave this worker ``partitions``: their shards may be made from now on."""
+        if self.owned is None:
+            self.owned = set()
+        self.owned.update(partitions)
 
     def set_silenced(self, models: frozenset[str]) -> None:
         """Models whose actions are not emitted (silenced through the admin API)."""
@@ -61,10 +71,17 @@ class Shards:
         for svc in self.services.values():
             svc.set_baseline(model, version, baseline)
 
-    def ensure(self, partition: int) -> StreamService:
-        """The shard of ``partition``, restored from its checkpoint when it is new here."""
+    def ensure(self, partition: int) -> StreamService | None:
+        """The shard of ``partition``, restored from its checkpoint when it is new here; None
+        for a partition not assigned to this worker (any more): a restore that ran while the
+        partition was revoked (it runs off the event loop) is thrown away, never installed
+        beside the next owner's — two shards of one partition would be two places deciding
+        for its models."""
         svc = self.services.get(partition)
         if svc is None:
+            if self.owned is not None and partition not in self.owned:
+                return None
+            drops = self.drops.get(partition, 0)
             svc = self.factory(partition)
             svc.silenced = self.silenced
             if self.store is not None:
@@ -84,6 +101,12 @@ class Shards:
                             svc.offsets = {}
             for (model, version), baseline in self.baselines.items():
                 svc.set_baseline(model, version, baseline)
+            if self.drops.get(partition, 0) != drops or partition in self.services or (
+                    self.owned is not None and partition not in self.owned):
+                self.discarded += 1
+                log.info("partition %d was revoked while it was restored: not kept here",
+                         partition)
+                return self.services.get(partition)
             self.services[partition] = svc
         return svc
 
@@ -96,6 +119,8 @@ class Shards:
         out: list[Output] = []
         for p, msgs in by_partition.items():
             svc = self.ensure(p)
+            if svc is None:  # revoked since they were taken: the next owner replays them
+                continue
             self.dirty.add(p)
             mark = len(out)
             try:
@@ -170,9 +195,13 @@ class Shards:
             self.dirty.add(p)
 
     def drop(self, partitions: Iterable[int]) -> None:
+        """``partitions`` were revoked: their shards go (the next owner restores them)."""
         for p in partitions:
             self.services.pop(p, None)
             self.dirty.discard(p)
+            self.drops[p] = self.drops.get(p, 0) + 1
+            if self.owned is not None:
+                self.owned.discard(p)
 
     # -- the worker's view over all shards -------------------------------------------------------
     @property
