@@ -111,6 +111,30 @@ def _batch(reference: str, current: str, types: str | None, as_json: bool, confi
         render_report(report, title)
 
 
+def _row_columns(label_help: str, no_time: str) -> Any:
+    """The options naming a table's columns, shared by the commands that read rows as
+    records (produce, publish)."""
+    options = [
+        click.option("--model", default=None,
+                     help="Model name for rows without a `model` column."),
+        click.option("--version", "model_version", default="1", show_default=True,
+                     help="Version for rows without a `version` column."),
+        click.option("--prediction-column", default="prediction", show_default=True,
+                     help="The model's output (not a feature)."),
+        click.option("--label-column", default="label", show_default=True, help=label_help),
+        click.option("--ts-column", default="ts", show_default=True,
+                     help="Event time of each row (epoch seconds or ISO 8601); rows without "
+                          f"one get {no_time}."),
+    ]
+
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="driftwarden")
 def cli() -> None:
@@ -312,20 +336,11 @@ def worker(config: str | None, bootstrap_servers: str | None, warmup: int | None
 @cli.command()
 @click.argument("file", metavar="FILE")
 @click.option("--topic", default=None, help="Topic to send to (default: the predictions topic).")
-@click.option("--model", default=None, help="Model name for rows without a `model` column.")
-@click.option("--version", "model_version", default="1", show_default=True,
-              help="Version for rows without a `version` column.")
+@_row_columns("Sent to the label topic too, when present.", "their send time")
 @click.option("--rate", type=click.FloatRange(0, None), default=0.0, show_default=True,
               help="Records per second (0: as fast as the broker takes them).")
 @click.option("--batch", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Records per message (> 1: native batch messages).")
-@click.option("--prediction-column", default="prediction", show_default=True,
-              help="The model's output (not a feature).")
-@click.option("--label-column", default="label", show_default=True,
-              help="Sent to the label topic too, when present.")
-@click.option("--ts-column", default="ts", show_default=True,
-              help="Event time of each row (epoch seconds or ISO 8601); rows without one get "
-                   "their send time.")
 @click.option("--speedup", type=click.FloatRange(0, None, min_open=True), default=None,
               help="Replay the file's own timeline (--ts-column) this many times faster.")
 @click.option("--config", metavar="FILE", help="driftwarden TOML config (broker, topics).")
@@ -385,6 +400,83 @@ def produce(file: str, topic: str | None, model: str | None, model_version: str,
     click.echo(f"sent {sent['records']} records in {sent['messages']} messages"
                + (f" and {sent['labels']} labels" if sent["labels"] else "")
                + f" to {topic or settings.topics.predictions}")
+
+
+@cli.command()
+@click.argument("file", metavar="FILE")
+@_row_columns("Ground truth, when present: outcome partials too.", "the time of the publish")
+@click.option("--name", default=None,
+              help="The batch job's name: its partials come from source batch:NAME "
+                   "(default: FILE's name without its suffix).")
+@click.option("--config", metavar="FILE",
+              help="driftwarden TOML config: the worker's (broker, topics, models, slices).")
+@click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
+def publish(file: str, model: str | None, model_version: str, name: str | None,
+            prediction_column: str, label_column: str, ts_column: str, config: str | None,
+            bootstrap_servers: str | None) -> None:
+    """Publish FILE (CSV, Parquet or JSON Lines) as partial summaries: a batch job's records
+    in the stream's windows, dashboards and incidents. Publishing the same file again is
+    recognised (its partials are duplicates). Columns as for `driftwarden produce`."""
+    import logging
+    import time
+
+    from confluent_kafka import KafkaException, Producer
+
+    from driftwarden.config import load_settings
+    from driftwarden.kafka import client_config, ensure_topics
+    from driftwarden.partials import encode
+    from driftwarden.publish import (
+        checked_rows,
+        file_messages,
+        known_baselines,
+        source_name,
+        summary_counts,
+    )
+    from driftwarden.stream.baselines import configured_models, read_published
+    from driftwarden.stream.sources import summary_partition
+    from driftwarden.tables import read_rows
+
+    settings = load_settings(config)
+    source = source_name(name if name is not None else Path(file).stem)
+    rows = read_rows(file)
+    if not rows:
+        raise InputError(f"{file}: no rows")
+    groups = checked_rows(rows, limits=settings.limits, now=time.time(), model=model,
+                          version=model_version, prediction=prediction_column,
+                          label=label_column, ts_column=ts_column)  # before anything is sent
+    del rows
+    servers = bootstrap_servers or settings.kafka.bootstrap_servers
+    producer = Producer(client_config(settings, {"enable.idempotence": True, "acks": "all",
+                                                   "linger.ms": 20}, servers),
+                        logger=logging.getLogger("driftwarden.kafka"))  # not on stderr
+    topic = settings.topics.summaries
+    try:
+        producer.list_topics(timeout=5)
+        ensure_topics(settings, 10.0, servers)
+    except KafkaException as exc:
+        raise InputError(f"cannot reach the broker at {servers}: {exc}") from None
+    find = known_baselines(configured_models(settings), read_published(settings, servers))
+    det = settings.detection
+    messages = file_messages(
+        groups, source=source, slice_seconds=det.slice_seconds, baseline=find,
+        task=lambda m: settings.models[m].task if m in settings.models else "classification",
+        reservoir_size=det.reservoir_size, seed=det.seed)
+    failed: list[Any] = []
+    for key, msg in messages:
+        producer.produce(topic, value=encode(msg, binary=True), key=key.encode(
+            "utf-8", "surrogatepass"), partition=summary_partition(key, settings.kafka.partitions),
+            on_delivery=lambda err, _m: failed.append(err) if err else None)
+        producer.poll(0)
+    left = producer.flush(60)
+    if left or failed:
+        raise InputError(f"{left or len(failed)} partial(s) not delivered to {servers}"
+                         + (f": {failed[0]}" if failed else "") + "; publishing the file again "
+                         "is safe (what arrived twice counts once)")
+    n = summary_counts(messages)
+    click.echo(f"published {n['records']} records"
+               + (f" and {n['outcomes']} outcomes" if n["outcomes"] else "")
+               + f" in {n['partials']} partials to {topic} as {source}"
+               + (" (as records: no baseline yet)" if n["raw"] else ""))
 
 
 @cli.command()

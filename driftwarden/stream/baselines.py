@@ -145,7 +145,6 @@ class BaselineFeed:
         return n
 
     def _run(self) -> None:
-        import msgspec
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         from driftwarden.kafka import client_config
@@ -160,15 +159,73 @@ class BaselineFeed:
                 for m in consumer.consume(100, 0.5):
                     if m.error() is not None or m.value() is None:
                         continue
-                    try:
-                        body = msgspec.msgpack.decode(m.value() or b"")
-                        base = Baseline.from_state(body["baseline"])
-                        self.queue.put((str(body["model"]), str(body["version"]), base))
+                    got = published_baseline(m.value() or b"", m.offset() or 0)
+                    if got is not None:
+                        self.queue.put(got)
                         self.received += 1
-                    except Exception as exc:  # noqa: BLE001 - not ours: skip it, say so
-                        log.warning("baselines topic: skipped a message at offset %s: %s",
-                                    m.offset(), str(exc)[:200])
         except Exception:  # noqa: BLE001 - the feed is an optimisation: log, stop it
             log.exception("baseline feed stopped")
         finally:
             consumer.close()
+
+
+def published_baseline(value: bytes, offset: int = -1) -> tuple[str, str, Baseline] | None:
+    """(model, version, baseline) of one baselines-topic message; None (logged) for one that
+    is not a baseline stage 2 published."""
+    import msgspec
+
+    try:
+        body = msgspec.msgpack.decode(value)
+        return str(body["model"]), str(body["version"]), Baseline.from_state(body["baseline"])
+    except Exception as exc:  # noqa: BLE001 - not ours: skip it, say so
+        log.warning("baselines topic: skipped a message at offset %s: %s", offset,
+                    str(exc)[:200])
+        return None
+
+
+def read_published(settings: Settings, bootstrap_servers: str | None = None,
+                   timeout: float = 10.0) -> dict[tuple[str, str], Baseline]:
+    """Every baseline on the baselines topic now (newest per model version): read once from
+    the start of each partition to its end. Raises :class:`~driftwarden.errors.InputError`
+    when the broker does not answer within ``timeout`` seconds."""
+    import time
+
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from driftwarden.kafka import client_config
+
+    topic = settings.topics.baselines
+    consumer = Consumer(client_config(settings, {
+        "group.id": "driftwarden-baselines", "enable.auto.commit": False},
+        bootstrap_servers), logger=log)
+    out: dict[tuple[str, str], Baseline] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return out  # no topic: nothing published yet
+        ends = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                       timeout=timeout)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise InputError(f"reading the baselines topic {topic} took more than "
+                                 f"{timeout:.0f} s")
+            for m in consumer.consume(500, 0.5):
+                if m.error() is not None:
+                    continue
+                offset = m.offset() or 0
+                if offset + 1 >= ends.get(m.partition() or 0, 0):
+                    ends.pop(m.partition() or 0, None)
+                got = published_baseline(m.value() or b"", offset)
+                if got is not None:
+                    out[(got[0], got[1])] = got[2]
+    except KafkaException as exc:
+        raise InputError(f"cannot read the baselines topic {topic}: {exc}") from None
+    finally:
+        consumer.close()
+    return out
