@@ -2,10 +2,14 @@
 models, one drifting in its inputs and the other in its error rate, labels included — through
 (a) one partition keyed by model and one worker, (b) eight partitions with null keys and one
 worker, (c) eight partitions with null keys and three workers, gives the same drift and action
-events (event_ids, states, features) and the same final counts."""
+events (event_ids, states, features) and the same final counts; and so does (d) three workers
+on eight partitions while the group changes five times mid-stream — a worker killed with
+SIGKILL, a new one joining, twice each, then one more killed."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import numpy as np
@@ -81,22 +85,84 @@ def _late(port):
             and not ln.endswith(" 0.0")]
 
 
-def run(spawn_worker, tmp_path, partitions: int, workers: int, keyed: bool):
+def produce(bootstrap, keyed: bool, seconds: float = 0.0) -> None:
+    """The recorded traffic: all at once, predictions then labels (``seconds`` 0), or paced
+    over ``seconds``, each slice's labels after its predictions, in small bursts (a partition
+    never waits long enough for the worker to take it as idle)."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+
+    def send(topic, model, value):
+        p.produce(topic, key=model.encode() if keyed else None, value=value)
+        p.poll(0)
+
+    if not seconds:
+        for model, rec, _ in TRAFFIC:
+            send("driftwarden.predictions", model, rec)
+        for model, _, lab in TRAFFIC:
+            send("driftwarden.labels", model, lab)
+    else:
+        start, per_slice, burst = time.monotonic(), 2 * PER, 20
+        for t in range(SLICES):
+            chunk = TRAFFIC[t * per_slice:(t + 1) * per_slice]
+            for j in range(0, per_slice, burst):
+                for model, rec, _ in chunk[j:j + burst]:
+                    send("driftwarden.predictions", model, rec)
+                due = start + (t + j / per_slice / 2) * seconds / SLICES
+                time.sleep(max(0.0, due - time.monotonic()))
+            for j in range(0, per_slice, burst):
+                for model, _, lab in chunk[j:j + burst]:
+                    send("driftwarden.labels", model, lab)
+                due = start + (t + 0.5 + j / per_slice / 2) * seconds / SLICES
+                time.sleep(max(0.0, due - time.monotonic()))
+    assert p.flush(30) == 0
+
+
+class Membership:
+    """Five changes of the consumer group while the traffic is produced: every ``every``
+    seconds the oldest worker is killed with SIGKILL or a new one joins, in turn."""
+
+    def __init__(self, spawn, bootstrap, env, procs, every: float) -> None:
+        self.spawn, self.bootstrap, self.env, self.procs = spawn, bootstrap, env, procs
+        self.every = every
+        self.done: list[str] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for i in range(5):
+                time.sleep(self.every)
+                if i % 2 == 0:
+                    proc, port, _ = self.procs.pop(0)
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(10)
+                    self.done.append(f"killed {port}")
+                else:
+                    self.procs.append(self.spawn(self.bootstrap, self.env, warmup=1000))
+                    self.done.append(f"joined {self.procs[-1][1]}")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+def run(spawn_worker, tmp_path, partitions: int, workers: int, keyed: bool,
+        changes: bool = False):
     with EmbeddedBroker() as broker:
         env = {**ENV, "DRIFTWARDEN_KAFKA__PARTITIONS": str(partitions)}
         settings = load_settings(env=env)
         ensure_topics(settings, bootstrap_servers=broker.bootstrap_servers)
-        p = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 20})
-        for model, rec, _ in TRAFFIC:  # everything recorded first, then the workers start
-            p.produce("driftwarden.predictions", key=model.encode() if keyed else None,
-                      value=rec)
-            p.poll(0)
-        for model, _, lab in TRAFFIC:
-            p.produce("driftwarden.labels", key=model.encode() if keyed else None, value=lab)
-            p.poll(0)
-        assert p.flush(30) == 0
+        if not changes:  # everything recorded first, then the workers start
+            produce(broker.bootstrap_servers, keyed)
         procs = [spawn_worker(broker.bootstrap_servers, env, warmup=1000)
                  for _ in range(workers)]
+        if changes:  # the traffic comes while the group changes under it
+            feed = threading.Thread(target=produce, args=(broker.bootstrap_servers, keyed,
+                                                          60.0), daemon=True)
+            group = Membership(spawn_worker, broker.bootstrap_servers, env, procs, every=10.0)
+            feed.start()
+            group.thread.start()
+            group.thread.join(120)
+            feed.join(120)
+            assert group.error is None and len(group.done) == 5, (group.error, group.done)
         ports = [port for _, port, _ in procs]
 
         seen: list = []
@@ -121,7 +187,7 @@ def run(spawn_worker, tmp_path, partitions: int, workers: int, keyed: bool):
                 proc.terminate()
             for proc, _, _ in procs:
                 proc.wait(30)
-        for _, _, log in procs:
+        for _, _, log in procs:  # (the survivors)
             assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     events = {(e["event_id"], e["model"], e["kind"], e["state"], tuple(e["features"]))
               for t, e in got if t == "driftwarden.drift"}
@@ -148,4 +214,13 @@ def test_one_partition_keyed_by_model_sees_both_drifts(single):
 def test_eight_partitions_null_keys_give_the_same_events(single, spawn_worker_module,
                                                          tmp_path_factory, workers):
     got = run(spawn_worker_module, tmp_path_factory.mktemp("b"), 8, workers, keyed=False)
+    assert got == single
+
+
+def test_five_group_changes_mid_stream_change_nothing(single, spawn_worker_module,
+                                                     tmp_path_factory):
+    """Every record counted once, one worker deciding per model at the end (``counts``), no
+    action with a second event_id and the verdicts of the uninterrupted run."""
+    got = run(spawn_worker_module, tmp_path_factory.mktemp("d"), 8, 3, keyed=False,
+              changes=True)
     assert got == single
