@@ -6,17 +6,21 @@ In one run, on the same broker and the same messages (20 numeric features per re
 
 (a) the ceiling: aiokafka ``getmany`` + orjson decoding of every message;
 (b) a bare Faust agent that only decodes (``take_events`` + orjson), in its own process;
-(c) driftwarden's worker (``driftwarden worker``, its own process): records/s for
-    single-record messages and for batch messages of 100 records, after its warm-up; the
-    ratios c/a and c/b; latency from a record's produce time to the evaluation of the window
-    slice that holds it (p50 / p99 in the steady state, at 2,000 records/s, 1-second
-    slices); and the worker's resident memory after 5·10^5, 10^6 and 2·10^6 records (with the
-    pending-label table, which holds predictions until their labels come, capped at 10^5).
+(c) driftwarden's worker (``driftwarden worker``, its own process, both stages): records/s
+    stage 1 takes for single-record messages and for batch messages of 100 records, after
+    its warm-up; the ratios c/a and c/b; latency from a record's produce time to the verdict
+    on the window slice that holds it, through both stages (p50 / p99 in the steady state,
+    at 2,000 records/s, 1-second slices); and the worker's resident memory after 5·10^5,
+    10^6 and 2·10^6 records (with the pending-label table, which holds predictions until
+    their labels come, capped at 10^5);
+(scale) one hot model produced without keys over two partitions, read by one worker and
+    then by two workers in one group: records/s together and each (the merge stage of the
+    model runs on one of them).
 
 Event time: single records advance 1,000 records per second of event time; batches advance
 as fast as the 200k target. Throughput runs use the default 5-second slices (a slice
 evaluation every 5,000 single records, or every 5 seconds at the batch target rate).
-Parts can be run alone: ``--only single|batch|latency`` (repeatable).
+Parts can be run alone: ``--only single|batch|latency|scale`` (repeatable).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -53,9 +58,10 @@ def record(rng: np.random.Generator, i: int, ts: float) -> dict:
 
 
 def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: float,
-            event_rate: float = 1000.0) -> int:
+            event_rate: float = 1000.0, key: bytes | None = b"bench") -> int:
     """Produce n_records (single records or batches), ``event_rate`` records per second of
-    event time (a window slice is evaluated once per second of event time)."""
+    event time (a window slice is evaluated once per second of event time); ``key`` None:
+    spread over the partitions, as a producer without keys does."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
                   "log.connection.close": False})
     rng = np.random.default_rng(0)
@@ -71,7 +77,7 @@ def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: fl
             i += per_message
         while True:
             try:
-                p.produce(topic, key=b"bench", value=value)
+                p.produce(topic, key=key, value=value)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -170,13 +176,20 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_worker(bootstrap: str, topic: str, tmp: Path, slice_seconds: float = 1.0):
+def topic_env(topic: str) -> dict[str, str]:
+    """Each run its own topics and group: a worker restores its partitions' state, and the
+    merge stage reads the summaries topic (a shared one would mix the runs)."""
+    env = {f"DRIFTWARDEN_TOPICS__{k.upper()}": f"{topic}.{k}"
+           for k in ("features", "labels", "summaries", "joins", "baselines", "state", "late")}
+    return {**env, "DRIFTWARDEN_TOPICS__PREDICTIONS": topic,
+            "DRIFTWARDEN_KAFKA__GROUP_ID": "bench-" + topic}
+
+
+def start_worker(bootstrap: str, topic: str, tmp: Path, slice_seconds: float = 1.0,
+                 partitions: int = 1, wait: bool = True):
     port = free_port()
-    env = {**os.environ, "DRIFTWARDEN_TOPICS__PREDICTIONS": topic,
-           "DRIFTWARDEN_TOPICS__FEATURES": topic + ".features",
-           # each run its own group and state topic: a worker restores its partitions' state
-           "DRIFTWARDEN_TOPICS__STATE": topic + ".state",
-           "DRIFTWARDEN_KAFKA__GROUP_ID": "bench-" + topic,
+    env = {**os.environ, **topic_env(topic),
+           "DRIFTWARDEN_KAFKA__PARTITIONS": str(partitions),
            "DRIFTWARDEN_DETECTION__SLICE_SECONDS": str(slice_seconds),
            "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
            "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "50",
@@ -189,40 +202,66 @@ def start_worker(bootstrap: str, topic: str, tmp: Path, slice_seconds: float = 1
                              "--web-port", str(port), "--session-timeout", "6"], env=env,
                             stdout=(tmp / f"worker{port}.log").open("wb"),
                             stderr=subprocess.STDOUT)
+    if wait:
+        wait_healthy(proc, port)
+    return proc, port
+
+
+def wait_healthy(proc: subprocess.Popen, port: int) -> None:
     while get(port, "/health") is None:
         if proc.poll() is not None:
             raise RuntimeError("worker died")
         time.sleep(0.3)
-    return proc, port
 
 
-def worker_rate(bootstrap: str, topic: str, n_records: int, tmp: Path
-                ) -> tuple[float, dict[int, float]]:
-    """Records/s after the warm-up (from 20k records on), and RSS at marks; the default
-    5-second slices (the latency run uses 1-second slices)."""
-    proc, port = start_worker(bootstrap, topic, tmp, slice_seconds=5.0)
+_TAKEN = re.compile(r'^driftwarden_events_total\{[^}]*kind="prediction"[^}]*\} (\S+)$', re.M)
+
+
+def taken(port: int) -> int:
+    """Records stage 1 of a worker took (``driftwarden_events_total``): stage 2 counts a
+    slice's records only once it closes, which the stream's last slice never does."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return int(sum(float(v) for v in _TAKEN.findall(r.read().decode())))
+    except OSError:
+        return 0
+
+
+def worker_rate(bootstrap: str, topic: str, n_records: int, tmp: Path, workers: int = 1,
+                partitions: int = 1) -> tuple[float, list[float], dict[int, float]]:
+    """Records/s of ``workers`` workers together after the warm-up (from 20k records on, once
+    every worker has taken some), each one's, and the first worker's RSS at marks; the
+    default 5-second slices (the latency run uses 1-second slices)."""
+    procs = [start_worker(bootstrap, topic, tmp, slice_seconds=5.0, partitions=partitions,
+                          wait=False) for _ in range(workers)]
+    for proc, port in procs:
+        wait_healthy(proc, port)
     marks = {m: 0.0 for m in (500_000, 1_000_000, 2_000_000) if m <= n_records}
-    t_from = n_from = None
+    t_from = None
+    from_counts: list[int] = []
     try:
         while True:
-            status = get(port, "/models") or []
-            n = sum(m["records"] for m in status)
+            counts = [taken(port) for _, port in procs]
+            n = sum(counts)
             now = time.perf_counter()
-            if t_from is None and n >= 20_000:
-                t_from, n_from = now, n
+            if t_from is None and n >= 20_000 and all(counts):
+                t_from, from_counts = now, counts
             for mark in marks:
                 if n >= mark and not marks[mark]:
-                    marks[mark] = rss_mib(proc.pid)
+                    marks[mark] = rss_mib(procs[0][0].pid)
             if n >= n_records:
                 break
-            if proc.poll() is not None:
-                raise RuntimeError("worker died")
+            if any(proc.poll() is not None for proc, _ in procs):
+                raise RuntimeError(f"a worker died (logs in {tmp})")
             time.sleep(0.05)
     finally:
-        proc.terminate()
-        proc.wait(30)
-    assert t_from is not None and n_from is not None
-    return (n - n_from) / (now - t_from), marks
+        for proc, _ in procs:
+            proc.terminate()
+        for proc, _ in procs:
+            proc.wait(30)
+    assert t_from is not None
+    each = [(c - c0) / (now - t_from) for c, c0 in zip(counts, from_counts)]
+    return sum(each), each, marks
 
 
 def latency(bootstrap: str, topic: str, tmp: Path, seconds: float = 30.0,
@@ -279,18 +318,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--batch-records", type=int, default=2_000_000)
-    ap.add_argument("--only", choices=("single", "batch", "latency"), action="append",
+    ap.add_argument("--only", choices=("single", "batch", "latency", "scale"),
+                    action="append",
                     help="run only these parts (repeatable); default: all")
     args = ap.parse_args()
-    parts = set(args.only or ("single", "batch", "latency"))
+    parts = set(args.only or ("single", "batch", "latency", "scale"))
     tmp = Path(tempfile.mkdtemp(prefix="dw-bench-"))
     rows = []
     with EmbeddedBroker(log_path=tmp / "broker.log") as broker:
         bs = broker.bootstrap_servers
-        env = {"DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": bs, "DRIFTWARDEN_KAFKA__PARTITIONS": "1"}
-        for name in ("bench.single", "bench.batch", "bench.latency"):
-            ensure_topics(load_settings(env={**env, "DRIFTWARDEN_TOPICS__PREDICTIONS": name,
-                                             "DRIFTWARDEN_TOPICS__FEATURES": name + ".features"}))
+        env = {"DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": bs}
+        for name, n_part in (("bench.single", 1), ("bench.batch", 1), ("bench.latency", 1),
+                             ("bench.scale1", 2), ("bench.scale2", 2)):
+            ensure_topics(load_settings(env={**env, **topic_env(name),
+                                             "DRIFTWARDEN_KAFKA__PARTITIONS": str(n_part)}))
         t0 = time.time() - 3600
         for part, topic, n, per in (("single", "bench.single", args.records, 1),
                                     ("batch", "bench.batch", args.batch_records, 100)):
@@ -301,7 +342,7 @@ def main() -> None:
             n_msgs = produce(bs, topic, n, per, t0, event_rate=1000 if per == 1 else 200_000)
             ra = n / asyncio.run(aiokafka_ceiling(bs, topic, n_msgs))
             rb = n / faust_bare(bs, topic, n_msgs, tmp)
-            c, rss = worker_rate(bs, topic, n, tmp)
+            c, _, rss = worker_rate(bs, topic, n, tmp)
             label = ("single-record messages, records/s" if per == 1
                      else "batch messages of 100 records, records/s")
             rows.append((label, f"{c:,.0f}", f"(a) aiokafka+orjson {ra:,.0f}",
@@ -311,9 +352,24 @@ def main() -> None:
                 rows.append(("worker RSS after " + " / ".join(f"{m:,}" for m in rss)
                              + " records", " / ".join(f"{v:.0f}" for v in rss.values())
                              + " MiB", "", "", "pending-label table capped at 10^5"))
+        if "scale" in parts:  # one hot model, null keys, two partitions: one worker, then two
+            n = args.records
+            got = {}
+            for workers, topic in ((1, "bench.scale1"), (2, "bench.scale2")):
+                produce(bs, topic, n, 1, t0, key=None)
+                got[workers] = worker_rate(bs, topic, n, tmp, workers=workers, partitions=2)
+            one, two = got[1][0], got[2][0]
+            rows.append(("one hot model, 2 partitions, single records/s: 1 worker",
+                         f"{one:,.0f}", "", "", "null keys: the model spans both partitions"))
+            rows.append(("  the same on 2 workers: together (each)", f"{two:,.0f}",
+                         "(" + " / ".join(f"{r:,.0f}" for r in got[2][1]) + ")", "",
+                         f"2 workers / 1 worker {two / one:.2f} ({os.cpu_count()} cores, "
+                         "broker included)"))
+            print(*rows[-2], sep="  ", file=sys.stderr, flush=True)
+            print(*rows[-1], sep="  ", file=sys.stderr, flush=True)
         if "latency" in parts:
             p50, p99, first = latency(bs, "bench.latency", tmp)
-            rows.append(("latency produce → slice verdict (1 s slices, 2,000 rec/s)",
+            rows.append(("latency produce → verdict, two stages (1 s slices, 2,000 rec/s)",
                          f"p50 {p50:.2f} s  p99 {p99:.2f} s", "", "",
                          f"target p99 < 2 s; first verdict after {first:.1f} s (warm-up "
                          f"2,000 records + calibration)"))
