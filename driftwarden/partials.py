@@ -614,15 +614,15 @@ class SourceClock:
 
     def horizon(self, now: float, local: Mapping[str, float] | None = None) -> float:
         """The event time every active source has passed, each at the larger of its watermark
-        and ``local`` (what its partials of one model vouched for): -inf while an expected
-        source has not spoken (or no source is known), +inf when none is active — every
-        source idle or silent: all they sent is in, even when that was nothing (label
-        partitions without a label must not hold the outcomes back)."""
+        and ``local`` (what its partials of one model vouched for): +inf when no source is
+        active and one has spoken; -inf while an expected source has not spoken."""
         marks = self._marks(local)
         active = [marks[k] for k in self.sources if self.state(k, now) == "active"]
         if active:
             return min(active)
-        return math.inf if self.sources else -math.inf
+        if any(math.isfinite(m) for m in marks.values()):
+            return math.inf  # every source idle: all they sent is in
+        return -math.inf
 
     def _marks(self, local: Mapping[str, float] | None) -> dict[str, float]:
         """Each source's event time: its watermark or, if larger, what its partials vouched

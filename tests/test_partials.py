@@ -184,21 +184,3 @@ def test_event_time_judges_rows_one_at_a_time_whatever_the_calls(ts, lateness, c
         got += (~t.admit(np.array(ts[i:i + n]))).tolist()
         i, k = i + n, k + 1
     assert got == want and t.late_rows == sum(want)
-
-
-def test_a_clock_whose_sources_are_all_idle_lets_everything_out_even_if_they_sent_nothing():
-    """Label partitions that never carried a label say they are idle with no event time: the
-    join's outcome time must still move on (it used to stay at -inf, and every model's
-    outcome slices waited ``source_idle_seconds`` for the joins partitions)."""
-    clock = SourceClock(60.0)
-    assert clock.horizon(0.0) == -math.inf  # no source known: nothing to say
-    clock.expect("labels/0", 0.0)
-    clock.expect("labels/1", 0.0)
-    assert clock.horizon(1.0) == -math.inf  # expected, not heard from: wait
-    clock.see("labels/0", 2.0, -math.inf, idle=True)
-    assert clock.horizon(2.0) == -math.inf  # labels/1 still expected
-    clock.see("labels/1", 3.0, -math.inf, idle=True)
-    assert clock.horizon(3.0) == math.inf  # both idle: everything they sent is in
-    clock.see("labels/1", 4.0, 50.0)  # labels/1 back with a label
-    assert clock.horizon(4.0) == 50.0
-    assert clock.horizon(70.0) == math.inf  # silent for source_idle_seconds
