@@ -184,3 +184,20 @@ def test_event_time_judges_rows_one_at_a_time_whatever_the_calls(ts, lateness, c
         got += (~t.admit(np.array(ts[i:i + n]))).tolist()
         i, k = i + n, k + 1
     assert got == want and t.late_rows == sum(want)
+
+
+def test_sources_idle_without_ever_sending_do_not_let_slices_close():
+    """Label partitions that have not carried a label yet (the labels come later: delayed
+    ground truth) say they are idle with no event time: the clock must keep waiting, or the
+    first outcome partial of one joins partition would close its slices before the others'
+    came (they would all be late — the demo's concept verdict weakened that way when this
+    was tried). A source that stays silent stops holding after ``idle_seconds``."""
+    clock = SourceClock(60.0)
+    for name in ("joins/0", "joins/1"):
+        clock.expect(name, 0.0)
+        clock.see(name, 1.0, -math.inf, idle=True)
+    assert clock.horizon(2.0) == -math.inf
+    clock.see("joins/0", 3.0, 10.0)  # the first outcomes of one partition
+    assert clock.horizon(3.0) == 10.0  # joins/1 is idle: not waited for, but...
+    clock.see("joins/1", 4.0, 8.0)  # ...once it speaks, it is
+    assert clock.horizon(4.0) == 8.0

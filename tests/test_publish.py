@@ -188,6 +188,9 @@ def test_a_published_file_shows_in_the_workers_windows_once(spawn_worker, tmp_pa
            "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "60",
            "DRIFTWARDEN_DETECTION__CONCEPT_STEP": "50",
            "DRIFTWARDEN_DETECTION__IDLE_CLOSE_SECONDS": "2",
+           # the stream's joins partitions never carry an outcome here: the merge stage waits
+           # for them this long before it closes the file's outcome slices
+           "DRIFTWARDEN_DETECTION__SOURCE_IDLE_SECONDS": "5",
            "DRIFTWARDEN_KAFKA__STALL_SECONDS": "8",
            "DRIFTWARDEN_MODELS__A__BASELINE": str(ref)}
     settings = load_settings(env=env)
