@@ -480,6 +480,80 @@ def publish(file: str, model: str | None, model_version: str, name: str | None,
 
 
 @cli.command()
+@click.argument("file", metavar="FILE")
+@click.option("--baseline", required=True, metavar="COLUMN",
+              help="The current version's predictions.")
+@click.option("--candidate", required=True, metavar="COLUMN",
+              help="The new version's predictions on the same rows.")
+@click.option("--label", default=None, metavar="COLUMN",
+              help="Ground truth where known: performance decides (else disagreement).")
+@click.option("--task", type=click.Choice(["classification", "regression"]), default=None,
+              help="Default: inferred from the values.")
+@click.option("--margin", type=click.FloatRange(0, None), default=None,
+              help="How much worse the candidate may be, in loss units (default: 0.01 = one "
+                   "point of accuracy; 1 % of the baseline's mean absolute error).")
+@click.option("--max-disagreement", type=click.FloatRange(0, 1), default=0.05,
+              show_default=True, help="Without labels: the share of examples the versions "
+                                      "may decide differently.")
+@click.option("--tolerance", type=click.FloatRange(0, None), default=None,
+              help="Regression without labels: predictions further apart disagree (default: "
+                   "a tenth of the baseline predictions' standard deviation).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.05, show_default=True,
+              help="Chance of a wrong verdict, each way together.")
+@click.option("--allow-inconclusive", is_flag=True,
+              help="Exit 0 when there are too few examples to tell.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def gate(file: str, baseline: str, candidate: str, label: str | None, task: str | None,
+         margin: float | None, max_disagreement: float, tolerance: float | None,
+         alpha: float, allow_inconclusive: bool, as_json: bool) -> int:
+    """May CANDIDATE ship? FILE (CSV or Parquet) holds one row per evaluation example with
+    both versions' predictions and, where known, the label. Prints the verdict — promote,
+    rollback or inconclusive — with its evidence.
+
+    Exit code 0: promote (ship it); 1: rollback, or inconclusive unless
+    --allow-inconclusive; 2: bad input.
+    """
+    from driftwarden.gate import exit_code
+    from driftwarden.gate import gate as run_gate
+    from driftwarden.tables import read_table
+
+    table = read_table(file)
+    result = run_gate(table.columns, baseline=baseline, candidate=candidate, label=label,
+                      task=task, margin=margin, alpha=alpha, missing=table.missing,
+                      max_disagreement=max_disagreement, tolerance=tolerance)
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        _render_gate(result, baseline, candidate)
+    return exit_code(result["verdict"], allow_inconclusive)
+
+
+def _render_gate(r: dict[str, Any], baseline: str, candidate: str) -> None:
+    """The gate's verdict and evidence as a few readable lines."""
+    def bounds(c: dict[str, Any]) -> str:
+        return (f"{_fmt(c['estimate'])} [{_fmt(c['lower'])}, {_fmt(c['upper'])}] "
+                f"vs margin {_fmt(c['margin'])}, n={c['n']:,}")
+
+    click.echo(f"driftwarden gate: {candidate} against {baseline} ({r['task']}, "
+               f"{r['compared']:,} of {r['rows']:,} rows compared)")
+    if "performance" in r:
+        p = r["performance"]
+        click.echo(f"  {p['loss']}: baseline {_fmt(p['baseline_loss'])}, candidate "
+                   f"{_fmt(p['candidate_loss'])} on {r['labelled']:,} labelled rows")
+        click.echo(f"  candidate - baseline: {bounds(p)} ({1 - r['alpha']:.0%} confidence "
+                   "sequence)")
+    d = r["disagreement"]
+    click.echo(f"  disagreement: {bounds(d)}")
+    if "prediction_shift" in r:
+        ks = r["prediction_shift"]
+        click.echo(f"  prediction distributions: KS {_fmt(ks['ks'])}, p {_fmt(ks['p_value'])}")
+    click.echo(f"verdict: {r['verdict']} (decided by {r['signal']})")
+
+
+@cli.command()
 @click.option("--rate", type=click.IntRange(1, 100_000), default=200, show_default=True,
               help="Records per second of each model.")
 @click.option("--drift-after", type=click.FloatRange(0, None), default=180.0,
