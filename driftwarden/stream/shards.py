@@ -21,6 +21,7 @@ whose summaries partition it is (see :mod:`driftwarden.stream.service`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,9 @@ class Shards:
         self.owned: set[int] | None = None
         self.drops: dict[int, int] = {}  # partition -> times dropped (a restore racing a drop)
         self.discarded = 0  # shards restored for a partition revoked meanwhile, thrown away
+        # a restore installs its shard from a thread, a revocation drops on the event loop:
+        # the check that the partition is still ours and the install are one step
+        self._install = threading.Lock()
 
     def assign(self, partitions: Iterable[int]) -> None:
         """The group gave this worker ``partitions``: their shards may be made from now on."""
@@ -101,13 +105,14 @@ class Shards:
                             svc.offsets = {}
             for (model, version), baseline in self.baselines.items():
                 svc.set_baseline(model, version, baseline)
-            if self.drops.get(partition, 0) != drops or partition in self.services or (
-                    self.owned is not None and partition not in self.owned):
-                self.discarded += 1
-                log.info("partition %d was revoked while it was restored: not kept here",
-                         partition)
-                return self.services.get(partition)
-            self.services[partition] = svc
+            with self._install:
+                if self.drops.get(partition, 0) != drops or partition in self.services or (
+                        self.owned is not None and partition not in self.owned):
+                    self.discarded += 1
+                    log.info("partition %d was revoked while it was restored: not kept here",
+                             partition)
+                    return self.services.get(partition)
+                self.services[partition] = svc
         return svc
 
     def handle(self, kind: str, messages: Sequence[RawMessage]) -> list[Output]:
@@ -199,12 +204,13 @@ class Shards:
 
     def drop(self, partitions: Iterable[int]) -> None:
         """``partitions`` were revoked: their shards go (the next owner restores them)."""
-        for p in partitions:
-            self.services.pop(p, None)
-            self.dirty.discard(p)
-            self.drops[p] = self.drops.get(p, 0) + 1
-            if self.owned is not None:
-                self.owned.discard(p)
+        with self._install:
+            for p in partitions:
+                self.services.pop(p, None)
+                self.dirty.discard(p)
+                self.drops[p] = self.drops.get(p, 0) + 1
+                if self.owned is not None:
+                    self.owned.discard(p)
 
     # -- the worker's view over all shards -------------------------------------------------------
     @property
