@@ -45,7 +45,7 @@ DEFAULT_CLASSIFICATION_MARGIN = 0.01
 DEFAULT_MAX_DISAGREEMENT = 0.05
 
 
-def _numeric(values: Any, name: str) -> np.ndarray | None:
+def _numeric(values: Any) -> np.ndarray | None:
     """``values`` as float64 if every one is a number (None: not numeric)."""
     arr = np.asarray(values)
     if arr.dtype.kind in "fiub":
@@ -98,7 +98,7 @@ def gate(columns: Mapping[str, Any], *, baseline: str, candidate: str, label: st
         if missing is not None and name in missing:
             gone |= np.asarray(missing[name], dtype=bool)
     raw_b, raw_c = np.asarray(columns[baseline]), np.asarray(columns[candidate])
-    num_b, num_c = _numeric(raw_b, baseline), _numeric(raw_c, candidate)
+    num_b, num_c = _numeric(raw_b), _numeric(raw_c)
     if (num_b is None) != (num_c is None):
         raise InputError(f"{baseline!r} and {candidate!r} hold predictions of different kinds "
                          "(numbers in one, other values in the other)")
@@ -165,7 +165,7 @@ def _losses(labels: Any, label_missing: np.ndarray | None, raw_b: np.ndarray,
     have = keep.copy()
     if label_missing is not None:
         have &= ~np.asarray(label_missing, dtype=bool)
-    y_num = _numeric(y_raw, "label")
+    y_num = _numeric(y_raw)
     if y_num is not None:
         have &= np.isfinite(y_num)
     elif y_raw.dtype.kind in "OUS":

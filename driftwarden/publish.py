@@ -59,6 +59,7 @@ from driftwarden.partials import (
 )
 from driftwarden.produce import to_record
 from driftwarden.schema import PredictionRecord, Rejection, checked_record
+from driftwarden.stream.baselines import configured_baseline
 
 SOURCE_PREFIX = "batch:"
 
@@ -155,10 +156,8 @@ def known_baselines(configured: Mapping[str, Mapping[str, Any]],
     version, then for every version), else the one stage 2 published."""
 
     def find(model: str, version: str) -> Baseline | None:
-        conf = configured.get(model, {})
-        found: Baseline | None = (conf.get("baselines", {}).get(version)
-                                  or conf.get("baseline") or published.get((model, version)))
-        return found
+        return configured_baseline(configured, model, version) or published.get(
+            (model, version))
 
     return find
 

@@ -23,6 +23,7 @@ store:VERSION/REVISION (REVISION a number or latest)
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from driftwarden.config import Settings
@@ -72,6 +73,15 @@ def configured_models(settings: Settings) -> dict[str, dict[str, Any]]:
         if store is not None:
             store.close()
     return out
+
+
+def configured_baseline(models: Mapping[str, Mapping[str, Any]], model: str,
+                        version: str) -> Baseline | None:
+    """The baseline the config gives a model version (see :func:`configured_models`): its
+    own revision, else the model's for every version."""
+    entry = models.get(model, {})
+    found: Baseline | None = entry.get("baselines", {}).get(version) or entry.get("baseline")
+    return found
 
 
 def _store(settings: Settings) -> Any:

@@ -56,6 +56,7 @@ from driftwarden.schema import (
     decode_label,
     decode_predictions,
 )
+from driftwarden.stream.baselines import configured_baseline
 from driftwarden.stream.dlq import dead_letter
 from driftwarden.stream.joins import JoinRouter, JoinStage
 from driftwarden.stream.labels import JoinerTables, LabelJoiner
@@ -156,10 +157,7 @@ class StreamService:
         return data, [f"{self.topics.joins}/{p}" for p in range(n)]
 
     def _configured_baseline(self, model: str, version: str) -> Baseline | None:
-        config = self.models.get(model, {})
-        found: Baseline | None = config.get("baselines", {}).get(version) or config.get(
-            "baseline")
-        return found
+        return configured_baseline(self.models, model, version)
 
     def _data_builder(self, source: str, model: str, version: str,
                       time: EventTime) -> PartialBuilder:
