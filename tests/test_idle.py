@@ -201,3 +201,53 @@ def test_verdicts_name_their_state_and_the_features_behind_it():
     for state, drift, features in seen:
         assert drift == (state in ("drifting", "recovering"))
         assert (features == ("x",)) == (state != "ok")  # never drift with no features
+
+
+def test_an_unused_input_goes_idle_on_its_own_a_used_one_with_its_partition():
+    """An input that never carried a record is taken as idle as soon as it is read to its end
+    (an unused features topic must not hold the merge stage for ``source_idle_seconds`` at
+    every start); one that carried records only when its whole partition number is — its
+    labels may still be on their way while its predictions are read (a failover pauses them
+    together; taking labels alone as idle lost outcomes in the rebalance test)."""
+    from driftwarden.partials import Watermark, decode
+    from driftwarden.stream.shards import Shards
+
+    settings = load_settings(env={"DRIFTWARDEN_DETECTION__IDLE_CLOSE_SECONDS": "2",
+                                  "DRIFTWARDEN_KAFKA__PARTITIONS": "1"})
+    clock = [1000.0]
+
+    def factory(p):
+        svc = StreamService(settings, loopback=False, partition=p)  # as in a worker
+        svc.monotonic = lambda: clock[0]
+        return svc
+
+    shards = Shards(factory)
+    t = settings.topics
+    rec = {"model": "m", "version": "1", "id": "r1", "ts": 50.0, "features": {"x": 1.0},
+           "prediction": 0.9}
+    shards.handle("predictions", [RawMessage(orjson.dumps(rec), [], t.predictions, 0, 0,
+                                             51.0)])
+    shards.handle("labels", [RawMessage(orjson.dumps({"model": "m", "id": "r1", "label": 1,
+                                                      "ts": 50.5}), [], t.labels, 0, 0, 51.0)])
+
+    def idle_sources(outputs):
+        out = set()
+        for o in outputs:
+            try:
+                m = decode(o.value)
+            except Exception:  # noqa: BLE001 - not a summary message
+                continue
+            if isinstance(m, Watermark) and m.idle:
+                out.add(m.source)
+        return out
+
+    clock[0] += 5.0  # everything quiet for longer than idle_close_seconds
+    # predictions/0 is still being read: only the input that never carried anything goes
+    # (once it has been seen read to its end for idle_close_seconds)
+    assert idle_sources(shards.handle_idle([(t.features, 0), (t.labels, 0)])) == set()
+    clock[0] += 3.0
+    got = idle_sources(shards.handle_idle([(t.features, 0), (t.labels, 0)]))
+    assert got == {f"{t.features}/0"}
+    # the whole partition read to its end: the used inputs go too
+    got = idle_sources(shards.handle_idle([(t.predictions, 0), (t.features, 0), (t.labels, 0)]))
+    assert {f"{t.predictions}/0", f"{t.labels}/0"} <= got
