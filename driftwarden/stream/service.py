@@ -575,10 +575,6 @@ class StreamService:
             self.idle_closes += 1
         return out
 
-    def carried(self, source: str) -> bool:
-        """Whether the input ``source`` (``topic/partition``) has carried a record or label."""
-        return self.data.carried(source) or self.label_times.carried(source)
-
     def tick(self) -> list[Output]:
         """The merge stage at the wall clock's ``now``: a source silent for
         ``source_idle_seconds`` stops holding its slices back even when nothing else arrives

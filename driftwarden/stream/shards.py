@@ -140,34 +140,22 @@ class Shards:
         return out
 
     def handle_idle(self, sources: Iterable[tuple[str, int]] | None = None) -> list[Output]:
-        """Close the slices of idle models in every shard, or in those with an input among
-        ``sources`` (the input topic partitions read to their end; see
-        StreamService.handle_idle); a shard that changed is checkpointed with the next round.
-
-        An input that has carried records may be taken as idle only when its whole partition
-        number is read to the end (its labels may be on their way while its predictions are
-        still read: a failover pauses them together); one that never carried a record (a
-        topic the producers do not use) as soon as it is read to its end — else the merge
-        stage would wait ``source_idle_seconds`` for it at every start."""
+        """Close the slices of idle models in every shard (or in those with a source among
+        ``sources``, the input topic partitions read to their end; see
+        StreamService.handle_idle); a shard that changed is checkpointed with the next
+        round."""
         out: list[Output] = []
-        wanted: dict[int, dict[str, str]] | None = None
+        wanted: dict[int, list[str]] | None = None
         if sources is not None:
             wanted = {}
             for topic, p in sources:
-                wanted.setdefault(p, {})[topic] = f"{topic}/{p}"
+                wanted.setdefault(p, []).append(f"{topic}/{p}")
         for p, svc in list(self.services.items()):  # a restore may add one meanwhile
-            names = None
-            if wanted is not None:
-                t = svc.topics
-                mine = wanted.get(p, {})
-                names = list(mine.values())
-                if not {t.predictions, t.features, t.labels} <= set(mine):
-                    names = [n for n in names if not svc.carried(n)]
-                if not names:
-                    continue
+            if wanted is not None and p not in wanted:
+                continue
             before = svc.idle_closes
             try:
-                out += svc.handle_idle(names)
+                out += svc.handle_idle(None if wanted is None else wanted[p])
             except Exception:  # noqa: BLE001 - the last net, as in handle
                 log.exception("partition %d: closing idle slices failed", p)
             if svc.idle_closes != before:

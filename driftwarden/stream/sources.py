@@ -87,12 +87,6 @@ class Sources:
             t = self.times[source] = EventTime(self.allowed_lateness)
         return t
 
-    def carried(self, source: str) -> bool:
-        """Whether ``source`` has carried a row (an input that never did — a topic the
-        producers do not use — has nothing in flight to wait for)."""
-        t = self.times.get(source)
-        return t is not None and math.isfinite(t.max_ts)
-
     def admit(self, source: str, ts: np.ndarray) -> np.ndarray:
         """Which rows of one message (event times ``ts``, in order) are on time."""
         self.touched.add(source)
