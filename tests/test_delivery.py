@@ -192,7 +192,7 @@ class Ends:
     """The broker's end and committed offsets as the watchdog asks for them (None: away)."""
 
     def __init__(self):
-        self.end = {("p", 0): 10, ("p", 1): 5}
+        self.end = {("p", 0): 10, ("p", 1): 5, ("f", 0): 0}  # f: a topic nobody writes to
         self.away = False
 
     def get(self, tps):
@@ -218,15 +218,18 @@ def test_the_watchdog_round_gives_lag_caught_up_partitions_and_an_unreachable_br
         settings = load_settings(env={"DRIFTWARDEN_KAFKA__STALL_SECONDS": "0.2"})
         ends, metrics = Ends(), HealthMetrics()
         h = WorkerHealth(settings, metrics, ends)
-        tps = [("p", 0), ("p", 1)]
+        tps = [("p", 0), ("p", 1), ("f", 0)]
         assert await h.check(tps, {("p", 0): 4}) is None
-        assert metrics.lag == {("p", 0): 5, ("p", 1): 0} and h.caught_up == {1}
+        # each topic partition on its own: the empty f/0 is read to its end while p/0 is not
+        # (by partition number, f/0 waited for p/0, and the merge stage for f/0)
+        assert metrics.lag == {("p", 0): 5, ("p", 1): 0, ("f", 0): 0}
+        assert h.caught_up == {("p", 1), ("f", 0)}
         assert h.status == "ok" and not h.unhealthy
         await asyncio.sleep(0.25)
         assert await h.check(tps, {("p", 0): 4}) is None
         assert h.stalled == [("p", 0)] and h.status == "stalled"  # waiting, no progress
         assert await h.check(tps, {("p", 0): 9}) is None
-        assert h.caught_up == {0, 1} and not h.unhealthy
+        assert h.caught_up == {("p", 0), ("p", 1), ("f", 0)} and not h.unhealthy
         ends.away = True
         assert await h.check(tps, {("p", 0): 9}) == "broker away"
         assert h.caught_up == set() and not h.unreachable  # not yet for stall_seconds

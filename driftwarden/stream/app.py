@@ -345,10 +345,12 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
         never taken for a producer that has finished."""
         baselines.apply()
         if settings.detection.idle_close_seconds > 0:
-            side.send(shards.handle_idle(worker_health.caught_up - _behind_fetched()))
+            inputs = (topics.predictions, topics.features, topics.labels)
+            side.send(shards.handle_idle(
+                tp for tp in worker_health.caught_up - _behind_fetched() if tp[0] in inputs))
         side.send(shards.tick())  # silent sources stop holding slices back
 
-    def _behind_fetched() -> set[int]:
+    def _behind_fetched() -> set[tuple[str, int]]:
         """Partitions whose last fetch response says more is there: the watchdog's end
         offsets come from another request, which a broker may answer with a stale offset
         (the embedded one does), and a partition taken for idle while it is not would
@@ -365,7 +367,7 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             key = (tp.topic, tp.partition)
             done = delivery.handled.get(key, worker_health.positions.get(key, -1))
             if high is None or done < high - 1:
-                behind.add(tp.partition)
+                behind.add(key)
         return behind
 
     @app.timer(max(1.0, min(10.0, settings.kafka.stall_seconds / 4)))

@@ -139,20 +139,23 @@ class Shards:
                     svc._internal_error(m, exc, out)
         return out
 
-    def handle_idle(self, partitions: Iterable[int] | None = None) -> list[Output]:
-        """Close the slices of idle models in every shard (or those of ``partitions``; see
+    def handle_idle(self, sources: Iterable[tuple[str, int]] | None = None) -> list[Output]:
+        """Close the slices of idle models in every shard (or in those with a source among
+        ``sources``, the input topic partitions read to their end; see
         StreamService.handle_idle); a shard that changed is checkpointed with the next
         round."""
         out: list[Output] = []
-        wanted = None if partitions is None else set(partitions)
+        wanted: dict[int, list[str]] | None = None
+        if sources is not None:
+            wanted = {}
+            for topic, p in sources:
+                wanted.setdefault(p, []).append(f"{topic}/{p}")
         for p, svc in list(self.services.items()):  # a restore may add one meanwhile
             if wanted is not None and p not in wanted:
                 continue
             before = svc.idle_closes
-            t = svc.topics
             try:
-                out += svc.handle_idle(None if wanted is None else [
-                    f"{topic}/{p}" for topic in (t.predictions, t.features, t.labels)])
+                out += svc.handle_idle(None if wanted is None else wanted[p])
             except Exception:  # noqa: BLE001 - the last net, as in handle
                 log.exception("partition %d: closing idle slices failed", p)
             if svc.idle_closes != before:

@@ -107,9 +107,10 @@ class WorkerHealth:
     """One round of the watchdog (the worker runs it every few seconds): the broker's end
     offsets on a connection of its own against the offsets the worker handled give the
     consumer lag, the stalled partitions, whether the broker has been unreachable for
-    ``stall_seconds``, and which partitions are read to their end (``caught_up``: where an
-    idle model's slices may close). ``status`` and ``unhealthy`` are what /health and /ready
-    say."""
+    ``stall_seconds``, and which topic partitions are read to their end (``caught_up``: the
+    sources that may be taken as idle — each on its own, so an unused features topic does not
+    wait for the busy predictions partition of the same number). ``status`` and
+    ``unhealthy`` are what /health and /ready say."""
 
     def __init__(self, settings: Settings, metrics: Any, ends: Any = None) -> None:
         self.settings = settings
@@ -118,7 +119,7 @@ class WorkerHealth:
         self.watchdog = StallWatchdog(settings.kafka.stall_seconds)
         self.unreachable = False
         self.away_since: float | None = None
-        self.caught_up: set[int] = set()  # partitions read to their end at the last look
+        self.caught_up: set[TP] = set()  # topic partitions read to their end at the last look
         self.positions: dict[TP, int] = {}  # the newest offset handled (or committed) per tp
 
     @property
@@ -158,8 +159,7 @@ class WorkerHealth:
         self.metrics.broker_unreachable.set(0)
         position = {tp: handled.get(tp, committed.get(tp, 0) - 1) for tp in tps}
         self.positions = position
-        behind = {tp[1] for tp, e in end.items() if e - 1 > position[tp]}
-        self.caught_up = {tp[1] for tp in tps} - behind
+        self.caught_up = {tp for tp in tps if end.get(tp, 0) - 1 <= position[tp]}
         self.metrics.set_consumer_lag({tp: max(0, e - 1 - position[tp])
                                        for tp, e in end.items()})
         stalled = self.watchdog.observe(position, end, now)
