@@ -213,13 +213,15 @@ def read_published(settings: Settings, bootstrap_servers: str | None = None,
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:
             return out  # no topic: nothing published yet
-        ends = {}
+        starts, ends = {}, {}
         for p in meta.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
                                                        timeout=timeout)
             if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+                starts[p], ends[p] = low, high
+        # from each partition's first offset kept (compaction may have removed offset 0,
+        # and an offset out of range would reset to the end and read nothing)
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
         deadline = time.monotonic() + timeout
         while ends:
             if time.monotonic() > deadline:
