@@ -7,6 +7,7 @@ from importlib import resources
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -201,3 +202,44 @@ def test_verdicts_name_their_state_and_the_features_behind_it():
     for state, drift, features in seen:
         assert drift == (state in ("drifting", "recovering"))
         assert (features == ("x",)) == (state != "ok")  # never drift with no features
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_a_quiet_label_partition_waits_while_predictions_of_its_number_still_come(carried):
+    """Labels come in bursts: a label partition that has carried labels, read to its end and
+    quiet for idle_close_seconds while its partition number's predictions still arrive, is
+    not taken for idle (its open label slices stay open, the join keeps waiting for it) —
+    only once the data inputs of its number are idle too. A label partition that never
+    carried a label, like a data input, goes idle on its own (producers keyed by model leave
+    most label partitions empty)."""
+    from driftwarden.config import load_settings
+
+    settings = load_settings(env={"DRIFTWARDEN_KAFKA__PARTITIONS": "1"})
+    now = [0.0]
+    svc = StreamService(settings, loopback=False, partition=0)
+    svc.monotonic = lambda: now[0]
+    pred, feat, lab = (f"{t}/0" for t in (settings.topics.predictions, settings.topics.features,
+                                          settings.topics.labels))
+    offset = iter(range(10**6))
+
+    def predictions(t):
+        svc.handle_predictions([RawMessage(orjson.dumps(
+            {"model": "m", "version": "1", "id": f"r{t}", "ts": 1.7e9 + t, "prediction": 0.5,
+             "features": {"x": 1.0}}), [], settings.topics.predictions, 0, next(offset),
+            1.7e9 + t)])
+
+    if carried:
+        svc.handle_labels([RawMessage(orjson.dumps({"model": "m", "id": "r0", "label": 1,
+                                                    "ts": 1.7e9}), [], settings.topics.labels,
+                                      0, next(offset), 1.7e9)])
+    for t in range(0, 40, 2):  # predictions every 2 s; no label for 38 s
+        now[0] = float(t)
+        predictions(t)
+        svc.handle_idle([pred, feat, lab])
+    assert svc.messages == {"used": 20 + carried}
+    assert svc.data.idle_sources == {feat}  # unused: idle on its own
+    # quiet, but its predictions still come (or: never carried a label, idle on its own)
+    assert svc.label_times.idle_sources == (set() if carried else {lab})
+    now[0] += settings.detection.idle_close_seconds
+    svc.handle_idle([pred, feat, lab])
+    assert svc.data.idle_sources == {pred, feat} and svc.label_times.idle_sources == {lab}

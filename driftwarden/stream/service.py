@@ -565,7 +565,11 @@ class StreamService:
         labels = f"{self.topics.labels}/"
         data = None if sources is None else [s for s in sources if not s.startswith(labels)]
         label = None if sources is None else [s for s in sources if s.startswith(labels)]
-        out += self.data.idle(now, after, data) + self.label_times.idle(now, after, label)
+        out += self.data.idle(now, after, data)
+        if not self._data_idle(data):  # only label partitions that never carried a label
+            label = [s for s in (self.label_times.times if label is None else label)
+                     if not math.isfinite(self.label_times.time(s).max_ts)]
+        out += self.label_times.idle(now, after, label)
         out = self._loop(out + self.join.tick(self._joins_source(), now))
         try:
             out += self._loop(self._events(self.merge.idle(now, after)) + self._fresh_baselines())
@@ -574,6 +578,26 @@ class StreamService:
         if self._progress() != before:
             self.idle_closes += 1
         return out
+
+    def _data_idle(self, caught_up: Sequence[str] | None) -> bool:
+        """Whether this shard's label partitions that have carried labels may be taken for
+        idle: only once every data input it reads (the predictions and features partitions
+        of its number, and any it has had records from) is announced idle. Labels follow
+        predictions: a label partition read to its end and quiet while predictions of its
+        number still come is waiting for labels (they come in bursts, or its producer is
+        failing over), not finished — taking it for idle would close outcome slices its next
+        labels belong to, and they would be counted late. A label partition that never
+        carried a label goes idle on its own, as data inputs do (an unused features or
+        labels partition must not wait for a busy predictions partition: producers keyed by
+        model leave most label partitions empty, and each would hold every outcome slice
+        back until ``source_idle_seconds``)."""
+        inputs = set(self.data.times)
+        if self.partition is not None and not self.loopback:
+            inputs |= {f"{t}/{self.partition}" for t in (self.topics.predictions,
+                                                        self.topics.features)}
+        if caught_up is not None:
+            inputs |= set(caught_up)
+        return inputs <= self.data.idle_sources
 
     def tick(self) -> list[Output]:
         """The merge stage at the wall clock's ``now``: a source silent for
