@@ -1,0 +1,512 @@
+"""Live rollout verdicts: candidate model versions against their baseline version on the same
+live traffic, slice by slice, with decisions that stay valid however often they are looked at.
+
+A :class:`Rollout` is fed what stage 2 already merges per model version — each closed slice's
+input summary and its joined outcomes (:meth:`Rollout.observe_data`,
+:meth:`Rollout.observe_outcomes`), and in shadow mode the paired disagreements of the two
+versions on the same requests (:meth:`Rollout.observe_pairs`) — and folds a slice into its
+comparison only once every version of the rollout has passed it, and only if each of them
+served traffic in it: the versions are compared on **concurrent** traffic (the same event-time
+slices), so a daily cycle or an upstream change affects both sides. A slice one version had
+no traffic in is left out of the comparison (counted as ``unmatched_slices``).
+
+Per candidate and at every folded slice:
+
+* **routing** — the candidate's inputs against the baseline version's: per numeric feature the
+  difference of means in units of the baseline's standard deviation, per category the
+  difference of shares, each with an anytime-valid confidence sequence; a difference surely
+  larger than the tolerance means the candidate is fed other traffic (a routing bug, a
+  sticky-session segment): the rollout stops **inconclusive** with reason ``routing``, never
+  with a model verdict; while an input's estimated difference exceeds the tolerance but not
+  yet surely, no model verdict is taken (the routing check settles first);
+* **performance** (decisive when labels arrive) — the loss (a classifier's error, a regressor's
+  absolute error), candidate − baseline, unpaired, against the non-inferiority ``margin``
+  (:func:`~driftwarden.detectors.sequential.unpaired`);
+* **disagreement** (decisive in shadow mode without labels) — the share of paired requests
+  the two versions decide differently, against ``max_disagreement``;
+* **prediction shift** (evidence) — the difference of the mean prediction.
+
+Verdicts: ``continue``; ``rollback`` as soon as the evidence says worse than allowed (after
+``min_samples`` per version); ``promote`` once it says no worse and ``min_seconds`` of event
+time have passed; ``inconclusive`` at ``max_seconds`` or on a routing finding. The first final
+verdict of a candidate is kept. The false-verdict budget ``alpha`` is the rollout's: split
+over its candidates (and, for the routing check, over the features compared), each
+direction wrong with probability ≤ α / 2 over the whole rollout.
+
+No I/O and no wall clock: event time comes from slice ids, so the verdicts depend on the
+merged slices alone — not on partitions, workers, batch sizes or restarts.
+
+>>> import numpy as np
+>>> spec = RolloutSpec(model="churn", baseline="1", candidates=["2"], min_samples=200)
+>>> r = Rollout("churn-v2", spec, slice_seconds=60.0)
+>>> rng = np.random.default_rng(1)
+>>> for sid in range(40):
+...     r.observe_outcomes("1", sid, (rng.random(300) < 0.10).astype(float))
+...     r.observe_outcomes("2", sid, (rng.random(30) < 0.20).astype(float))  # 10 % canary
+>>> d = r.evaluate()
+>>> [(x.candidate, x.verdict, x.signal) for x in d]
+[('2', 'rollback', 'performance')]
+>>> d[0].samples["2"] < 40 * 30      # decided before the end of the traffic
+True
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+
+from driftwarden.detectors.sequential import (
+    Comparison,
+    RunningMean,
+    Verdict,
+    decide,
+    radius,
+    unpaired,
+)
+
+Strategy = Literal["canary", "shadow", "blue_green", "champion_challenger"]
+ROLLOUT_NAMESPACE = uuid.UUID("6f1c64a2-4a3b-5f7e-9d43-2b8e1f0c7a15")
+KINDS = ("data", "outcomes")
+MAX_PENDING = 4096  # slices waiting for a version without traffic: the oldest are dropped
+
+
+class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A rollout as declared (``[rollouts.NAME]`` in the config, or the admin API).
+
+    ``margin``: how much worse a candidate's loss may be than the baseline's (loss units: 0.01
+    is one point of accuracy; None: 0.01 for a classifier, 1 % of the baseline's mean
+    absolute error for a regressor). ``alpha``: the rollout's false-verdict budget.
+    ``min_samples``: labelled outcomes (or shadow pairs) per version before any verdict;
+    ``min_seconds`` / ``max_seconds``: event time from the first compared slice before a
+    promote / until the rollout ends inconclusive. ``input_tolerance``: the difference of a
+    numeric input's mean (in baseline standard deviations) and ``share_tolerance`` of a
+    category's share beyond which the candidate is taken to get other traffic.
+    """
+
+    model: str
+    baseline: str
+    candidates: list[str]
+    strategy: Strategy = "canary"
+    margin: float | None = None
+    alpha: float = 0.05
+    min_samples: int = 500
+    min_seconds: float = 0.0
+    max_seconds: float = 86_400.0
+    max_disagreement: float = 0.05
+    input_tolerance: float = 0.25
+    share_tolerance: float = 0.05
+
+    def check(self) -> None:
+        """Raise ValueError on a spec that cannot run."""
+        if not self.candidates:
+            raise ValueError("a rollout needs at least one candidate version")
+        if self.baseline in self.candidates:
+            raise ValueError(f"version {self.baseline!r} is both baseline and candidate")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("a candidate version is listed twice")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.margin is not None and not self.margin >= 0.0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not 0.0 < self.max_disagreement < 1.0:
+            raise ValueError(f"max_disagreement must be in (0, 1), got {self.max_disagreement}")
+        if self.min_samples < 1 or self.max_seconds <= 0 or self.min_seconds < 0:
+            raise ValueError("min_samples must be >= 1, max_seconds > 0, min_seconds >= 0")
+        if self.input_tolerance <= 0 or self.share_tolerance <= 0:
+            raise ValueError("input_tolerance and share_tolerance must be > 0")
+
+    @property
+    def versions(self) -> list[str]:
+        return [self.baseline, *self.candidates]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A candidate's verdict at one folded slice, with its evidence."""
+
+    rollout: str
+    model: str
+    baseline: str
+    candidate: str
+    strategy: str
+    verdict: Verdict
+    reason: str
+    signal: str  # performance | disagreement | routing | guard-rail | none
+    slice: int | None  # the last slice folded in
+    ts: float | None   # its end (event time)
+    samples: dict[str, int]  # labelled outcomes per version (shadow: pairs)
+    evidence: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        return self.verdict != "continue"
+
+    @property
+    def event_id(self) -> str:
+        """The same for a rollout, candidate and verdict on every replay and topology."""
+        return str(uuid.uuid5(ROLLOUT_NAMESPACE, "\x1f".join(
+            (self.rollout, self.candidate, self.verdict))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rollout": self.rollout, "model": self.model, "baseline": self.baseline,
+                "candidate": self.candidate, "strategy": self.strategy,
+                "verdict": self.verdict, "reason": self.reason, "signal": self.signal,
+                "slice": self.slice, "ts": self.ts, "samples": dict(self.samples),
+                "evidence": self.evidence, "event_id": self.event_id}
+
+
+def data_moments(summary: Any) -> dict[str, Any]:
+    """What the routing and prediction-shift checks need of one merged input summary (a
+    :class:`~driftwarden.detectors.summary.Summary`): per numeric feature (n, mean, sum of
+    squared deviations), per categorical feature the count of each category by name, the
+    prediction's moments when numeric."""
+    out: dict[str, Any] = {"numeric": {}, "categorical": {}, "prediction": None}
+    for name, fs in summary.features.items():
+        if fs.spec.__class__.__name__ == "NumericSpec":
+            out["numeric"][name] = _moments(fs)
+        else:
+            names = list(fs.spec.categories) + ["__other__"]
+            out["categorical"][name] = {c: int(k) for c, k in zip(names, fs.counts) if k}
+    p = summary.prediction
+    if p is not None and p.spec.__class__.__name__ == "NumericSpec":
+        out["prediction"] = _moments(p)
+    return out
+
+
+def _moments(fs: Any) -> list[float]:
+    n = fs.n
+    if n == 0:
+        return [0, 0.0, 0.0]
+    std = fs.std if n > 1 else 0.0
+    return [n, float(fs.mean), float((n - 1) * std * std) if math.isfinite(std) else 0.0]
+
+
+def _rm(m: list[float] | tuple[float, float, float]) -> RunningMean:
+    return RunningMean(int(m[0]), float(m[1]), float(m[2]))
+
+
+def _share(count: int, n: int) -> RunningMean:
+    """A category's share as the running mean of its 0/1 indicator."""
+    p = count / n if n else 0.0
+    return RunningMean(n, p, n * p * (1.0 - p))
+
+
+@dataclass
+class _Side:
+    """One version's folded evidence."""
+
+    loss: RunningMean = field(default_factory=RunningMean)
+    prediction: RunningMean = field(default_factory=RunningMean)
+    numeric: dict[str, RunningMean] = field(default_factory=dict)
+    categorical: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def fold_data(self, d: Mapping[str, Any]) -> None:
+        for name, m in d["numeric"].items():
+            self.numeric.setdefault(name, RunningMean()).merge(_rm(m))
+        for name, counts in d["categorical"].items():
+            mine = self.categorical.setdefault(name, {})
+            for c, k in counts.items():
+                mine[c] = mine.get(c, 0) + int(k)
+        if d.get("prediction"):
+            self.prediction.merge(_rm(d["prediction"]))
+
+    def to_state(self) -> dict[str, Any]:
+        def rm(r: RunningMean) -> list[float]:
+            return [r.n, r.mean, r.m2]
+        return {"loss": rm(self.loss), "prediction": rm(self.prediction),
+                "numeric": {k: rm(v) for k, v in self.numeric.items()},
+                "categorical": self.categorical}
+
+    @classmethod
+    def from_state(cls, s: Mapping[str, Any]) -> _Side:
+        return cls(_rm(s["loss"]), _rm(s["prediction"]),
+                   {k: _rm(v) for k, v in s["numeric"].items()},
+                   {k: dict(v) for k, v in s["categorical"].items()})
+
+
+class Rollout:
+    """One rollout's live comparison; see the module docstring. ``slice_seconds``: the width
+    of the slices it is fed (event time of a slice id)."""
+
+    def __init__(self, name: str, spec: RolloutSpec, *, slice_seconds: float) -> None:
+        spec.check()
+        self.name = name
+        self.spec = spec
+        self.slice_seconds = float(slice_seconds)
+        # kind -> slice -> version -> its payload, until every version has passed the slice
+        self.pending: dict[str, dict[int, dict[str, Any]]] = {k: {} for k in KINDS}
+        self.passed: dict[str, dict[str, int]] = {k: {} for k in KINDS}  # newest slice seen
+        self.sides: dict[str, _Side] = {v: _Side() for v in spec.versions}
+        self.pairs: dict[str, RunningMean] = {c: RunningMean() for c in spec.candidates}
+        self.first_slice: int | None = None  # the first slice compared
+        self.last_slice: int | None = None   # the newest slice folded in
+        self.unmatched_slices = 0
+        self.decisions: dict[str, Decision] = {}  # candidate -> its final decision
+        self.latest: dict[str, Decision] = {}     # candidate -> the decision at the last fold
+        self.aborted: str | None = None           # why a person ended it (admin API)
+
+    # -- input ---------------------------------------------------------------------------------
+    def observe_data(self, version: str, sid: int, summary: Any) -> None:
+        """A version's merged input summary of slice ``sid`` (a Summary, or
+        :func:`data_moments` of one)."""
+        if version in self.sides:
+            moments = summary if isinstance(summary, Mapping) else data_moments(summary)
+            self._observe("data", version, sid, moments)
+
+    def observe_outcomes(self, version: str, sid: int, losses: Any) -> None:
+        """A version's joined outcomes of slice ``sid`` (label time): their losses (0/1
+        errors, absolute errors)."""
+        if version in self.sides:
+            rm = RunningMean()
+            rm.add(losses)
+            self._observe("outcomes", version, sid, [rm.n, rm.mean, rm.m2])
+
+    def observe_pairs(self, candidate: str, disagreements: Any) -> None:
+        """Shadow mode: the candidate's and the baseline's decisions on the same requests,
+        1.0 where they differ (already paired: no slice matching needed)."""
+        if candidate in self.pairs:
+            self.pairs[candidate].add(disagreements)
+
+    def _observe(self, kind: str, version: str, sid: int, payload: Any) -> None:
+        passed = self.passed[kind]
+        if sid <= passed.get(version, -(1 << 62)) and sid not in self.pending[kind]:
+            return  # a slice already folded (replayed): taken once
+        pending = self.pending[kind]
+        pending.setdefault(sid, {})[version] = payload
+        passed[version] = max(passed.get(version, sid), sid)
+        while len(pending) > MAX_PENDING:  # a version without traffic for that long
+            self._fold(kind, min(pending), {})
+            del pending[min(pending)]
+
+    def _ripe(self, kind: str) -> list[int]:
+        """Slices every version has passed, oldest first."""
+        passed = self.passed[kind]
+        if len(passed) < len(self.sides):
+            return []
+        edge = min(passed.values())
+        return sorted(s for s in self.pending[kind] if s <= edge)
+
+    # -- decisions -----------------------------------------------------------------------------
+    def evaluate(self) -> list[Decision]:
+        """Fold the slices every version has passed, in slice order, and decide after each;
+        returns the candidates' new final decisions (each candidate's first final one)."""
+        out: list[Decision] = []
+        ripe = {kind: set(self._ripe(kind)) for kind in KINDS}
+        for sid in sorted(ripe["data"] | ripe["outcomes"]):
+            for kind in KINDS:
+                if sid in ripe[kind]:
+                    self._fold(kind, sid, self.pending[kind].pop(sid))
+            out += self._decide(final=False)
+        if not out and any(p.n for p in self.pairs.values()):
+            out += self._decide(final=False)  # shadow pairs need no slice matching
+        return out
+
+    def _fold(self, kind: str, sid: int, by_version: dict[str, Any]) -> None:
+        if len(by_version) < len(self.sides):
+            self.unmatched_slices += 1  # a version without traffic in it: not concurrent
+            return
+        for version, payload in by_version.items():
+            side = self.sides[version]
+            if kind == "data":
+                side.fold_data(payload)
+            else:
+                side.loss.merge(_rm(payload))
+        self.first_slice = sid if self.first_slice is None else min(self.first_slice, sid)
+        self.last_slice = sid if self.last_slice is None else max(self.last_slice, sid)
+
+    def finish(self, reason: str = "ended") -> list[Decision]:
+        """The rollout ends now (aborted, or its traffic stopped): undecided candidates get
+        ``inconclusive``."""
+        self.aborted = reason
+        return self._decide(final=True)
+
+    def elapsed(self) -> float:
+        if self.first_slice is None or self.last_slice is None:
+            return 0.0
+        return (self.last_slice - self.first_slice + 1) * self.slice_seconds
+
+    def _decide(self, final: bool) -> list[Decision]:
+        new: list[Decision] = []
+        alpha = self.spec.alpha / len(self.spec.candidates)
+        for cand in self.spec.candidates:
+            if cand in self.decisions:
+                continue
+            d = self._judge(cand, alpha, final)
+            self.latest[cand] = d
+            if d.final:
+                self.decisions[cand] = d
+                new.append(d)
+        return new
+
+    def _judge(self, cand: str, alpha: float, final: bool) -> Decision:
+        spec = self.spec
+        base, mine = self.sides[spec.baseline], self.sides[cand]
+        evidence: dict[str, Any] = {"unmatched_slices": self.unmatched_slices,
+                                    "elapsed_seconds": self.elapsed(), "alpha": alpha}
+        routing = self._routing(base, mine, alpha)
+        evidence["inputs"] = routing
+        if base.prediction.n and mine.prediction.n:
+            evidence["prediction_shift"] = {
+                "baseline_mean": base.prediction.mean, "candidate_mean": mine.prediction.mean,
+                "difference": mine.prediction.mean - base.prediction.mean}
+        margin = spec.margin
+        if margin is None:
+            margin = 0.01 if base.loss.n == 0 or self._looks_binary(base) else (
+                0.01 * base.loss.mean)
+        perf = unpaired(mine.loss, base.loss, margin=margin, alpha=alpha)
+        evidence["performance"] = {**perf.to_dict(), "baseline_loss": _num(base.loss.mean),
+                                   "candidate_loss": _num(mine.loss.mean)}
+        pairs = self.pairs[cand]
+        dis: Comparison | None = None
+        if pairs.n:
+            r = radius(pairs.n, pairs.variance, alpha)
+            dis = decide(pairs.mean, pairs.mean - r, pairs.mean + r, pairs.n,
+                         spec.max_disagreement, alpha)
+            evidence["disagreement"] = dis.to_dict()
+        samples = {spec.baseline: base.loss.n, cand: mine.loss.n}
+        verdict: Verdict = "continue"
+        signal, reason = "none", "collecting evidence"
+        flagged = [r["feature"] for r in routing if r["flagged"]]
+        # an input whose difference looks larger than the tolerance, not yet surely: no
+        # model verdict until the routing check settles either way
+        suspect = [r["feature"] for r in routing if not r["flagged"] and (
+            abs(r["estimate"]) > r["tolerance"])]
+        decisive = perf
+        if spec.strategy == "shadow" and perf.n < spec.min_samples and dis is not None:
+            decisive, signal = dis, "disagreement"
+            samples = {spec.baseline: pairs.n, cand: pairs.n}
+        elif perf.n:
+            signal = "performance"
+        if flagged:
+            verdict, signal = "inconclusive", "routing"
+            reason = (f"routing: version {cand} receives different inputs than "
+                      f"{spec.baseline} ({', '.join(flagged[:5])}) — not a model verdict")
+        elif suspect and not final and self.elapsed() < spec.max_seconds:
+            reason = f"inputs differ more than the tolerance so far ({', '.join(suspect[:5])})"
+        elif decisive.n >= spec.min_samples and decisive.verdict == "rollback":
+            verdict = "rollback"
+            reason = (f"{signal}: {cand} worse than {spec.baseline} by more than the margin "
+                      f"({decisive.lower:.4f} > {decisive.margin:.4f})")
+        elif (decisive.n >= spec.min_samples and decisive.verdict == "promote"
+              and self.elapsed() >= spec.min_seconds):
+            verdict = "promote"
+            reason = (f"{signal}: {cand} no worse than {spec.baseline} within the margin "
+                      f"({decisive.upper:.4f} < {decisive.margin:.4f})")
+        elif final or self.elapsed() >= spec.max_seconds:
+            verdict, signal = "inconclusive", "guard-rail"
+            reason = (self.aborted if final and self.aborted else
+                      f"max_seconds ({spec.max_seconds:g} s) reached without a decision")
+        ts = None if self.last_slice is None else (self.last_slice + 1) * self.slice_seconds
+        return Decision(self.name, spec.model, spec.baseline, cand, spec.strategy, verdict,
+                        reason, signal, self.last_slice, ts, samples, evidence)
+
+    @staticmethod
+    def _looks_binary(side: _Side) -> bool:
+        """A classifier's 0/1 losses: the variance of a Bernoulli of that mean."""
+        m = side.loss.mean
+        return abs(side.loss.variance - m * (1 - m)) <= 1e-9 + 1e-6 * m
+
+    def _routing(self, base: _Side, mine: _Side, alpha: float) -> list[dict[str, Any]]:
+        """Per input feature (and category): the candidate − baseline difference, its
+        anytime-valid bounds, and whether it surely exceeds the tolerance."""
+        spec = self.spec
+        checks: list[tuple[str, RunningMean, RunningMean, float]] = []
+        for name, b in sorted(base.numeric.items()):
+            c = mine.numeric.get(name)
+            if c is not None and b.n > 1 and c.n > 1 and b.variance > 0:
+                checks.append((name, c, b, spec.input_tolerance * math.sqrt(b.variance)))
+        for name, bc in sorted(base.categorical.items()):
+            cc = mine.categorical.get(name, {})
+            nb, nc = sum(bc.values()), sum(cc.values())
+            if nb and nc:
+                for cat in sorted(set(bc) | set(cc)):
+                    checks.append((f"{name}={cat}", _share(cc.get(cat, 0), nc),
+                                   _share(bc.get(cat, 0), nb), spec.share_tolerance))
+        out = []
+        each = alpha / max(1, len(checks))
+        for name, c, b, tol in checks:
+            est = c.mean - b.mean
+            r = radius(c.n, c.variance, each / 2) + radius(b.n, b.variance, each / 2)
+            lo, hi = est - r, est + r
+            flagged = min(c.n, b.n) >= spec.min_samples and (lo > tol or hi < -tol)
+            out.append({"feature": name, "estimate": est, "lower": _num(lo), "upper": _num(hi),
+                        "tolerance": tol, "flagged": bool(flagged)})
+        return out
+
+    # -- state ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What the API, the metrics and the store show of this rollout."""
+        return {"name": self.name, "model": self.spec.model, "baseline": self.spec.baseline,
+                "candidates": list(self.spec.candidates), "strategy": self.spec.strategy,
+                "elapsed_seconds": self.elapsed(), "unmatched_slices": self.unmatched_slices,
+                "verdicts": {c: (self.decisions.get(c) or self.latest.get(c) or
+                                 _waiting(self, c)).to_dict() for c in self.spec.candidates}}
+
+    def to_state(self) -> dict[str, Any]:
+        return {"spec": msgspec.to_builtins(self.spec), "slice_seconds": self.slice_seconds,
+                "pending": {k: [[s, v] for s, v in p.items()] for k, p in self.pending.items()},
+                "passed": self.passed,
+                "sides": {v: s.to_state() for v, s in self.sides.items()},
+                "pairs": {c: [p.n, p.mean, p.m2] for c, p in self.pairs.items()},
+                "first_slice": self.first_slice, "last_slice": self.last_slice,
+                "unmatched_slices": self.unmatched_slices, "aborted": self.aborted,
+                "decisions": {c: d.to_dict() for c, d in self.decisions.items()}}
+
+    @classmethod
+    def from_state(cls, name: str, state: Mapping[str, Any]) -> Rollout:
+        spec = msgspec.convert(state["spec"], RolloutSpec)
+        r = cls(name, spec, slice_seconds=state["slice_seconds"])
+        r.pending = {k: {int(s): v for s, v in p} for k, p in state["pending"].items()}
+        r.passed = {k: {v: int(s) for v, s in p.items()} for k, p in state["passed"].items()}
+        r.sides = {v: _Side.from_state(s) for v, s in state["sides"].items()}
+        r.pairs = {c: _rm(p) for c, p in state["pairs"].items()}
+        r.first_slice, r.last_slice = state["first_slice"], state["last_slice"]
+        r.unmatched_slices = int(state["unmatched_slices"])
+        r.aborted = state["aborted"]
+        r.decisions = {c: _decision(d) for c, d in state["decisions"].items()}
+        return r
+
+
+def _decision(d: Mapping[str, Any]) -> Decision:
+    return Decision(d["rollout"], d["model"], d["baseline"], d["candidate"], d["strategy"],
+                    d["verdict"], d["reason"], d["signal"], d["slice"], d["ts"],
+                    dict(d["samples"]), d["evidence"])
+
+
+def _waiting(r: Rollout, cand: str) -> Decision:
+    return Decision(r.name, r.spec.model, r.spec.baseline, cand, r.spec.strategy, "continue",
+                    "no concurrent slice yet", "none", None, None,
+                    {r.spec.baseline: 0, cand: 0}, {})
+
+
+def _num(x: float) -> float | None:
+    return x if isinstance(x, float) and math.isfinite(x) else None
+
+
+def pair_disagreements(baseline: Any, candidate: Any, tolerance: float | None = None
+                       ) -> np.ndarray:
+    """Shadow mode: 1.0 where the two versions' predictions of the same requests decide
+    differently — scores in [0, 1] on either side of 0.5, class labels unequal, or (with
+    ``tolerance``) numbers further apart than it.
+
+    >>> pair_disagreements([0.2, 0.7, 0.55], [0.3, 0.4, 0.6]).tolist()
+    [0.0, 1.0, 0.0]
+    >>> pair_disagreements([10.0, 12.0], [10.5, 14.0], tolerance=1.0).tolist()
+    [0.0, 1.0]
+    """
+    b, c = np.asarray(baseline), np.asarray(candidate)
+    if tolerance is not None:
+        return (np.abs(c.astype(float) - b.astype(float)) > tolerance).astype(np.float64)
+    if b.dtype.kind in "fiu" and c.dtype.kind in "fiu":
+        return ((b >= 0.5) != (c >= 0.5)).astype(np.float64)
+    return (b.astype(str) != c.astype(str)).astype(np.float64)
+
+
+__all__ = ["Decision", "Rollout", "RolloutSpec", "Strategy", "data_moments",
+           "pair_disagreements"]
