@@ -25,7 +25,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -185,6 +185,60 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     types: dict[str, str] = msgspec.field(default_factory=dict)  # column types in that file
 
 
+Strategy = Literal["canary", "shadow", "blue_green", "champion_challenger"]
+
+
+class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A rollout as declared (``[rollouts.NAME]`` in the config, or the admin API); judged by
+    :class:`driftwarden.detectors.rollout.Rollout`.
+
+    ``margin``: how much worse a candidate's loss may be than the baseline's (loss units: 0.01
+    is one point of accuracy; None: 0.01 for a classifier, 1 % of the baseline's mean
+    absolute error for a regressor). ``alpha``: the rollout's false-verdict budget.
+    ``min_samples``: labelled outcomes (or shadow pairs) per version before any verdict;
+    ``min_seconds`` / ``max_seconds``: event time from the first compared slice before a
+    promote / until the rollout ends inconclusive. ``input_tolerance``: the difference of a
+    numeric input's mean (in baseline standard deviations) and ``share_tolerance`` of a
+    category's share beyond which the candidate is taken to get other traffic.
+    """
+
+    model: str
+    baseline: str
+    candidates: list[str]
+    strategy: Strategy = "canary"
+    margin: float | None = None
+    alpha: float = 0.05
+    min_samples: int = 500
+    min_seconds: float = 0.0
+    max_seconds: float = 86_400.0
+    max_disagreement: float = 0.05
+    input_tolerance: float = 0.25
+    share_tolerance: float = 0.05
+
+    def check(self) -> None:
+        """Raise ValueError on a spec that cannot run."""
+        if not self.candidates:
+            raise ValueError("a rollout needs at least one candidate version")
+        if self.baseline in self.candidates:
+            raise ValueError(f"version {self.baseline!r} is both baseline and candidate")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("a candidate version is listed twice")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.margin is not None and not self.margin >= 0.0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not 0.0 < self.max_disagreement < 1.0:
+            raise ValueError(f"max_disagreement must be in (0, 1), got {self.max_disagreement}")
+        if self.min_samples < 1 or self.max_seconds <= 0 or self.min_seconds < 0:
+            raise ValueError("min_samples must be >= 1, max_seconds > 0, min_seconds >= 0")
+        if self.input_tolerance <= 0 or self.share_tolerance <= 0:
+            raise ValueError("input_tolerance and share_tolerance must be > 0")
+
+    @property
+    def versions(self) -> list[str]:
+        return [self.baseline, *self.candidates]
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Everything configurable, in one object."""
 
@@ -202,6 +256,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     topics: Topics = msgspec.field(default_factory=Topics)
     detection: Detection = msgspec.field(default_factory=Detection)
     models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    # rollouts to judge (``[rollouts.NAME]``): candidate versions against a baseline version
+    rollouts: dict[str, RolloutSpec] = msgspec.field(default_factory=dict)
     grafana: Grafana = msgspec.field(default_factory=Grafana)
     alertmanager: Alertmanager = msgspec.field(default_factory=Alertmanager)
     api: Api = msgspec.field(default_factory=Api)
@@ -322,4 +378,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         if model.task not in ("classification", "regression"):
             raise ConfigError(f"models.{name}.task must be 'classification' or 'regression', "
                               f"got {model.task!r}")
+    for name, rollout in settings.rollouts.items():
+        try:
+            rollout.check()
+        except ValueError as exc:
+            raise ConfigError(f"rollouts.{name}: {exc}") from None
     return settings

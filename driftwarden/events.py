@@ -72,9 +72,32 @@ class ActionEvidence(msgspec.Struct, frozen=True, kw_only=True):
     tests: list[Evidence]  # at most 20
 
 
+class RolloutEvidence(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollout's verdict behind a ``promote`` / ``rollback`` / ``review`` action (added in
+    schema version 1: absent from actions that answer drift). The bounds are anytime-valid
+    bounds of the decisive signal's difference, candidate − baseline (losses: lower is
+    better), judged against ``margin``."""
+
+    rollout: str
+    strategy: Literal["canary", "shadow", "blue_green", "champion_challenger"]
+    baseline: str
+    candidate: str
+    verdict: Literal["promote", "rollback", "inconclusive"]
+    signal: str  # performance | disagreement | routing | guard-rail | none
+    estimate: float | None
+    lower: float | None
+    upper: float | None
+    margin: float | None
+    alpha: float
+    samples: dict[str, int]  # per version: labelled outcomes (shadow: paired requests)
+    slice: int | None        # the last slice of event time folded in
+
+
 class ActionEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """A request to an automated responder; ``event_id`` depends only on (incident, action),
-    so a consumer drops duplicates by it."""
+    """A request to an automated responder; ``event_id`` depends only on (incident, action)
+    — for a rollout's verdict on (rollout, candidate, verdict) — so a consumer drops
+    duplicates by it. ``rollout`` is set on the actions of a rollout's verdict (then
+    ``incident_id`` is the rollout's id and ``evidence`` summarises the decisive signal)."""
 
     schema_version: int = SCHEMA_VERSION
     event_id: str
@@ -87,6 +110,7 @@ class ActionEvent(msgspec.Struct, frozen=True, kw_only=True):
     evidence: ActionEvidence
     runbook_url: str
     ts: float
+    rollout: RolloutEvidence | None = None
 
 
 _drift = msgspec.json.Decoder(DriftEvent)

@@ -53,7 +53,8 @@ def test_rollback_on_critical_concept_drift_of_a_fresh_version():
     assert [(a["action"], a["target_version"]) for a in acts] == [("rollback", "7")]
     a = acts[0]
     assert set(a) == {"schema_version", "event_id", "action", "model", "version",
-                      "target_version", "incident_id", "reason", "evidence", "runbook_url", "ts"}
+                      "target_version", "incident_id", "reason", "evidence", "runbook_url", "ts",
+                      "rollout"}
     assert set(a) == set(ActionEvent.__struct_fields__)  # the public contract, all of it
     # an old version is not rolled back: a human reviews
     p2 = ResponsePolicy()

@@ -56,11 +56,12 @@ import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import numpy as np
 
+from driftwarden.config import RolloutSpec, Strategy
 from driftwarden.detectors.sequential import (
     Comparison,
     RunningMean,
@@ -70,60 +71,9 @@ from driftwarden.detectors.sequential import (
     unpaired,
 )
 
-Strategy = Literal["canary", "shadow", "blue_green", "champion_challenger"]
 ROLLOUT_NAMESPACE = uuid.UUID("6f1c64a2-4a3b-5f7e-9d43-2b8e1f0c7a15")
 KINDS = ("data", "outcomes")
 MAX_PENDING = 4096  # slices waiting for a version without traffic: the oldest are dropped
-
-
-class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A rollout as declared (``[rollouts.NAME]`` in the config, or the admin API).
-
-    ``margin``: how much worse a candidate's loss may be than the baseline's (loss units: 0.01
-    is one point of accuracy; None: 0.01 for a classifier, 1 % of the baseline's mean
-    absolute error for a regressor). ``alpha``: the rollout's false-verdict budget.
-    ``min_samples``: labelled outcomes (or shadow pairs) per version before any verdict;
-    ``min_seconds`` / ``max_seconds``: event time from the first compared slice before a
-    promote / until the rollout ends inconclusive. ``input_tolerance``: the difference of a
-    numeric input's mean (in baseline standard deviations) and ``share_tolerance`` of a
-    category's share beyond which the candidate is taken to get other traffic.
-    """
-
-    model: str
-    baseline: str
-    candidates: list[str]
-    strategy: Strategy = "canary"
-    margin: float | None = None
-    alpha: float = 0.05
-    min_samples: int = 500
-    min_seconds: float = 0.0
-    max_seconds: float = 86_400.0
-    max_disagreement: float = 0.05
-    input_tolerance: float = 0.25
-    share_tolerance: float = 0.05
-
-    def check(self) -> None:
-        """Raise ValueError on a spec that cannot run."""
-        if not self.candidates:
-            raise ValueError("a rollout needs at least one candidate version")
-        if self.baseline in self.candidates:
-            raise ValueError(f"version {self.baseline!r} is both baseline and candidate")
-        if len(set(self.candidates)) != len(self.candidates):
-            raise ValueError("a candidate version is listed twice")
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.margin is not None and not self.margin >= 0.0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        if not 0.0 < self.max_disagreement < 1.0:
-            raise ValueError(f"max_disagreement must be in (0, 1), got {self.max_disagreement}")
-        if self.min_samples < 1 or self.max_seconds <= 0 or self.min_seconds < 0:
-            raise ValueError("min_samples must be >= 1, max_seconds > 0, min_seconds >= 0")
-        if self.input_tolerance <= 0 or self.share_tolerance <= 0:
-            raise ValueError("input_tolerance and share_tolerance must be > 0")
-
-    @property
-    def versions(self) -> list[str]:
-        return [self.baseline, *self.candidates]
 
 
 @dataclass(frozen=True)

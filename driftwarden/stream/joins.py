@@ -91,8 +91,14 @@ class JoinStage:
 
     def __init__(self, detection: Detection, *, summaries: str, late: str, n_partitions: int,
                  tasks: Mapping[str, str] | None = None,
-                 label_sources: Sequence[str] = (), now: float = 0.0) -> None:
+                 label_sources: Sequence[str] = (), now: float = 0.0,
+                 shadows: Mapping[str, Sequence[str]] | None = None) -> None:
         self.detection = detection
+        # model -> its shadow candidate versions: they score the same requests as the
+        # serving version, so a label joins each of them too (see _shadow_joiner)
+        self.shadows = {m: tuple(v) for m, v in (shadows or {}).items()}
+        self.shadow_joiners: dict[tuple[str, str], LabelJoiner] = {}
+        self.shadow_unjoined = 0  # labels copied to a shadow that never scored their request
         self.late_topic = late
         self.tasks = dict(tasks or {})
         # the label partitions' event time, from their Watermark messages: an outcome's time
@@ -141,7 +147,9 @@ class JoinStage:
             if offset <= done:
                 self.replayed_rows += 1
                 continue
-            o = self.joiner.add_prediction(model, rid, version, prediction, float(ts))
+            joiner = (self._shadow_joiner(model, version)
+                      if version in self.shadows.get(model, ()) else self.joiner)
+            o = joiner.add_prediction(model, rid, version, prediction, float(ts))
             if o is not None:
                 joined.append((o, float(ts) + o.delay))
         for offset, model, rid, label, ts in body["l"]:
@@ -152,6 +160,10 @@ class JoinStage:
             o = self.joiner.add_label(model, rid, label, float(ts))
             if o is not None:
                 joined.append((o, float(ts)))
+            for version in self.shadows.get(model, ()):
+                o = self._shadow_joiner(model, version).add_label(model, rid, label, float(ts))
+                if o is not None:
+                    joined.append((o, float(ts)))
         self.applied[source] = newest
         self.last_rows = now
         if joined:
@@ -168,6 +180,18 @@ class JoinStage:
                 self.outcomes.add_outcomes(here, model, version, [o.prediction for o, _ in rows],
                                            [o.label for o, _ in rows], [t for _, t in rows])
         return self.tick(here, now)
+
+    def _shadow_joiner(self, model: str, version: str) -> LabelJoiner:
+        """The join of a shadow version's predictions: apart from the serving version's (the
+        same request ids), fed a copy of every label of its model. A copy whose request the
+        shadow never scored expires unreported (counted in ``shadow_unjoined``): the label
+        itself joined, or went to the late topic, through the main join."""
+        j = self.shadow_joiners.get((model, version))
+        if j is None:
+            d = self.detection
+            j = self.shadow_joiners[(model, version)] = LabelJoiner(
+                d.label_ttl, d.max_pending_labels, d.label_grace)
+        return j
 
     def tick(self, here: str, now: float, force: bool = False) -> list[Output]:
         """Move this partition's outcome time to its label sources' horizon, held back to the
@@ -195,6 +219,8 @@ class JoinStage:
         return self.late_outcomes + self.outcomes.late_rows()
 
     def late_outputs(self) -> list[Output]:
+        for j in self.shadow_joiners.values():
+            self.shadow_unjoined += len(j.take_late())
         return [Output(self.late_topic, lab.model.encode("utf-8", "surrogatepass"), orjson.dumps(
             {"model": lab.model, "id": lab.id, "label": lab.label, "ts": lab.ts}, default=repr),
             [("dw.reason", b"no_pending_prediction")]) for lab in self.joiner.take_late()]
@@ -202,7 +228,11 @@ class JoinStage:
     def to_state(self, pending: bool = True) -> dict[str, Any]:
         return {"joiner": self.joiner.to_state(pending), "applied": dict(self.applied),
                 "label_clock": self.label_clock.to_state(), "late_outcomes": self.late_outcomes,
-                "replayed_rows": self.replayed_rows, "outcomes": self.outcomes.to_state()}
+                "replayed_rows": self.replayed_rows, "outcomes": self.outcomes.to_state(),
+                # whole (the checkpoint keeps only the main pending tables as deltas)
+                "shadow": [[m, v, j.to_state(True)]
+                           for (m, v), j in self.shadow_joiners.items()],
+                "shadow_unjoined": self.shadow_unjoined}
 
     def restore(self, state: Mapping[str, Any], now: float) -> None:
         self.joiner = LabelJoiner.from_state(state["joiner"])
@@ -210,6 +240,9 @@ class JoinStage:
         self.label_clock = SourceClock.from_state(state["label_clock"], now)
         self.late_outcomes = int(state["late_outcomes"])
         self.replayed_rows = int(state["replayed_rows"])
+        self.shadow_joiners = {(m, v): LabelJoiner.from_state(st)
+                               for m, v, st in state.get("shadow", [])}
+        self.shadow_unjoined = int(state.get("shadow_unjoined", 0))
         self.outcomes.load(state["outcomes"], lambda s, m, v, t, st: OutcomeBuilder.from_state(
             st, model=m, version=v, source=s, slice_seconds=self.detection.slice_seconds,
             task=self.tasks.get(m, "classification"), time=t))

@@ -43,8 +43,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from driftwarden.config import RolloutSpec
+from driftwarden.detectors.rollout import Decision, Rollout
 from driftwarden.partials import (
     Partial,
     SliceMerger,
@@ -76,6 +79,8 @@ class ModelStage:
         self.unusable_rows = 0  # binned partials of a slice closed before the baseline existed
         # the baseline published for this model version, if any (see _adopt)
         self.known: Callable[[str, str], Any] | None = None
+        # (kind, model, version, slice, payload) of every slice merged: the rollouts' input
+        self.observe: Callable[[str, str, str, int, Any], None] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -138,6 +143,7 @@ class ModelStage:
                     rest.update_columns(typed_columns(m.baseline, {
                         k: v[need:] for k, v in cols.items()}), n_rows=len(ts) - need,
                         ts=np.asarray(ts[need:], dtype=np.float64))
+                    self._observe("data", sid, rest)
                     events += m.add_slice(sid, rest)
                 continue
             usable = [p for p in parts if p.summary is None or
@@ -148,6 +154,7 @@ class ModelStage:
             summary = merge_data(m.baseline, usable,
                                  reservoir_size=m.detection.reservoir_size,
                                  seed=m.detection.seed, task=m.task)
+            self._observe("data", sid, summary)
             events += m.add_slice(sid, summary)
         return events
 
@@ -166,8 +173,14 @@ class ModelStage:
         events: list[dict[str, Any]] = []
         for sid, parts in slices:
             summary, n, total, hist = merge_outcomes(parts, self.monitor.task)
-            events += self.monitor.add_outcome_slice(sid, summary, replay_errors(n, total, hist))
+            errors = replay_errors(n, total, hist)
+            self._observe("outcomes", sid, errors)
+            events += self.monitor.add_outcome_slice(sid, summary, errors)
         return events
+
+    def _observe(self, kind: str, sid: int, payload: Any) -> None:
+        if self.observe is not None:
+            self.observe(kind, *self.key, sid, payload)
 
     def to_state(self) -> dict[str, Any]:
         return {"monitor": self.monitor.to_state(), "data": self.data.to_state(),
@@ -195,9 +208,16 @@ class MergeStage:
 
     def __init__(self, new_monitor: Callable[[str, str, float], ModelMonitor | None], *,
                  idle_seconds: float, expect: tuple[Iterable[str], Iterable[str]] = ((), ()),
-                 now: float = 0.0, known: Callable[[str, str], Any] | None = None) -> None:
+                 now: float = 0.0, known: Callable[[str, str], Any] | None = None,
+                 rollouts: Mapping[str, RolloutSpec] | None = None,
+                 slice_seconds: float = 1.0) -> None:
         self.new_monitor = new_monitor
         self.known = known  # (model, version) -> the baseline published for it, or None
+        # the rollouts of the models whose partials land here, judged on their merged slices
+        self.rollout_specs = dict(rollouts or {})
+        self.slice_seconds = slice_seconds
+        self.rollouts: dict[str, Rollout] = {}
+        self.decisions: list[Decision] = []  # new final verdicts, until taken
         self.clocks = SourceClock(idle_seconds), SourceClock(idle_seconds)
         for clock, names in zip(self.clocks, expect):
             for name in names:
@@ -234,7 +254,27 @@ class MergeStage:
                 return None
             stage = self.stages[(model, version)] = ModelStage(monitor, *self.clocks)
             stage.known = self.known
+            stage.observe = self._observe
         return stage
+
+    def _observe(self, kind: str, model: str, version: str, sid: int, payload: Any) -> None:
+        """A model version's merged slice: to the model's rollouts, which decide on it."""
+        for name, spec in self.rollout_specs.items():
+            if spec.model != model or version not in spec.versions:
+                continue
+            r = self.rollouts.get(name)
+            if r is None:
+                r = self.rollouts[name] = Rollout(name, spec, slice_seconds=self.slice_seconds)
+            if kind == "data":
+                r.observe_data(version, sid, payload)
+            else:
+                r.observe_outcomes(version, sid, payload)
+            self.decisions += r.evaluate()
+
+    def take_decisions(self) -> list[Decision]:
+        """The rollouts' final verdicts reached since the last call."""
+        out, self.decisions = self.decisions, []
+        return out
 
     def close(self, now: float) -> list[dict[str, Any]]:
         return [e for s in list(self.stages.values()) for e in s.close(now)]
@@ -263,7 +303,8 @@ class MergeStage:
 
     def to_state(self) -> dict[str, Any]:
         return {"clocks": [c.to_state() for c in self.clocks], "refused": self.refused,
-                "stages": [s.to_state() for s in self.stages.values()]}
+                "stages": [s.to_state() for s in self.stages.values()],
+                "rollouts": {k: r.to_state() for k, r in self.rollouts.items()}}
 
     def restore(self, state: Mapping[str, Any], load_monitor: Callable[[Any], ModelMonitor],
                 now: float) -> None:
@@ -274,5 +315,11 @@ class MergeStage:
         for st in state["stages"]:
             stage = ModelStage.from_state(st, load_monitor(st["monitor"]), *self.clocks)
             stage.known = self.known
+            stage.observe = self._observe
             self.stages[stage.key] = stage
             self.last_partial[stage.key] = now
+        # a rollout no longer declared is dropped; one declared since starts afresh
+        self.rollouts = {k: Rollout.from_state(k, st)
+                         for k, st in state.get("rollouts", {}).items()
+                         if k in self.rollout_specs
+                         and msgspec.to_builtins(self.rollout_specs[k]) == st["spec"]}

@@ -110,6 +110,7 @@ class ResponsePolicy:
                              "severity": severity, "features": list(event["features"]),
                              "tests": list(event.get("evidence", []))[:20]},
                 "runbook_url": f"{rules.runbook_url}#action-{action}", "ts": ts,
+                "rollout": None,  # set on the actions of a rollout's verdict
             })
         return out
 
@@ -126,3 +127,50 @@ class ResponsePolicy:
                             for m, vs in state["deployments"].items()}
         self._last = {(m, a): float(t) for m, a, t in state["last"]}
         self._open = {k: float(v) for k, v in state["open"].items()}
+
+
+_SIGNAL_KIND = {"performance": "concept", "disagreement": "prediction", "routing": "data"}
+
+
+def rollout_action(decision: Any, runbook_url: str) -> dict[str, Any]:
+    """The action event of a rollout's final verdict (a
+    :class:`~driftwarden.detectors.rollout.Decision`): ``rollback`` (back to the baseline
+    version), ``promote`` (to the candidate) or, for ``inconclusive``, ``review``. Its
+    ``event_id`` is the decision's: the same on every replay and topology."""
+    d = decision
+    action = {"rollback": "rollback", "promote": "promote"}.get(d.verdict, "review")
+    ev = d.evidence
+    if d.signal == "disagreement":
+        comp, features = ev.get("disagreement") or {}, ["__prediction__"]
+    elif d.signal == "routing":
+        flagged = [x for x in ev.get("inputs", []) if x["flagged"]]
+        comp = flagged[0] if flagged else {}
+        features = [x["feature"] for x in flagged]
+    else:
+        comp, features = ev.get("performance") or {}, ["__error__"]
+    test = {"feature": features[0] if features else "__error__",
+            "test": "confidence_sequence", "statistic": comp.get("estimate"),
+            "pvalue": None, "adjusted_pvalue": None,
+            "threshold": comp.get("margin", comp.get("tolerance")),
+            "n_reference": int(d.samples.get(d.baseline, 0)),
+            "n_current": int(d.samples.get(d.candidate, 0)),
+            "decision": True, "rejected": d.verdict == "rollback"}
+    return {
+        "schema_version": SCHEMA_VERSION,  # driftwarden.events.ActionEvent
+        "event_id": d.event_id, "action": action, "model": d.model, "version": d.candidate,
+        "target_version": {"rollback": d.baseline, "promote": d.candidate}.get(action),
+        "incident_id": event_id("rollout", d.rollout), "reason": f"rollout {d.rollout}: "
+        f"{d.reason}",
+        "evidence": {"drift_event_id": d.event_id, "kind": _SIGNAL_KIND.get(d.signal, "concept"),
+                     "severity": {"rollback": "critical", "promote": "none"}.get(
+                         action, "warning"),
+                     "features": features, "tests": [test]},
+        "runbook_url": f"{runbook_url}#action-{action}", "ts": d.ts if d.ts is not None else 0.0,
+        "rollout": {"rollout": d.rollout, "strategy": d.strategy, "baseline": d.baseline,
+                    "candidate": d.candidate, "verdict": d.verdict, "signal": d.signal,
+                    "estimate": comp.get("estimate"), "lower": comp.get("lower"),
+                    "upper": comp.get("upper"),
+                    "margin": comp.get("margin", comp.get("tolerance")),
+                    "alpha": float(ev.get("alpha", 0.0)), "samples": dict(d.samples),
+                    "slice": d.slice},
+    }

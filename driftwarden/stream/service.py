@@ -63,7 +63,7 @@ from driftwarden.stream.labels import JoinerTables, LabelJoiner
 from driftwarden.stream.merge import MergeStage
 from driftwarden.stream.monitor import ModelMonitor, batch_columns
 from driftwarden.stream.output import Output, RawMessage
-from driftwarden.stream.policy import ModelPolicy, ResponsePolicy
+from driftwarden.stream.policy import ModelPolicy, ResponsePolicy, rollout_action
 from driftwarden.stream.sources import Sources, summary_partition
 
 log = logging.getLogger("driftwarden.stream")
@@ -106,6 +106,9 @@ class StreamService:
                               n_partitions=self.n_partitions,
                               tasks={m: c.get("task", "classification")
                                      for m, c in self.models.items()},
+                              shadows={r.model: r.candidates
+                                       for r in settings.rollouts.values()
+                                       if r.strategy == "shadow"},
                               label_sources=[] if loopback else [
                                   f"{self.topics.labels}/{p}"
                                   for p in range(settings.kafka.partitions)],
@@ -118,7 +121,8 @@ class StreamService:
         self.merge = MergeStage(self._new_monitor, idle_seconds=d.source_idle_seconds,
                                 # expected from now (the worker's clock: monotonic)
                                 expect=self._expected_sources(), now=time.monotonic(),
-                                known=self._published_baseline)
+                                known=self._published_baseline,
+                                rollouts=settings.rollouts, slice_seconds=d.slice_seconds)
         self.policy = policy or ResponsePolicy(ModelPolicy(runbook_url=settings.runbook_base))
         self.counts: Counter[str] = Counter()        # records by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
@@ -656,6 +660,27 @@ class StreamService:
                 self.actions[f"{action['model']}\x1f{action['action']}"] += 1
                 out.append(Output(self.topics.actions, action["model"].encode(),
                                   _dumps(action), [("dw.event_id", action["event_id"].encode())]))
+        return out + self._rollout_verdicts()
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """The status of the rollouts judged here (see
+        :meth:`driftwarden.detectors.rollout.Rollout.status`)."""
+        return [r.status() for _, r in sorted(self.merge.rollouts.items())]
+
+    def _rollout_verdicts(self) -> list[Output]:
+        """The rollouts' new final verdicts (reached by the slices just merged): logged, and
+        each an action event (promote, rollback, or review when inconclusive)."""
+        out = []
+        for d in self.merge.take_decisions():
+            log.info("rollout %s: %s %s (%s) after %s", d.rollout, d.verdict, d.candidate,
+                     d.reason, d.samples)
+            if d.model in self.silenced:
+                self.suppressed[d.model] += 1
+                continue
+            action = rollout_action(d, self.settings.runbook_base)
+            self.actions[f"{action['model']}\x1f{action['action']}"] += 1
+            out.append(Output(self.topics.actions, action["model"].encode(), _dumps(action),
+                              [("dw.event_id", action["event_id"].encode())]))
         return out
 
     def _dead_letters(self, msg: RawMessage, decoded: Decoded, out: list[Output]) -> None:

@@ -1,0 +1,122 @@
+"""Rollouts in the stream service (in process, loopback): declared in the config, judged on
+stage 2's merged slices of both versions, their verdicts published as typed action events —
+the same events whatever the batching of the input."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from test_events import check_events
+
+from driftwarden.config import load_settings
+from driftwarden.errors import ConfigError
+from driftwarden.stream.service import RawMessage, StreamService
+
+CONFIG = """
+[rollouts.churn-v2]
+model = "churn"
+baseline = "1"
+candidates = ["2"]
+strategy = "canary"
+min_samples = 200
+
+[rollouts.fraud-v2]
+model = "fraud"
+baseline = "1"
+candidates = ["2"]
+strategy = "shadow"
+min_samples = 200
+"""
+ENV = {"DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1", "DRIFTWARDEN_DETECTION__SLICES": "3",
+       "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
+       "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "30", "DRIFTWARDEN_DETECTION__WARMUP": "300"}
+T0 = 1.7e9
+
+
+def traffic(seconds=60, rate=200, seed=0):
+    """(kind, record) in producer order: churn v1 with a 10 % canary of v2 that errs twice as
+    often; fraud v1 serving and v2 in shadow on the same requests, v2 the better one; labels
+    one second after each request."""
+    rng = np.random.default_rng(seed)
+    out, labels = [], []
+    for i in range(seconds * rate):
+        ts = T0 + i / rate
+        while labels and labels[0][0] <= ts:
+            out.append(("l", labels.pop(0)[1]))
+        x = float(rng.normal())
+        p = float(1 / (1 + np.exp(-2 * x)))
+        truth = int(rng.random() < p)
+        canary = rng.random() < 0.10
+        p_churn = float(1 - p) if canary and rng.random() < 0.3 else p  # v2: 30 % inverted
+        out.append(("p", {"model": "churn", "version": "2" if canary else "1", "id": f"c{i}",
+                          "ts": ts, "features": {"x": x}, "prediction": round(p_churn, 4)}))
+        noisy = float(np.clip(p + rng.normal(0, 0.35), 0, 1))
+        for version, score in (("1", noisy), ("2", p)):
+            out.append(("p", {"model": "fraud", "version": version, "id": f"f{i}", "ts": ts,
+                              "features": {"x": x}, "prediction": round(score, 4)}))
+        labels.append((ts + 1.0, {"model": "churn", "id": f"c{i}", "label": truth,
+                                  "ts": ts + 1.0}))
+        labels.append((ts + 1.0, {"model": "fraud", "id": f"f{i}", "label": truth,
+                                  "ts": ts + 1.0}))
+    return out + [("l", lab) for _, lab in labels]
+
+
+def run(tmp_path, batch: int):
+    path = tmp_path / "rollouts.toml"
+    path.write_text(CONFIG)
+    svc = StreamService(load_settings(path, env=ENV))
+    outs = []
+    msgs = traffic()
+    for i in range(0, len(msgs), batch):
+        chunk = msgs[i:i + batch]
+        for kind in ("p", "l"):
+            raw = [RawMessage(orjson.dumps(r), [], kind, 0, i + j, r["ts"])
+                   for j, (k, r) in enumerate(chunk) if k == kind]
+            if raw:
+                outs += (svc.handle_predictions if kind == "p" else svc.handle_labels)(raw)
+    outs += svc.finish()
+    return svc, outs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rollouts")
+    return {b: run(tmp, b) for b in (1, 500)}
+
+
+def test_the_canary_is_rolled_back_and_the_shadow_promoted_with_typed_evidence(runs):
+    svc, outs = runs[500]
+    actions = [orjson.loads(o.value) for o in outs if o.topic == "driftwarden.actions"]
+    rollout = {a["model"]: a for a in actions if a.get("rollout")}
+    churn, fraud = rollout["churn"], rollout["fraud"]
+    assert (churn["action"], churn["version"], churn["target_version"]) == ("rollback", "2", "1")
+    assert churn["rollout"]["signal"] == "performance" and churn["rollout"]["lower"] > 0.01
+    assert (fraud["action"], fraud["version"], fraud["target_version"]) == ("promote", "2", "2")
+    assert fraud["rollout"]["upper"] < fraud["rollout"]["margin"]
+    # every version's outcomes joined, the shadow's too (same request ids as the serving one)
+    sides = svc.merge.rollouts["fraud-v2"].sides
+    assert sides["1"].loss.n == sides["2"].loss.n > 1000
+    check_events([], [o.value for o in outs if o.topic == "driftwarden.actions"])
+    status = {r["name"]: r for r in svc.rollouts()}
+    assert status["churn-v2"]["verdicts"]["2"]["verdict"] == "rollback"
+    assert status["fraud-v2"]["verdicts"]["2"]["verdict"] == "promote"
+
+
+def test_rollout_verdicts_do_not_depend_on_the_batching(runs):
+    def verdicts(outs):
+        return sorted((a["event_id"], a["action"], a["rollout"]["samples"]["2"],
+                       a["rollout"]["slice"])
+                      for a in (orjson.loads(o.value) for o in outs
+                                if o.topic == "driftwarden.actions") if a.get("rollout"))
+
+    one = verdicts(runs[1][1])
+    assert len(one) == 2 and one == verdicts(runs[500][1])
+
+
+def test_a_rollout_that_cannot_run_is_one_line_at_load(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(CONFIG.replace('candidates = ["2"]\nstrategy = "canary"',
+                                   'candidates = ["1"]\nstrategy = "canary"'))
+    with pytest.raises(ConfigError, match="rollouts.churn-v2: version '1' is both"):
+        load_settings(path, env={})
