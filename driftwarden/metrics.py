@@ -150,6 +150,18 @@ DEFINITIONS = {d.name: d for d in (
     Definition("sources", "gauge",
                "Sources the merge stage knows, by state: active, idle (said so), silent "
                "(nothing for source_idle_seconds: no longer waited for).", ("kind", "state")),
+    Definition("rollout_verdict", "gauge",
+               "1 for a rollout candidate's current verdict (continue, promote, rollback, "
+               "inconclusive), 0 for the others; final verdicts stay.",
+               ("rollout", "model", "candidate", "verdict")),
+    Definition("rollout_difference", "gauge",
+               "A rollout signal's difference candidate - baseline (losses: lower is better) "
+               "at the last compared slice: its estimate, anytime-valid lower / upper bounds, "
+               "and the margin it is judged against.",
+               ("rollout", "candidate", "signal", "bound")),
+    Definition("rollout_samples", "gauge",
+               "Labelled outcomes (shadow: paired requests) a rollout has compared, per "
+               "version.", ("rollout", "candidate", "version")),
     Definition("notifications_sent_total", "counter",
                "Items delivered to a side channel (grafana annotations, alertmanager).",
                ("sink",)),
@@ -259,6 +271,7 @@ class StateCollector(Collector):
             merge = getattr(svc, "merge", None)
             if merge is not None:
                 _merge_samples(fam, merge, sources, now)
+                _rollout_samples(fam, svc.rollouts())
                 late_outcomes += svc.join.late_rows
         for reason, n in sorted(invalid.items()):
             fam["invalid_events_total"].add_metric([reason], n)
@@ -280,6 +293,31 @@ class StateCollector(Collector):
             fam["notification_failures_total"].add_metric([sink.name], sink.failures)
             fam["notification_queue"].add_metric([sink.name], sink.depth)
         yield from fam.values()
+
+
+VERDICTS = ("continue", "promote", "rollback", "inconclusive")
+BOUNDS = ("estimate", "lower", "upper", "margin")
+
+
+def _rollout_samples(fam: dict[str, Any], rollouts: Iterable[dict[str, Any]]) -> None:
+    """Each rollout candidate's verdict, its signals' bounds and its samples (shaped for an
+    Argo Rollouts AnalysisTemplate or a Flagger MetricTemplate: see deploy/rollouts/)."""
+    for r in rollouts:
+        for cand, d in sorted(r["verdicts"].items()):
+            for v in VERDICTS:
+                fam["rollout_verdict"].add_metric([r["name"], r["model"], cand, v],
+                                                  float(d["verdict"] == v))
+            for version, n in sorted(d["samples"].items()):
+                fam["rollout_samples"].add_metric([r["name"], cand, version], n)
+            for signal in ("performance", "disagreement"):
+                comp = d["evidence"].get(signal)
+                if not comp or comp.get("n", 0) == 0:
+                    continue
+                for bound in BOUNDS:
+                    value = comp.get(bound)
+                    fam["rollout_difference"].add_metric(
+                        [r["name"], cand, signal, bound],
+                        float("nan") if value is None else float(value))
 
 
 PARTIAL_FATES = (("merged", "merged"), ("duplicate", "duplicates"), ("late", "late"),

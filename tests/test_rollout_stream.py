@@ -120,3 +120,30 @@ def test_a_rollout_that_cannot_run_is_one_line_at_load(tmp_path):
                                    'candidates = ["1"]\nstrategy = "canary"'))
     with pytest.raises(ConfigError, match="rollouts.churn-v2: version '1' is both"):
         load_settings(path, env={})
+
+
+def test_rollout_metrics_agree_with_the_action_events(runs):
+    """What an Argo Rollouts AnalysisTemplate or a Flagger MetricTemplate reads: the verdict
+    series, the decisive signal's bounds and the samples — equal to the action events'."""
+    from prometheus_client import CollectorRegistry
+
+    from driftwarden.metrics import Metrics
+
+    svc, outs = runs[500]
+    registry = CollectorRegistry()
+    Metrics.create(registry, lambda: [svc])
+    get = registry.get_sample_value
+    for a in (orjson.loads(o.value) for o in outs if o.topic == "driftwarden.actions"):
+        r = a.get("rollout")
+        if not r:
+            continue
+        labels = {"rollout": r["rollout"], "model": a["model"], "candidate": r["candidate"]}
+        assert get("driftwarden_rollout_verdict", {**labels, "verdict": r["verdict"]}) == 1.0
+        assert get("driftwarden_rollout_verdict", {**labels, "verdict": "continue"}) == 0.0
+        for bound in ("estimate", "lower", "upper", "margin"):
+            assert get("driftwarden_rollout_difference", {
+                "rollout": r["rollout"], "candidate": r["candidate"],
+                "signal": r["signal"], "bound": bound}) == pytest.approx(r[bound])
+        for version, n in r["samples"].items():
+            assert get("driftwarden_rollout_samples", {
+                "rollout": r["rollout"], "candidate": r["candidate"], "version": version}) == n
