@@ -191,10 +191,12 @@ def quiet_bad_requests() -> None:
 
 def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
                verdicts: Callable[[], list[dict[str, Any]]], *, max_body: int = MAX_BODY,
-               detection: Any = None, on_refused: Callable[[str], None] | None = None
+               detection: Any = None, on_refused: Callable[[str], None] | None = None,
+               rollouts: Callable[[], list[dict[str, Any]]] | None = None
                ) -> web.Application:
     """The API application; ``store()`` returns the store (None while the database is
-    unreachable), ``verdicts()`` the worker's current verdicts, ``on_refused(reason)`` is
+    unreachable), ``verdicts()`` the worker's current verdicts, ``rollouts()`` the rollouts
+    it judges, ``on_refused(reason)`` is
     called for each request refused for want of a valid token."""
     quiet_bad_requests()
     app = web.Application(client_max_size=max_body + 1)
@@ -277,6 +279,10 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
     @route("GET", "/verdicts", "read", "verdicts.list")
     async def get_verdicts(request: web.Request, actor: str) -> Any:
         return verdicts()
+
+    @route("GET", "/rollouts", "read", "rollouts.list")
+    async def get_rollouts(request: web.Request, actor: str) -> Any:
+        return rollouts() if rollouts is not None else []
 
     @route("GET", "/models", "read", "models.list")
     async def list_models(request: web.Request, actor: str) -> Any:
@@ -470,6 +476,8 @@ def openapi() -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/verdicts": {"get": op("Current verdicts", "200", False, ok_type="array")},
+            "/rollouts": {"get": op("Rollouts judged by this worker, each candidate's "
+                                    "verdict and evidence", "200", False, ok_type="array")},
             "/models": {
                 "get": op("Models and versions", "200", False, ok_type="array"),
                 "post": op("Register a model", "201", True, "NewModel")},

@@ -191,7 +191,7 @@ def test_the_api_conforms_to_its_openapi_document(monkeypatch):
         schema = schemathesis.openapi.from_dict(spec)
         schema.config.update(base_url=base)
         operations = [r.ok() for r in schema.get_all_operations()]
-        assert len(operations) == 13
+        assert len(operations) == 14
         calls = []
         for op in operations:
             @given(case=op.as_strategy())

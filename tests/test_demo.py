@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import orjson
+
 
 def _tansu_processes() -> set[str]:
     """Orphaned embedded brokers (what a demo that did not stop its broker leaves behind:
@@ -51,12 +53,14 @@ def test_demo_detects_both_drifts_and_acts(tmp_path):
     assert "amount" in data["features"]
     # no alarm before the injected drift, detection within a window (5 × 2 s) after it
     assert result["data_drift_at"] <= data["ts"] - t0 <= result["data_drift_at"] + 10
-    concept = onsets[("churn", "concept")]
-    assert concept["version"] == "2" and concept["severity"] == "critical"
+    concept = next(e for e in result["drift_events"] if e["state"] == "onset" and (
+        e["model"], e["kind"], e["version"]) == ("churn", "concept", "2"))
+    assert concept["severity"] == "critical"
     assert result["concept_drift_at"] <= concept["ts"] - t0 <= result["concept_drift_at"] + 10
     assert not any(m == "churn" and k == "data" for m, k in onsets)  # no false data alarm
     actions = {(a["model"], a["action"]): a for a in result["actions"]}
     assert actions[("churn", "rollback")]["target_version"] == "1"
+    check_rollouts(result)
     assert ("fraud", "retrain") in actions or ("fraud", "review") in actions
     assert len({a["event_id"] for a in result["actions"]}) == len(result["actions"])
     records = {}
@@ -73,7 +77,8 @@ def test_demo_detects_both_drifts_and_acts(tmp_path):
     by = {(i["model"], i["kind"]): i for i in incidents}
     assert {e["incident_id"] for e in onsets.values()} <= {i["id"] for i in incidents}
     assert by[("fraud", "data")]["evidence"] and "amount" in by[("fraud", "data")]["features"]
-    assert by[("churn", "concept")]["version"] == "2"
+    assert any(i["version"] == "2" for i in incidents if (i["model"], i["kind"]) == (
+        "churn", "concept"))
     for i in incidents:
         assert {"model", "version", "kind", "status", "severity", "features",
                 "evidence"} <= set(i)
@@ -83,7 +88,9 @@ def test_demo_detects_both_drifts_and_acts(tmp_path):
     # piped, the table still holds every id whole (they are typed back into `ack`)
     assert all(i["id"] in table.stdout for i in incidents)
     # the demo resolved what it opened: nothing left open forever by demo runs
-    assert set(result["resolved"]) == {e["incident_id"] for e in onsets.values()}
+    opened = {e["incident_id"] for e in result["drift_events"] if e["state"] == "onset"}
+    recovered = {e["incident_id"] for e in result["drift_events"] if e["state"] == "recovery"}
+    assert set(result["resolved"]) == opened - recovered
     assert {i["status"] for i in incidents if i["id"] in result["resolved"]} == {"resolved"}
     # the versions the stream saw (their baselines) are listed
     models = json.loads(subprocess.run(
@@ -102,3 +109,35 @@ def test_demo_detects_both_drifts_and_acts(tmp_path):
     recorded = {a["event_id"]: a["status"] for a in store.actions()}
     assert set(recorded) == {a["event_id"] for a in result["actions"]}
     assert set(recorded.values()) == {"delivered"}
+    # the rollouts' actions are in the store with their evidence, as published
+    rows = {a["event_id"]: a for a in store.actions()}
+    for a in result["actions"]:
+        if a.get("rollout"):
+            assert rows[a["event_id"]]["rollout"] == a["rollout"]
+
+
+def check_rollouts(result):
+    """churn v2, a 10 % canary, is rolled back on performance after the concept change —
+    before it ever took all traffic — and fraud v2, in shadow, promoted; each verdict once,
+    as a typed action event whose evidence the worker's metrics and /rollouts repeat."""
+    from test_events import check_events
+
+    decided = {a["model"]: a for a in result["actions"] if a.get("rollout")}
+    assert len(decided) == len([a for a in result["actions"] if a.get("rollout")]) == 2
+    churn, fraud = decided["churn"], decided["fraud"]
+    assert (churn["action"], churn["version"], churn["target_version"]) == ("rollback", "2", "1")
+    assert churn["rollout"]["signal"] == "performance"
+    assert churn["rollout"]["lower"] > churn["rollout"]["margin"]
+    assert churn["ts"] - result["t0"] >= result["concept_drift_at"]  # not before the change
+    assert (fraud["action"], fraud["version"]) == ("promote", "2")
+    assert fraud["rollout"]["upper"] < fraud["rollout"]["margin"]
+    canary = result["canary"]  # never more than the canary's share of churn's traffic
+    assert 0 < canary["2"] < 0.15 * (canary["1"] + canary["2"])
+    check_events([], [orjson.dumps(a) for a in decided.values()])
+    status = {(r["name"], c): v for r in result["rollouts"] for c, v in r["verdicts"].items()}
+    assert status[("churn-v2", "2")]["verdict"] == "rollback"
+    assert status[("fraud-v2", "2")]["verdict"] == "promote"
+    samples = {(m["labels"]["rollout"], m["labels"]["verdict"]): m["value"]
+               for m in result["rollout_metrics"] if m["name"] == "driftwarden_rollout_verdict"}
+    assert samples[("churn-v2", "rollback")] == samples[("fraud-v2", "promote")] == 1.0
+    assert samples[("churn-v2", "continue")] == samples[("fraud-v2", "continue")] == 0.0

@@ -62,6 +62,11 @@ def test_rollback_on_critical_concept_drift_of_a_fresh_version():
     p2.default = ModelPolicy(rollback_window=100.0)
     assert [a["action"] for a in p2.decide(drift_event(kind="concept", severity="critical"))
             ] == ["review"]
+    # a candidate of a rollout: the rollout decides its rollback, the drift asks for a review
+    p3 = ResponsePolicy(rollouts={("fraud", "8"): "fraud-v8"})
+    p3.register_version("fraud", "8", deployed_at=900.0, previous="7")
+    (a3,) = p3.decide(drift_event(kind="concept", severity="critical"))
+    assert a3["action"] == "review" and "rollout fraud-v8" in a3["reason"]
 
 
 def test_retrain_when_data_drift_persists_and_ids_are_stable():

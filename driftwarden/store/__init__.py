@@ -489,7 +489,9 @@ class Store:
                      "version": a.version, "action": a.action,
                      "target_version": a.target_version, "reason": a.reason,
                      "status": a.status, "created_at": _utc(a.created_at),
-                     "delivered_at": _utc(a.delivered_at)} for a in s.scalars(q)]
+                     "delivered_at": _utc(a.delivered_at),
+                     # a rollout's verdict: its evidence, as published
+                     "rollout": (a.payload or {}).get("rollout")} for a in s.scalars(q)]
 
     def audit(self, actor: str, operation: str, target: str = "", outcome: str = "ok",
               detail: Mapping[str, Any] | None = None) -> None:

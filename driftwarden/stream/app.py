@@ -462,7 +462,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
 
     tokens = ApiTokens(tuple(settings.api.read_tokens), tuple(settings.api.admin_tokens))
     app.web.web_app.add_subapp("/api/v1", create_api(  # type: ignore[attr-defined]
-        store_sink.connect, tokens, shards.verdicts, max_body=settings.api.max_body,
+        store_sink.connect, tokens, shards.verdicts, rollouts=shards.rollouts,
+        max_body=settings.api.max_body,
         detection=settings.detection,
         on_refused=lambda reason: metrics.api_refused.labels(reason).inc()))
 
@@ -476,6 +477,13 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             return True
         metrics.api_refused.labels(tokens.refusal(header)).inc()
         return False
+
+    @app.page("/rollouts")
+    async def rollouts_page(web: Any, request: Any) -> Any:
+        """The rollouts this worker judges, each candidate's verdict and evidence."""
+        if not _may_read(request):
+            return web.json({"error": "a valid bearer token is required"}, status=401)
+        return web.json(shards.rollouts())
 
     @app.page("/verdicts")
     async def verdicts(web: Any, request: Any) -> Any:

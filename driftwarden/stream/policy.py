@@ -63,6 +63,10 @@ class ResponsePolicy:
     deployments: dict[str, dict[str, tuple[float, str | None]]] = field(default_factory=dict)
     _last: dict[tuple[str, str], float] = field(default_factory=dict)
     _open: dict[str, float] = field(default_factory=dict)  # incident -> onset time
+    # (model, version) -> the rollout judging that candidate version: the rollout decides
+    # whether it is rolled back (on the same traffic as its baseline), so concept drift on it
+    # asks for a review rather than a second, competing rollback
+    rollouts: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def register_version(self, model: str, version: str, deployed_at: float,
                          previous: str | None) -> None:
@@ -81,7 +85,12 @@ class ResponsePolicy:
             return []
         actions: list[tuple[str, str | None, str]] = []
         deployed = self.deployments.get(model, {}).get(version)
-        if kind == "concept" and severity == "critical" and deployed is not None:
+        judged_by = self.rollouts.get((model, version))
+        if kind == "concept" and severity == "critical" and judged_by is not None:
+            actions.append(("review", None, f"critical concept drift on version {version}, "
+                                            f"a candidate of rollout {judged_by} (the rollout "
+                                            "decides on its rollback)"))
+        elif kind == "concept" and severity == "critical" and deployed is not None:
             deployed_at, previous = deployed
             if previous is not None and ts - deployed_at <= rules.rollback_window:
                 actions.append(("rollback", previous,

@@ -124,6 +124,8 @@ class StreamService:
                                 known=self._published_baseline,
                                 rollouts=settings.rollouts, slice_seconds=d.slice_seconds)
         self.policy = policy or ResponsePolicy(ModelPolicy(runbook_url=settings.runbook_base))
+        self.policy.rollouts.update({(r.model, c): name for name, r in settings.rollouts.items()
+                                     for c in r.candidates})
         self.counts: Counter[str] = Counter()        # records by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
         self.actions: Counter[str] = Counter()

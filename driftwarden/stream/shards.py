@@ -223,6 +223,11 @@ class Shards:
     def verdicts(self) -> list[dict[str, Any]]:
         return [v for svc in self.services.values() for v in svc.verdicts()]
 
+    def rollouts(self) -> list[dict[str, Any]]:
+        """The rollouts judged in this worker's shards (a model's live in one shard)."""
+        return sorted((r for svc in self.services.values() for r in svc.rollouts()),
+                      key=lambda r: r["name"])
+
     def invalid(self) -> Counter[str]:
         return sum((svc.invalid for svc in self.services.values()), Counter())
 
