@@ -2,7 +2,13 @@
 anytime-valid comparison (driftwarden/detectors/sequential.py) against the usual repeated
 fixed-sample check, both looking after every slice.
 
-    python bench/bench_rollout.py [--runs 1000]
+    python bench/bench_rollout.py [--runs 1000] [--canary-runs 200]
+
+Live canaries (the stream's Rollout, driftwarden/detectors/rollout.py, fed slice by slice):
+500 requests a slice, 10 % to the candidate, baseline error 10 %, 300 slices, margin 1 point;
+the candidate equal, exactly at the margin (promote is false), 2 points worse, 2 points
+better. "fixed" is a normal 95 % interval on the difference of the two error rates,
+recomputed at every slice.
 
 Paired rollouts (a shadow, a gate's evaluation set): the versions disagree on 6 % of the
 examples; 200 labelled examples per slice, 50 slices (10,000 examples) — 150 slices for the
@@ -22,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from driftwarden.config import RolloutSpec  # noqa: E402
+from driftwarden.detectors.rollout import Rollout  # noqa: E402
 from driftwarden.detectors.sequential import decide, radius  # noqa: E402
 
 SLICE = 200
@@ -79,9 +87,55 @@ def summary(got, wrong):
     return false, (sum(v is not None and v not in wrong for v in verdicts) / len(got)), med
 
 
+def canary(seed, cand_error, slices=300, per_slice=500, share=0.10, base_error=0.10,
+           margin=0.01):
+    """One live canary judged by the stream's Rollout and, on the same counts, by a fixed
+    95 % interval at every slice: ((verdict, candidate samples), (verdict, samples))."""
+    rng = np.random.default_rng(seed)
+    r = Rollout("bench", RolloutSpec(model="m", baseline="1", candidates=["2"], margin=margin,
+                                     min_samples=300), slice_seconds=60.0)
+    seq = fix = (None, None)
+    nb = nc = eb = ec = 0
+    for sid in range(slices):
+        n_c = int(rng.binomial(per_slice, share))
+        errs_b = rng.random(per_slice - n_c) < base_error
+        errs_c = rng.random(n_c) < cand_error
+        if seq[0] is None:
+            r.observe_outcomes("1", sid, errs_b * 1.0)
+            r.observe_outcomes("2", sid, errs_c * 1.0)
+            for d in r.evaluate():
+                seq = (d.verdict, d.samples["2"])
+        nb, nc = nb + len(errs_b), nc + n_c
+        eb, ec = eb + int(errs_b.sum()), ec + int(errs_c.sum())
+        if fix[0] is None and min(nb, nc) >= 300:
+            pb, pc = eb / nb, ec / nc
+            half = 1.96 * np.sqrt(pb * (1 - pb) / nb + pc * (1 - pc) / nc)
+            if pc - pb - half > margin:
+                fix = ("rollback", nc)
+            elif pc - pb + half < margin:
+                fix = ("promote", nc)
+        if seq[0] is not None and fix[0] is not None:
+            break
+    return seq, fix
+
+
+def canary_rows(runs):
+    rows = []
+    for name, cand, wrong in (("equal to baseline", 0.10, {"rollback"}),
+                              ("exactly at the margin", 0.11, {"promote"}),
+                              ("2 points worse", 0.12, {"promote"}),
+                              ("2 points better", 0.08, {"rollback"})):
+        got = [canary(1000 * i + int(cand * 100), cand) for i in range(runs)]
+        for method, k in (("sequential (driftwarden)", 0), ("fixed 95 % interval", 1)):
+            false, right, med = summary([g[k] for g in got], wrong)
+            rows.append((name, method, false, right, med))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--canary-runs", type=int, default=200)
     args = ap.parse_args()
     rng = np.random.default_rng(7)
     rows = []
@@ -101,6 +155,16 @@ def main() -> None:
     for name, method, false, right, med in rows:
         print(f"{name:<34} {method:<34} {false:>15.3f} {right:>15.3f} "
               f"{med if med is not None else '–':>15}")
+
+
+    print()
+    print(f"live canaries: {args.canary_runs} per row, 500 requests a slice, 10 % to the "
+          "candidate, baseline error 10 %, margin 1 point, a look after every slice")
+    print(f"{'candidate':<34} {'check':<34} {'false verdicts':>15} {'right verdicts':>15} "
+          f"{'median candidate samples':>25}")
+    for name, method, false, right, med in canary_rows(args.canary_runs):
+        print(f"{name:<34} {method:<34} {false:>15.3f} {right:>15.3f} "
+              f"{med if med is not None else '–':>25}")
 
 
 if __name__ == "__main__":

@@ -46,5 +46,31 @@ def consumer_lag() -> str:
     return f'sum by (topic) ({m("consumer_lag_messages")})'
 
 
+def rollout_verdict(verdict: str, selector: str = "") -> str:
+    """1 per rollout candidate whose current verdict is ``verdict`` (``selector``: more label
+    matchers, e.g. ``rollout="churn-v2"``).
+
+    >>> rollout_verdict("rollback")
+    'max by (rollout, model, candidate) (driftwarden_rollout_verdict{verdict="rollback"})'
+    """
+    extra = f", {selector}" if selector else ""
+    return (f'max by (rollout, model, candidate) '
+            f'({m("rollout_verdict")}{{verdict="{verdict}"{extra}}})')
+
+
+def rollout_state(selector: str) -> str:
+    """One number for one rollout candidate (``selector``: its label matchers): 1 rollback,
+    2 promote, 3 inconclusive, 0 continue or not judged yet — what an Argo Rollouts
+    AnalysisTemplate or a Flagger MetricTemplate compares (deploy/rollouts/).
+
+    >>> rollout_state('rollout="r"').startswith('(max(driftwarden_rollout_verdict{')
+    True
+    """
+    v = m("rollout_verdict")
+    return " or ".join(f'(max({v}{{{selector}, verdict="{verdict}"}}) == 1) * {k}'
+                       for k, verdict in ((1, "rollback"), (2, "promote"),
+                                          (3, "inconclusive"))) + " or vector(0)"
+
+
 def actions_increase(window: str = "10m") -> str:
     return f'sum by (model, action) (increase({m("actions_total")}[{window}]))'

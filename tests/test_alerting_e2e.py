@@ -56,7 +56,10 @@ def stack(broker, spawn_worker, tmp_path):
                 "DRIFTWARDEN_GRAFANA__URL": grafana.url, "DRIFTWARDEN_GRAFANA__TIMEOUT": "1",
                 "DRIFTWARDEN_GRAFANA__TOKEN": "s3cret-token",
                 "DRIFTWARDEN_ALERTMANAGER__URL": f"http://127.0.0.1:{am_port}",
-                "DRIFTWARDEN_ALERTMANAGER__RESEND_SECONDS": "2"})
+                "DRIFTWARDEN_ALERTMANAGER__RESEND_SECONDS": "2",
+                # a canary of fraud v2 for the last seconds: the rollout series exist
+                "DRIFTWARDEN_ROLLOUTS": orjson.dumps({"fraud-v2": {
+                    "model": "fraud", "baseline": "1", "candidates": ["2"]}}).decode()})
     proc, worker_port, worker_log = spawn_worker(broker.bootstrap_servers, env)
 
     am = alertmanager_service(tmp_path, am_port)
@@ -95,7 +98,9 @@ def produce_scenario(bootstrap):
     topic = f"{PREFIX}.predictions"
     for t in range(24):
         for i in range(500):
-            rec = {"model": "fraud", "version": "1", "id": f"{t}-{i}", "ts": 1000 + t + i / 500,
+            canary = t >= 22 and i % 10 == 0  # v2 takes 10 % for the last two seconds
+            rec = {"model": "fraud", "version": "2" if canary else "1", "id": f"{t}-{i}",
+                   "ts": 1000 + t + i / 500,
                    "features": {"amount": float(rng.normal(2.0 if t >= 12 else 0.0, 1)),
                                 "country": str(rng.choice(["DE", "FR"]))},
                    "prediction": float(rng.random())}
@@ -186,6 +191,25 @@ def test_drift_reaches_alertmanager_and_survives_its_restart(stack):
                     empty.append(e)
         return not empty or None
     wait_for("every dashboard panel to return data", panels_with_data, 30)
+
+    # the Argo Rollouts and Flagger templates' PromQL, their arguments filled in, returns the
+    # candidate's verdict (0: not decided yet; 50 labelled outcomes are too few)
+    from driftwarden import rollout_templates
+
+    argo = [m["provider"]["prometheus"]["query"] for d in rollout_templates.argo_templates()
+            for m in d["spec"]["metrics"]]
+    flagger = [d["spec"]["query"] for d in rollout_templates.flagger_templates()]
+    for q in argo + flagger:
+        e = (q.replace("{{args.rollout}}", "fraud-v2").replace("{{args.candidate}}", "2")
+             .replace("{{ variables.rollout }}", "fraud-v2")
+             .replace("{{ variables.candidate }}", "2"))
+        assert "{{" not in e
+        assert [float(r["value"][1]) for r in query(prom_port, e)] == [0.0], e
+    verdict = query(prom_port, 'driftwarden_rollout_verdict{rollout="fraud-v2",'
+                               'verdict="continue"}')
+    assert [float(r["value"][1]) for r in verdict] == [1.0]
+    assert query(prom_port, 'driftwarden_rollout_difference{rollout="fraud-v2",'
+                            'bound="upper"}'), "no outcome of both versions compared"
 
     # Alertmanager away for a minute while the alert is active: Prometheus re-sends it
     stack["am"].stop()

@@ -111,6 +111,14 @@ def _extra_cases(c: AlertConfig):
         "driftwarden is behind on driftwarden.predictions",
         f"{c.lag_messages + 1} messages are waiting on driftwarden.predictions: verdicts are "
         "late.", _minutes(c.lag_for))
+    yield ("DriftwardenRolloutRolledBack", [(
+        "driftwarden_rollout_verdict{rollout='churn-v2',model='churn',candidate='2',"
+        "verdict='rollback',instance='w1'}", "0+0x5 1+0x30")],
+        {"rollout": "churn-v2", "model": "churn", "candidate": "2", "severity": "warning"},
+        "rollout churn-v2: churn v2 rolled back",
+        "The candidate v2 of churn was worse than its baseline version on the same traffic, "
+        "beyond the rollout's margin: driftwarden asked for a rollback (see the action "
+        "event's rollout evidence).", 6)
     yield ("DriftwardenWorkerDown", [(f"up{{job='{c.job}',instance='w1'}}", "0+0x30")],
            {"job": c.job, "instance": "w1", "severity": "critical"},
            "driftwarden worker w1 is down",

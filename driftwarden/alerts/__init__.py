@@ -29,6 +29,7 @@ from driftwarden.promql import (
     drift_detected,
     drift_severity,
     event_rate,
+    rollout_verdict,
     unsilenced,
 )
 
@@ -109,6 +110,13 @@ def alerts(config: AlertConfig | None = None) -> list[Alert]:
               "driftwarden worker {{ $labels.instance }} is down",
               "Prometheus cannot scrape {{ $labels.instance }}: its partitions are not "
               "monitored until the group rebalances."),
+        Alert("DriftwardenRolloutRolledBack",
+              unsilenced(f"{rollout_verdict('rollback')} == 1"), "0m", "warning",
+              "rollout {{ $labels.rollout }}: {{ $labels.model }} v{{ $labels.candidate }} "
+              "rolled back",
+              "The candidate v{{ $labels.candidate }} of {{ $labels.model }} was worse than "
+              "its baseline version on the same traffic, beyond the rollout's margin: "
+              "driftwarden asked for a rollback (see the action event's rollout evidence)."),
         Alert("DriftwardenActionEmitted", f"{actions_increase()} > 0", "0m", "info",
               "{{ $labels.action }} requested for {{ $labels.model }}",
               "driftwarden published a {{ $labels.action }} action event for "

@@ -32,7 +32,14 @@ from grafana_foundation_sdk.builders.dashboard import (
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
-from driftwarden.promql import actions_increase, consumer_lag, drift_severity, event_rate, m
+from driftwarden.promql import (
+    actions_increase,
+    consumer_lag,
+    drift_severity,
+    event_rate,
+    m,
+    rollout_verdict,
+)
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="driftwarden-prometheus")
 # Grafana's own annotation store, where the worker posts drift and action events
@@ -76,6 +83,18 @@ def q_prediction_score() -> str:
     return f'{m("feature_drift_score")}{{{SEL}, feature="__prediction__"}}'
 
 
+def q_rollout_state() -> str:
+    """Each rollout candidate's verdict as one number (0: continue)."""
+    return " or ".join(f"({rollout_verdict(v)} == 1) * {k}" for k, v in (
+        (1, "rollback"), (2, "promote"), (3, "inconclusive"))) + (
+        f" or ({rollout_verdict('continue')} == 1) * 0")
+
+
+def q_rollout_difference(bound: str) -> str:
+    return (f'max by (rollout, candidate) ({m("rollout_difference")}'
+            f'{{bound="{bound}"}})')
+
+
 def q_window_fill() -> str:
     return f'{m("window_fill_ratio")}{{{SEL}}}'
 
@@ -117,6 +136,20 @@ def overview() -> Dashboard:
                           "{{model}} v{{version}} {{kind}}"))
         .with_panel(_ts("Actions emitted", "short",
                         _target(actions_increase("$__range"), "{{model}} {{action}}")))
+        .with_row(Row("Rollouts"))
+        .with_panel(_stat("Rollout verdicts (1: rollback, 2: promote, 3: inconclusive)",
+                          q_rollout_state(), "{{rollout}} v{{candidate}}"))
+        .with_panel(_ts("Rollout loss difference, candidate - baseline (bounds, margin)", "short",
+                        _target(q_rollout_difference("estimate"), "{{rollout}} v{{candidate}}"),
+                        _target(q_rollout_difference("lower"),
+                                "{{rollout}} v{{candidate}} lower"),
+                        _target(q_rollout_difference("upper"),
+                                "{{rollout}} v{{candidate}} upper"),
+                        _target(q_rollout_difference("margin"),
+                                "{{rollout}} v{{candidate}} margin"),
+                        desc="Anytime-valid bounds of the decisive signal: rollback once the "
+                             "lower bound is above the margin, promote once the upper bound "
+                             "is below it."))
         .with_row(Row("Traffic"))
         .with_panel(_ts("Predictions per second", "reqps",
                         _target(event_rate(RATE), "{{model}} v{{version}}")))
