@@ -36,6 +36,7 @@ import msgspec
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from driftwarden.config import RolloutSpec
 from driftwarden.statuses import INCIDENT_STATUSES
 from driftwarden.store import Conflict, NotFound, Store
 
@@ -124,6 +125,33 @@ class SilenceBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class Ack(msgspec.Struct, forbid_unknown_fields=True):
     note: _text(2000) = ""  # type: ignore[valid-type]
+
+
+class NewRollout(msgspec.Struct, forbid_unknown_fields=True):
+    """A rollout to start (the fields of ``[rollouts.NAME]`` in the config, and its name)."""
+
+    name: Name
+    model: Name
+    baseline: Name
+    candidates: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=20)]
+    strategy: Literal["canary", "shadow", "blue_green", "champion_challenger"] = "canary"
+    margin: Annotated[float, msgspec.Meta(ge=0, le=1e12)] | None = None
+    alpha: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.05
+    min_samples: Annotated[int, msgspec.Meta(ge=1, le=10**12)] = 500
+    min_seconds: Annotated[float, msgspec.Meta(ge=0, le=1e10)] = 0.0
+    max_seconds: Annotated[float, msgspec.Meta(gt=0, le=1e10)] = 86_400.0
+    max_disagreement: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.05
+    input_tolerance: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = 0.25
+    share_tolerance: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.05
+
+
+class EndRollout(msgspec.Struct, forbid_unknown_fields=True):
+    reason: _text(2000) = ""  # type: ignore[valid-type]
+
+
+class HandPromotion(msgspec.Struct, forbid_unknown_fields=True):
+    candidate: Name
+    reason: _text(2000) = ""  # type: ignore[valid-type]
 
 
 class _Refused(Exception):
@@ -282,7 +310,11 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
 
     @route("GET", "/rollouts", "read", "rollouts.list")
     async def get_rollouts(request: web.Request, actor: str) -> Any:
-        return rollouts() if rollouts is not None else []
+        """The rollouts in the store with their verdicts, each with ``live``: this worker's
+        current evidence when it judges that rollout (else null)."""
+        rows = await db(Store.rollouts, model=_query_name(request.query.get("model")))
+        live = {r["name"]: r for r in (rollouts() if rollouts is not None else [])}
+        return [{**r, "live": live.get(r["name"])} for r in rows]
 
     @route("GET", "/models", "read", "models.list")
     async def list_models(request: web.Request, actor: str) -> Any:
@@ -316,6 +348,28 @@ def create_api(store: Callable[[], Store | None], tokens: ApiTokens,
                         request.match_info["version"])
 
     # -- admin -------------------------------------------------------------------------------
+    @route("POST", "/rollouts", "admin", "rollout.register")
+    async def start_rollout(request: web.Request, actor: str) -> Any:
+        b = await body(request, NewRollout)
+        spec = {k: v for k, v in msgspec.to_builtins(b).items() if k != "name"}
+        try:
+            msgspec.convert(spec, RolloutSpec).check()
+        except ValueError as exc:
+            raise _Refused(400, f"invalid rollout: {exc}") from None
+        return await db(Store.start_rollout, b.name, spec, actor=actor)
+
+    @route("POST", "/rollouts/{name}/abort", "admin", "rollout.abort")
+    async def abort_rollout(request: web.Request, actor: str) -> Any:
+        b = await body(request, EndRollout)
+        return await db(Store.end_rollout, request.match_info["name"], actor=actor,
+                        status="aborted", reason=b.reason)
+
+    @route("POST", "/rollouts/{name}/promote", "admin", "rollout.promote")
+    async def promote_rollout(request: web.Request, actor: str) -> Any:
+        b = await body(request, HandPromotion)
+        return await db(Store.end_rollout, request.match_info["name"], actor=actor,
+                        status="promoted", reason=b.reason, candidate=b.candidate)
+
     @route("POST", "/models", "admin", "model.register")
     async def register_model(request: web.Request, actor: str) -> Any:
         b = await body(request, NewModel)
@@ -433,7 +487,8 @@ _ERRORS = {"400": "malformed request", "401": "no valid bearer token",
 
 def openapi() -> dict[str, Any]:
     """The API's OpenAPI 3.1 document (request bodies from the msgspec structs above)."""
-    bodies = [NewModel, NewVersion, Promotion, BaselineBody, SilenceBody, Ack]
+    bodies = [NewModel, NewVersion, Promotion, BaselineBody, SilenceBody, Ack, NewRollout,
+              EndRollout, HandPromotion]
     (_, components) = msgspec.json.schema_components(bodies, ref_template=(
         "#/components/schemas/{name}"))
     error = {"type": "object", "properties": {"error": {"type": "string"}},
@@ -476,8 +531,16 @@ def openapi() -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/verdicts": {"get": op("Current verdicts", "200", False, ok_type="array")},
-            "/rollouts": {"get": op("Rollouts judged by this worker, each candidate's "
-                                    "verdict and evidence", "200", False, ok_type="array")},
+            "/rollouts": {
+                "get": op("Rollouts with their verdicts (and this worker's live evidence)",
+                          "200", False, params=[model], ok_type="array"),
+                "post": op("Start a rollout", "201", True, "NewRollout")},
+            "/rollouts/{name}/abort": {
+                "post": op("Abort a running rollout", "200", True, "EndRollout",
+                           [p("name")])},
+            "/rollouts/{name}/promote": {
+                "post": op("Promote a running rollout's candidate by hand", "200", True,
+                           "HandPromotion", [p("name")])},
             "/models": {
                 "get": op("Models and versions", "200", False, ok_type="array"),
                 "post": op("Register a model", "201", True, "NewModel")},

@@ -191,7 +191,7 @@ def test_the_api_conforms_to_its_openapi_document(monkeypatch):
         schema = schemathesis.openapi.from_dict(spec)
         schema.config.update(base_url=base)
         operations = [r.ok() for r in schema.get_all_operations()]
-        assert len(operations) == 14
+        assert len(operations) == 17
         calls = []
         for op in operations:
             @given(case=op.as_strategy())
@@ -201,9 +201,11 @@ def test_the_api_conforms_to_its_openapi_document(monkeypatch):
                 for token in (ADMIN, READ, None):
                     headers = {"Authorization": f"Bearer {token}"} if token else {}
                     # a baseline upload is a whole fitted summary: a schema-valid object can
-                    # still be no baseline (400), so only that check is left out there
+                    # still be no baseline (400), and a schema-valid rollout can still name
+                    # its baseline among its candidates (400): only that check is left out
                     excluded = [positive_data_acceptance] if case.operation.path.endswith(
-                        "/baselines") else []
+                        "/baselines") or (case.operation.path, case.operation.method.upper()
+                                          ) == ("/rollouts", "POST") else []
                     case.call_and_validate(headers=headers, excluded_checks=excluded)
                     calls.append(case.operation.path)
             check()
@@ -290,4 +292,38 @@ def test_baselines_are_fitted_off_the_event_loop(monkeypatch):
         assert call(base, "POST", "/models/fraud/versions/1/baselines", {"records": rows},
                     ADMIN)[0] == 200
     assert loops == [None]
+    store.close()
+
+
+def test_rollouts_are_started_aborted_and_promoted_by_hand_audited():
+    store = Store("sqlite://")
+    with serve(store) as base:
+        spec = {"name": "churn-v2", "model": "churn", "baseline": "1", "candidates": ["2"],
+                "strategy": "canary", "margin": 0.02}
+        assert call(base, "POST", "/rollouts", spec, READ)[0] == 403
+        status, body = call(base, "POST", "/rollouts", spec, ADMIN)
+        assert status == 201 and (body["status"], body["source"]) == ("running", "api")
+        assert body["spec"]["margin"] == 0.02 and "name" not in body["spec"]
+        assert call(base, "POST", "/rollouts", spec, ADMIN)[0] == 409  # the name is taken
+        bad = {**spec, "name": "x", "candidates": ["1"]}
+        status, body = call(base, "POST", "/rollouts", bad, ADMIN)
+        assert status == 400 and "both baseline and candidate" in body["error"]
+        assert call(base, "POST", "/rollouts/churn-v2/promote", {"candidate": "9"},
+                    ADMIN)[0] == 409  # not a candidate
+        status, body = call(base, "POST", "/rollouts/churn-v2/abort", {"reason": "bad data"},
+                            ADMIN)
+        assert status == 200 and body["status"] == "aborted" and body["ended_at"]
+        assert call(base, "POST", "/rollouts/churn-v2/abort", {}, ADMIN)[0] == 409
+        assert call(base, "POST", "/rollouts/nope/abort", {}, ADMIN)[0] == 404
+        call(base, "POST", "/rollouts", {**spec, "name": "fraud-v9", "model": "fraud"}, ADMIN)
+        status, body = call(base, "POST", "/rollouts/fraud-v9/promote", {"candidate": "2"},
+                            ADMIN)
+        assert (status, body["status"], body["promoted_by_hand"]) == (200, "promoted", "2")
+        status, listed = call(base, "GET", "/rollouts", token=READ)
+        assert status == 200 and {r["name"]: r["live"] for r in listed} == {
+            "churn-v2": None, "fraud-v9": None}  # this worker judges neither
+        ops = [(a["operation"], a["target"], a["outcome"]) for a in store.audit_log()]
+        assert ("rollout.start", "churn-v2", "ok") in ops
+        assert ("rollout.abort", "churn-v2", "ok") in ops
+        assert ("rollout.promote", "fraud-v9", "ok") in ops
     store.close()

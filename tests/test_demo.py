@@ -109,6 +109,11 @@ def test_demo_detects_both_drifts_and_acts(tmp_path):
     recorded = {a["event_id"]: a["status"] for a in store.actions()}
     assert set(recorded) == {a["event_id"] for a in result["actions"]}
     assert set(recorded.values()) == {"delivered"}
+    # the rollouts are in the store with where they ended and their verdicts
+    kept = {r["name"]: r for r in store.rollouts()}
+    assert {k: r["status"] for k, r in kept.items()} == {"churn-v2": "rolled_back",
+                                                         "fraud-v2": "promoted"}
+    assert [v["verdict"] for v in kept["churn-v2"]["verdicts"]] == ["rollback"]
     # the rollouts' actions are in the store with their evidence, as published
     rows = {a["event_id"]: a for a in store.actions()}
     for a in result["actions"]:

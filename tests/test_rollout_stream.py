@@ -147,3 +147,45 @@ def test_rollout_metrics_agree_with_the_action_events(runs):
         for version, n in r["samples"].items():
             assert get("driftwarden_rollout_samples", {
                 "rollout": r["rollout"], "candidate": r["candidate"], "version": version}) == n
+
+
+def test_a_rollout_started_then_aborted_or_promoted_by_hand_publishes_once():
+    """Rollouts the admin API started (none in the config): judged from then on, the shadow
+    version's labels joined; a person's abort or promote by hand is one action each, kept
+    across a restore (the same call again publishes nothing)."""
+    from driftwarden.config import RolloutSpec
+
+    svc = StreamService(load_settings(env=ENV))
+    svc.set_rollouts({
+        "churn-v2": RolloutSpec(model="churn", baseline="1", candidates=["2"],
+                                min_samples=10**6),
+        "fraud-v2": RolloutSpec(model="fraud", baseline="1", candidates=["2"],
+                                strategy="shadow", min_samples=10**6)})
+    msgs = traffic(seconds=20)
+    for i in range(0, len(msgs), 500):
+        for kind in ("p", "l"):
+            raw = [RawMessage(orjson.dumps(r), [], kind, 0, i + j, r["ts"])
+                   for j, (k, r) in enumerate(msgs[i:i + 500]) if k == kind]
+            if raw:
+                (svc.handle_predictions if kind == "p" else svc.handle_labels)(raw)
+    svc.finish()
+    sides = svc.merge.rollouts["fraud-v2"].sides
+    assert sides["1"].loss.n == sides["2"].loss.n > 1000  # judged, nothing decided yet
+    assert not svc.merge.rollouts["fraud-v2"].decisions
+
+    (abort,) = [orjson.loads(o.value) for o in svc.end_rollout(
+        "churn-v2", "aborted through the admin API")]
+    assert (abort["action"], abort["rollout"]["verdict"], abort["target_version"]) == (
+        "review", "inconclusive", None)
+    assert "aborted through the admin API" in abort["reason"]
+    (promote,) = [orjson.loads(o.value) for o in svc.end_rollout(
+        "fraud-v2", "promoted by hand through the admin API", promote="2")]
+    assert (promote["action"], promote["rollout"]["signal"]) == ("promote", "by_hand")
+    assert promote["rollout"]["samples"]["2"] > 1000  # the evidence gathered so far
+    check_events([], [orjson.dumps(abort), orjson.dumps(promote)])
+    assert svc.end_rollout("churn-v2", "again") == []
+    again = StreamService(load_settings(env=ENV))
+    again.set_rollouts(svc.merge.rollout_specs)
+    again.restore(orjson.loads(orjson.dumps(svc.to_state())))
+    assert again.end_rollout("fraud-v2", "again", promote="2") == []
+    assert again.end_rollout("churn-v2", "again") == []

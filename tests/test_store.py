@@ -32,8 +32,8 @@ def test_migrations_make_exactly_the_models_schema_and_are_idempotent(db_url):
         tables = set(sa.inspect(conn).get_table_names())
         version = conn.execute(sa.text("select version_num from alembic_version")).scalar()
     assert {"models", "model_versions", "baselines", "incidents", "incident_events", "actions",
-            "silences", "audit_log"} <= tables
-    assert version == "0002"
+            "silences", "audit_log", "rollouts", "rollout_verdicts"} <= tables
+    assert version == "0003"
     store.close()
 
 
@@ -209,3 +209,51 @@ def test_an_unreachable_or_malformed_database_is_one_line_without_its_password(m
         assert main(["incidents", "list"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0] and "s3cret" not in err[0], err
+
+
+def test_rollouts_are_kept_with_their_verdicts_and_people_s_decisions_audited(db_url):
+    store = Store(db_url)
+    spec = {"model": "churn", "baseline": "1", "candidates": ["2", "3"],
+            "strategy": "champion_challenger"}
+    store.sync_config_rollouts({"churn-v2": spec})
+    store.sync_config_rollouts({"churn-v2": spec})  # once
+    (r,) = store.rollouts()
+    assert (r["name"], r["source"], r["status"], r["verdicts"]) == (
+        "churn-v2", "config", "running", [])
+
+    def action(candidate, verdict, event_id):
+        return {"event_id": event_id, "model": "churn", "reason": f"r {verdict}",
+                "ts": 1_700_000_000.0,
+                "rollout": {"rollout": "churn-v2", "strategy": "champion_challenger",
+                            "baseline": "1", "candidate": candidate, "verdict": verdict,
+                            "signal": "performance", "estimate": 0.03, "lower": 0.02,
+                            "upper": 0.04, "margin": 0.01, "alpha": 0.025,
+                            "samples": {"1": 900, candidate: 100}, "slice": 7}}
+
+    assert store.record_rollout_verdict(action("2", "rollback", "e1"))
+    assert not store.record_rollout_verdict(action("2", "rollback", "e1"))  # a replay
+    assert store.rollout("churn-v2")["status"] == "running"  # candidate 3 undecided
+    assert store.record_rollout_verdict(action("3", "promote", "e2"))
+    r = store.rollout("churn-v2")
+    assert r["status"] == "promoted" and r["ended_at"]
+    assert [(v["candidate"], v["verdict"], v["evidence"]["samples"]) for v in r["verdicts"]] == [
+        ("2", "rollback", {"1": 900, "2": 100}), ("3", "promote", {"1": 900, "3": 100})]
+    with pytest.raises(Conflict):
+        store.end_rollout("churn-v2", actor="alice", status="aborted")  # it has ended
+
+    started = store.start_rollout("fraud-v9", {"model": "fraud", "baseline": "8",
+                                               "candidates": ["9"]}, actor="admin-token:ab")
+    assert (started["source"], started["created_by"]) == ("api", "admin-token:ab")
+    with pytest.raises(Conflict):
+        store.start_rollout("fraud-v9", {"model": "fraud", "baseline": "8",
+                                         "candidates": ["9"]}, actor="x")
+    with pytest.raises(Conflict):
+        store.end_rollout("fraud-v9", actor="bob", status="promoted", candidate="7")
+    done = store.end_rollout("fraud-v9", actor="bob", status="promoted", candidate="9")
+    assert (done["status"], done["promoted_by_hand"]) == ("promoted", "9")
+    with pytest.raises(NotFound):
+        store.end_rollout("nope", actor="bob", status="aborted")
+    ops = [(a["actor"], a["operation"], a["target"]) for a in store.audit_log()]
+    assert ("bob", "rollout.promote", "fraud-v9") in ops
+    assert ("admin-token:ab", "rollout.start", "fraud-v9") in ops
+    store.close()

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -275,6 +275,20 @@ class Rollout:
         ``inconclusive``."""
         self.aborted = reason
         return self._decide(final=True)
+
+    def promote_by_hand(self, candidate: str, reason: str) -> list[Decision]:
+        """A person promotes ``candidate`` (the admin API, audited there): its verdict is
+        ``promote`` with the evidence gathered so far (``signal`` = ``by_hand``); the other
+        undecided candidates end ``inconclusive``. Nothing if it was decided already."""
+        if candidate not in self.sides or candidate == self.spec.baseline or (
+                candidate in self.decisions):
+            return []
+        alpha = self.spec.alpha / len(self.spec.candidates)
+        d = replace(self._judge(candidate, alpha, final=False), verdict="promote",
+                    signal="by_hand", reason=reason)
+        self.decisions[candidate] = self.latest[candidate] = d
+        self.aborted = f"candidate {candidate} was promoted by hand"
+        return [d, *self._decide(final=True)]
 
     def elapsed(self) -> float:
         if self.first_slice is None or self.last_slice is None:

@@ -42,6 +42,8 @@ from driftwarden.store.models import (
     IncidentEvent,
     Model,
     ModelVersion,
+    Rollout,
+    RolloutVerdict,
     Silence,
 )
 
@@ -492,6 +494,119 @@ class Store:
                      "delivered_at": _utc(a.delivered_at),
                      # a rollout's verdict: its evidence, as published
                      "rollout": (a.payload or {}).get("rollout")} for a in s.scalars(q)]
+
+    # -- rollouts ---------------------------------------------------------------------------
+    def sync_config_rollouts(self, specs: Mapping[str, Mapping[str, Any]]) -> None:
+        """The config's rollouts (name -> spec as JSON) recorded, once each: a new one as
+        running; a running one whose spec changed takes the new spec."""
+        with self.session() as s:
+            for name, spec in specs.items():
+                row = s.get(Rollout, name)
+                if row is None:
+                    at = now()
+                    s.add(Rollout(name=name, model=str(spec["model"]), spec=dict(spec),
+                                  source="config", status="running", created_by="config",
+                                  created_at=at, updated_at=at))
+                elif row.status == "running" and row.spec != dict(spec):
+                    row.spec, row.updated_at = dict(spec), now()
+
+    def start_rollout(self, name: str, spec: Mapping[str, Any], *, actor: str
+                      ) -> dict[str, Any]:
+        """A rollout started through the admin API (Conflict: the name is taken)."""
+        with self.session() as s:
+            if s.get(Rollout, name) is not None:
+                raise Conflict(f"rollout {name!r} exists")
+            at = now()
+            s.add(Rollout(name=name, model=str(spec["model"]), spec=dict(spec), source="api",
+                          status="running", created_by=actor, created_at=at, updated_at=at))
+            s.add(_audit(actor, "rollout.start", name, "ok", {"spec": dict(spec)}))
+        return self.rollout(name)
+
+    def end_rollout(self, name: str, *, actor: str, status: str, reason: str = "",
+                    candidate: str | None = None) -> dict[str, Any]:
+        """A person ends a running rollout: ``aborted``, or ``promoted`` by hand
+        (``candidate``); audited. The worker judging it publishes the matching action."""
+        with self.session() as s:
+            row = s.get(Rollout, name)
+            if row is None:
+                raise NotFound(f"no rollout {name!r}")
+            if row.status != "running":
+                raise Conflict(f"rollout {name!r} has ended ({row.status})")
+            if candidate is not None and candidate not in row.spec.get("candidates", []):
+                raise Conflict(f"{candidate!r} is not a candidate of rollout {name!r}")
+            at = now()
+            row.status, row.updated_at, row.ended_at = status, at, at
+            row.promoted_by_hand = candidate
+            s.add(_audit(actor, f"rollout.{'abort' if status == 'aborted' else 'promote'}",
+                         name, "ok", {"reason": reason, "candidate": candidate}))
+        return self.rollout(name)
+
+    def record_rollout_verdict(self, action: Mapping[str, Any]) -> bool:
+        """A rollout's verdict from its action event (idempotent by event_id); the rollout's
+        status follows once every candidate has a verdict (a rollout the config declares is
+        recorded here first if need be). False if it was recorded already."""
+        ev = action["rollout"]
+        try:
+            with self.session() as s:
+                if s.get(RolloutVerdict, action["event_id"]) is not None:
+                    return False
+                row = s.get(Rollout, ev["rollout"])
+                at = now()
+                if row is None:
+                    row = Rollout(name=ev["rollout"], model=action["model"],
+                                  spec={"model": action["model"], "baseline": ev["baseline"],
+                                        "candidates": [ev["candidate"]]},
+                                  source="config", status="running", created_by="config",
+                                  created_at=at, updated_at=at)
+                    s.add(row)
+                s.add(RolloutVerdict(event_id=action["event_id"], rollout=ev["rollout"],
+                                     candidate=ev["candidate"], verdict=ev["verdict"],
+                                     signal=ev["signal"], reason=str(action.get("reason", "")),
+                                     evidence=dict(ev), ts=_ts(action.get("ts")),
+                                     recorded_at=at))
+                s.flush()
+                decided = {v.candidate: v.verdict for v in s.scalars(
+                    select(RolloutVerdict).where(RolloutVerdict.rollout == row.name))}
+                if row.status == "running" and set(row.spec.get("candidates", [])) <= set(
+                        decided):
+                    final = set(decided.values())
+                    row.status = ("promoted" if "promote" in final else "rolled_back"
+                                  if final == {"rollback"} else "inconclusive")
+                    row.ended_at = at
+                row.updated_at = at
+            return True
+        except IntegrityError:
+            return False
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        with self.session() as s:
+            row = s.get(Rollout, name)
+            if row is None:
+                raise NotFound(f"no rollout {name!r}")
+            return self._rollout_dict(s, row)
+
+    def rollouts(self, *, model: str | None = None) -> list[dict[str, Any]]:
+        """Every rollout, newest first, with its verdicts."""
+        with self.session() as s:
+            q = select(Rollout).order_by(Rollout.created_at.desc(), Rollout.name)
+            if model:
+                q = q.where(Rollout.model == model)
+            return [self._rollout_dict(s, r) for r in s.scalars(q)]
+
+    @staticmethod
+    def _rollout_dict(s: Session, r: Rollout) -> dict[str, Any]:
+        verdicts = [{"event_id": v.event_id, "candidate": v.candidate, "verdict": v.verdict,
+                     "signal": v.signal, "reason": v.reason, "evidence": v.evidence,
+                     "ts": _utc(v.ts), "recorded_at": _utc(v.recorded_at)}
+                    for v in s.scalars(select(RolloutVerdict)
+                                       .where(RolloutVerdict.rollout == r.name)
+                                       .order_by(RolloutVerdict.recorded_at,
+                                                 RolloutVerdict.event_id))]
+        return {"name": r.name, "model": r.model, "spec": r.spec, "source": r.source,
+                "status": r.status, "promoted_by_hand": r.promoted_by_hand,
+                "created_by": r.created_by, "created_at": _utc(r.created_at),
+                "updated_at": _utc(r.updated_at), "ended_at": _utc(r.ended_at),
+                "verdicts": verdicts}
 
     def audit(self, actor: str, operation: str, target: str = "", outcome: str = "ok",
               detail: Mapping[str, Any] | None = None) -> None:

@@ -129,6 +129,41 @@ class Action(Base):
     delivered_at: Mapped[datetime | None]
 
 
+class Rollout(Base):
+    """A rollout (declared in the config, or started through the admin API) and where it
+    stands; its verdicts are in :class:`RolloutVerdict`."""
+
+    __tablename__ = "rollouts"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    spec: Mapped[dict[str, Any]]      # the RolloutSpec, as JSON
+    source: Mapped[str] = mapped_column(String(20))  # config | api
+    # running | promoted | rolled_back | inconclusive | aborted
+    status: Mapped[str] = mapped_column(String(20))
+    promoted_by_hand: Mapped[str | None] = mapped_column(String(100))  # the candidate
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+
+
+class RolloutVerdict(Base):
+    """A rollout candidate's final verdict, as its action event published it."""
+
+    __tablename__ = "rollout_verdicts"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rollout: Mapped[str] = mapped_column(String(100), index=True)
+    candidate: Mapped[str] = mapped_column(String(100))
+    verdict: Mapped[str] = mapped_column(String(20))
+    signal: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    evidence: Mapped[dict[str, Any]]
+    ts: Mapped[datetime | None]  # event time of the slice that decided
+    recorded_at: Mapped[datetime]
+
+
 class Silence(Base):
     __tablename__ = "silences"
 

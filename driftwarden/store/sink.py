@@ -60,6 +60,8 @@ class StoreSink:
                 store.record_event(payload)
             elif what == "action":
                 store.record_action(payload)
+                if payload.get("rollout"):  # a rollout's verdict: its history too
+                    store.record_rollout_verdict(payload)
             elif what == "delivered":
                 store.mark_delivered(payload)
             elif what == "baseline":

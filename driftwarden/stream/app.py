@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from driftwarden.config import Settings, private_dir
@@ -332,6 +333,19 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
             log.info("silenced models: %s", sorted(models) or "none")
             shards.set_silenced(models)
             metrics.set_silenced(models)
+
+    @app.timer(SILENCE_REFRESH)
+    async def refresh_rollouts() -> None:
+        """Rollouts and the store: the config's recorded there; those started through the
+        admin API judged from now on; a person's abort or promote by hand applied."""
+        config = {name: msgspec.to_builtins(r) for name, r in settings.rollouts.items()}
+
+        def read(store: Store) -> list[dict[str, Any]]:
+            store.sync_config_rollouts(config)
+            return store.rollouts()
+        rows = await _from_store("rollouts", read, None)
+        if rows is not None:
+            side.send(shards.control_rollouts(settings.rollouts, rows))
 
     @app.timer(max(0.5, settings.kafka.checkpoint_seconds))
     async def checkpoint_when_idle() -> None:

@@ -262,14 +262,20 @@ class MergeStage:
         for name, spec in self.rollout_specs.items():
             if spec.model != model or version not in spec.versions:
                 continue
-            r = self.rollouts.get(name)
-            if r is None:
-                r = self.rollouts[name] = Rollout(name, spec, slice_seconds=self.slice_seconds)
+            r = self.rollout(name)
             if kind == "data":
                 r.observe_data(version, sid, payload)
             else:
                 r.observe_outcomes(version, sid, payload)
             self.decisions += r.evaluate()
+
+    def rollout(self, name: str) -> Rollout:
+        """The live comparison of a declared rollout, made at its first use."""
+        r = self.rollouts.get(name)
+        if r is None:
+            r = self.rollouts[name] = Rollout(name, self.rollout_specs[name],
+                                              slice_seconds=self.slice_seconds)
+        return r
 
     def take_decisions(self) -> list[Decision]:
         """The rollouts' final verdicts reached since the last call."""

@@ -43,7 +43,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from driftwarden.config import Settings
+from driftwarden.config import RolloutSpec, Settings
 from driftwarden.detectors.baseline import Baseline
 from driftwarden.errors import ValidationError
 from driftwarden.partials import EventTime, PartialBuilder, peek_model, typed_columns
@@ -68,6 +68,21 @@ from driftwarden.stream.sources import Sources, summary_partition
 
 log = logging.getLogger("driftwarden.stream")
 STATE_FORMAT = 2  # a shard's checkpoint: 2 = the three roles (1: one monitor per model)
+
+
+def shadow_versions(specs: Mapping[str, RolloutSpec]) -> dict[str, tuple[str, ...]]:
+    """model -> the candidate versions its shadow rollouts run.
+
+    >>> from driftwarden.config import RolloutSpec
+    >>> shadow_versions({"a": RolloutSpec(model="m", baseline="1", candidates=["2"],
+    ...                                   strategy="shadow")})
+    {'m': ('2',)}
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for r in specs.values():
+        if r.strategy == "shadow":
+            out[r.model] = tuple(dict.fromkeys([*out.get(r.model, ()), *r.candidates]))
+    return out
 
 
 class StreamService:
@@ -106,9 +121,7 @@ class StreamService:
                               n_partitions=self.n_partitions,
                               tasks={m: c.get("task", "classification")
                                      for m, c in self.models.items()},
-                              shadows={r.model: r.candidates
-                                       for r in settings.rollouts.values()
-                                       if r.strategy == "shadow"},
+                              shadows=shadow_versions(settings.rollouts),
                               label_sources=[] if loopback else [
                                   f"{self.topics.labels}/{p}"
                                   for p in range(settings.kafka.partitions)],
@@ -663,6 +676,29 @@ class StreamService:
                 out.append(Output(self.topics.actions, action["model"].encode(),
                                   _dumps(action), [("dw.event_id", action["event_id"].encode())]))
         return out + self._rollout_verdicts()
+
+    def set_rollouts(self, specs: Mapping[str, RolloutSpec]) -> None:
+        """The rollouts to judge from now on (the config's and those started through the
+        admin API): stage 2 judges them, the policy leaves their candidates' rollback to
+        them, the join gives shadow versions their labels."""
+        self.merge.rollout_specs = dict(specs)
+        self.policy.rollouts = {(r.model, c): name for name, r in specs.items()
+                                for c in r.candidates}
+        self.join.shadows = shadow_versions(specs)
+
+    def end_rollout(self, name: str, reason: str, promote: str | None = None
+                    ) -> list[Output]:
+        """A person ended rollout ``name`` (aborted, or ``promote`` a candidate by hand):
+        its undecided candidates' verdicts published — only by the shard that judges the
+        rollout's model."""
+        spec = self.merge.rollout_specs.get(name)
+        if spec is None or not (self.loopback or summary_partition(
+                spec.model, self.n_partitions) == self.partition):
+            return []
+        r = self.merge.rollout(name)
+        self.merge.decisions += (r.promote_by_hand(promote, reason) if promote is not None
+                                 else r.finish(reason))
+        return self._rollout_verdicts()
 
     def rollouts(self) -> list[dict[str, Any]]:
         """The status of the rollouts judged here (see

@@ -24,9 +24,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
+from driftwarden.config import RolloutSpec
 from driftwarden.errors import ValidationError
 from driftwarden.stream.checkpoint import StateStore
 from driftwarden.stream.monitor import ModelMonitor
@@ -222,6 +225,34 @@ class Shards:
 
     def verdicts(self) -> list[dict[str, Any]]:
         return [v for svc in self.services.values() for v in svc.verdicts()]
+
+    def control_rollouts(self, config: Mapping[str, RolloutSpec],
+                         rows: Sequence[Mapping[str, Any]]) -> list[Output]:
+        """The rollouts as the store has them (``rows``, see Store.rollouts): those started
+        through the admin API are judged alongside the config's, and a person's abort or
+        promote by hand is applied — once: the verdicts it publishes are kept in the shard's
+        state (checkpointed with the next round) and their event ids are deterministic."""
+        specs = dict(config)
+        for r in rows:
+            if r["source"] == "api" and r["name"] not in specs:
+                try:
+                    specs[r["name"]] = msgspec.convert(r["spec"], RolloutSpec)
+                except msgspec.ValidationError:
+                    log.warning("rollout %s: its spec in the store is not valid", r["name"])
+        out: list[Output] = []
+        for p, svc in list(self.services.items()):
+            svc.set_rollouts(specs)
+            before = len(out)
+            for r in rows:
+                if r["status"] == "aborted":
+                    out += svc.end_rollout(r["name"], "aborted through the admin API")
+                elif r["status"] == "promoted" and r.get("promoted_by_hand"):
+                    out += svc.end_rollout(
+                        r["name"], "promoted by hand through the admin API",
+                        promote=r["promoted_by_hand"])
+            if len(out) != before:
+                self.dirty.add(p)
+        return out
 
     def rollouts(self) -> list[dict[str, Any]]:
         """The rollouts judged in this worker's shards (a model's live in one shard)."""
