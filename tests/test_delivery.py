@@ -240,3 +240,68 @@ def test_the_watchdog_round_gives_lag_caught_up_partitions_and_an_unreachable_br
         assert await h.check(tps, {("p", 0): 9}) is None and h.status == "ok"
 
     asyncio.run(run())
+
+
+def test_outputs_of_a_wall_clock_decision_wait_for_the_checkpoint_that_holds_it():
+    """A source closed for idleness (a decision of the wall clock, which a replay would not
+    repeat at the same place): its outputs, and every output of that shard after them, wait
+    in the shard's outbox until a checkpoint holding them is confirmed, then go out in order;
+    a shard restored with an outbox publishes it again first."""
+    import orjson
+
+    settings = load_settings(env={"DRIFTWARDEN_KAFKA__CHECKPOINT_SECONDS": "0",
+                                  "DRIFTWARDEN_KAFKA__PARTITIONS": "1",
+                                  "DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1"})
+    clock = [0.0]
+    saved = {}
+
+    class Saving(Store):
+        def read(self, partition):
+            return saved.get(partition)
+
+        def write(self, partition, state, labels):
+            from types import SimpleNamespace
+            saved[partition] = SimpleNamespace(state=orjson.loads(orjson.dumps(state)),
+                                               pending=None, deltas=(), generation=1)
+            return 100
+
+    def make(p):
+        svc = StreamService(settings, loopback=False, partition=p)
+        svc.monotonic = lambda: clock[0]
+        return svc
+
+    shards = Shards(make, Saving())
+    published = []
+    producer = Producer()
+    delivery = Delivery(settings, shards, producer, Metrics(), lambda: CONSUMER,
+                        publish=published.extend)
+
+    def records(t0, n):
+        return [RawMessage(orjson.dumps({"model": "m", "version": "1", "ts": 1.7e9 + t0 + i,
+                                         "features": {"x": float(i)}}), [],
+                           "driftwarden.predictions", 0, int(t0) + i, 1.7e9 + t0 + i)
+                for i in range(n)]
+
+    first = shards.handle("predictions", records(0, 5))
+    assert first and not shards.holding  # deterministic outputs: out at once
+    clock[0] = 60.0  # quiet for a minute: the source is idle, its open slices flushed
+    assert shards.handle_idle([("driftwarden.predictions", 0)]) == []
+    assert shards.holding == {0}
+    flushed = list(shards.services[0].outbox)
+    assert any(o.topic == "driftwarden.summaries" for o in flushed)
+    later = records(100, 3)
+    assert shards.handle("predictions", later) == []  # after the decision: held too
+    assert len(shards.services[0].outbox) > len(flushed)
+    in_order = list(shards.services[0].outbox)
+    # the broker does not take the checkpoint: nothing is released
+    producer.left = 1
+    asyncio.run(delivery.checkpoint(force=True))
+    assert published == [] and shards.holding == {0}
+    # a shard restored from that checkpoint publishes its outbox first
+    again = Shards(make, Saving())
+    assert again.handle("predictions", records(200, 1))[:len(in_order)] == in_order
+    # confirmed: released in order, and the shard's outputs flow again
+    producer.left = 0
+    asyncio.run(delivery.checkpoint(force=True))
+    assert published == in_order and not shards.holding and not shards.services[0].outbox
+    assert shards.handle("predictions", records(300, 1)) != []

@@ -242,7 +242,8 @@ def create_app(settings: Settings, *, web_port: int = 6066, web_host: str = "127
     metrics = Metrics.create(registry, lambda: list(shards.services.values()), side.sinks,
                              lambda: producer.failed)
     app.dw_metrics = metrics  # type: ignore[attr-defined]
-    delivery = Delivery(settings, shards, producer, metrics, lambda: app.consumer)
+    delivery = Delivery(settings, shards, producer, metrics, lambda: app.consumer,
+                        publish=side.send)
     worker_health = WorkerHealth(settings, metrics)
     state: dict[str, Any] = {"batches": 0, "started": False}
     topics = settings.topics

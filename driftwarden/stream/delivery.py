@@ -37,8 +37,12 @@ class Delivery:
     ``metrics`` its Metrics (processing lag, checkpoints)."""
 
     def __init__(self, settings: Settings, shards: Shards, producer: Any, metrics: Any,
-                 consumer: Callable[[], Any]) -> None:
+                 consumer: Callable[[], Any],
+                 publish: Callable[[list[Any]], None] | None = None) -> None:
         self.settings = settings
+        # where the outputs a confirmed checkpoint releases go (Shards.release; the worker's
+        # side channels, then the producer)
+        self.publish = publish or (lambda outputs: producer.send(outputs))
         self.shards = shards
         self.producer = producer
         self.metrics = metrics
@@ -125,6 +129,9 @@ class Delivery:
         for msgs in release.values():
             for m in msgs:
                 m.ack(consumer)
+        held = self.shards.release(written)  # outputs of wall-clock decisions, now covered
+        if held:
+            self.publish(held)
         self.checkpoints += 1
         self.checkpoint_bytes = sum(written.values())
         self.metrics.checkpoints.inc()

@@ -31,6 +31,7 @@ to the shard that owns them.
 """
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import time
@@ -68,6 +69,27 @@ from driftwarden.stream.sources import Sources, summary_partition
 
 log = logging.getLogger("driftwarden.stream")
 STATE_FORMAT = 2  # a shard's checkpoint: 2 = the three roles (1: one monitor per model)
+
+
+def output_state(o: Output) -> list[Any]:
+    """An output as JSON-ready data (bytes in base64), for the checkpoint's outbox.
+
+    >>> o = Output("t", b"k", b"\\x00v", [("h", b"1")], 3)
+    >>> output_from_state(orjson.loads(orjson.dumps(output_state(o)))) == o
+    True
+    """
+    def b64(b: bytes | None) -> str | None:
+        return None if b is None else base64.b64encode(b).decode("ascii")
+    return [o.topic, b64(o.key), b64(o.value), [[k, b64(v)] for k, v in o.headers],
+            o.partition]
+
+
+def output_from_state(x: Sequence[Any]) -> Output:
+    def raw(b: str | None) -> bytes | None:
+        return None if b is None else base64.b64decode(b)
+    value = raw(x[2])
+    return Output(x[0], raw(x[1]), value if value is not None else b"",
+                  [(k, raw(v) or b"") for k, v in x[3]], x[4])
 
 
 def shadow_versions(specs: Mapping[str, RolloutSpec]) -> dict[str, tuple[str, ...]]:
@@ -142,6 +164,11 @@ class StreamService:
         self.counts: Counter[str] = Counter()        # records by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
         self.actions: Counter[str] = Counter()
+        # outputs held until a checkpoint covers them: those of a wall-clock decision (an
+        # idle source flushed, a silent one no longer waited for) and every one after it —
+        # saved with the state, so a replay after a crash never re-decides what consumers
+        # have seen differently (see Shards.hold)
+        self.outbox: list[Output] = []
         self.feature_names = {m: c["feature_names"] for m, c in self.models.items()
                               if c.get("feature_names")}
         # "topic/partition" -> offset of the last message applied: what a restored checkpoint
@@ -754,7 +781,8 @@ class StreamService:
                 "policy": self.policy.to_state(), "counts": dict(self.counts),
                 "invalid": dict(self.invalid), "actions": dict(self.actions),
                 "messages": dict(self.messages), "duplicates": dict(self.duplicates),
-                "model_features": {m: sorted(f) for m, f in self.model_features.items()}}
+                "model_features": {m: sorted(f) for m, f in self.model_features.items()},
+                "outbox": [output_state(o) for o in self.outbox]}
 
     def restore(self, state: Mapping[str, Any], pending: Any = None,
                 deltas: Sequence[Mapping[str, Any]] = ()) -> None:
@@ -797,6 +825,7 @@ class StreamService:
         self.invalid = Counter(state["invalid"])
         self.actions = Counter(state["actions"])
         self.messages = Counter(state.get("messages", {}))
+        self.outbox = [output_from_state(o) for o in state.get("outbox", [])]
         self.duplicates = Counter(state.get("duplicates", {}))
         self.model_features = {m: set(f) for m, f in state.get("model_features", {}).items()}
 

@@ -59,6 +59,10 @@ class Shards:
         # a restore installs its shard from a thread, a revocation drops on the event loop:
         # the check that the partition is still ours and the install are one step
         self._install = threading.Lock()
+        # partitions whose outputs wait in their shard's outbox for a checkpoint (see hold),
+        # and how many outbox items the last checkpoint written of each covers
+        self.holding: set[int] = set()
+        self.covered: dict[int, int] = {}
 
     def assign(self, partitions: Iterable[int]) -> None:
         """The group gave this worker ``partitions``: their shards may be made from now on."""
@@ -130,16 +134,67 @@ class Shards:
             if svc is None:  # revoked since they were taken: the next owner replays them
                 continue
             self.dirty.add(p)
-            mark = len(out)
+            mine: list[Output] = []
             try:
-                out += getattr(svc, f"handle_{kind}")(msgs)
+                mine = getattr(svc, f"handle_{kind}")(msgs)
             except Exception as exc:  # noqa: BLE001 - the last net: the service isolates
                 # each message itself, so this is a bug outside a message's own handling
                 log.exception("partition %d: handling a batch of %d messages failed", p,
                               len(msgs))
-                del out[mark:]
+                mine = []
                 for m in msgs:
-                    svc._internal_error(m, exc, out)
+                    svc._internal_error(m, exc, mine)
+            out += self._route(p, svc, mine)
+        return out
+
+    def _route(self, p: int, svc: StreamService, outputs: list[Output],
+               decided: bool = False) -> list[Output]:
+        """A shard's outputs: out now, or into its outbox while it holds (see :meth:`hold`);
+        ``decided``: they come from a wall-clock decision, which starts holding."""
+        if self.store is None:  # in process: no checkpoint, no replay
+            return outputs
+        if decided:
+            self.holding.add(p)
+        if p in self.holding:
+            svc.outbox += outputs
+            return []
+        if svc.outbox:  # restored with its checkpoint: published again, before the rest
+            outputs, svc.outbox = svc.outbox + outputs, []
+            self.dirty.add(p)
+        return outputs
+
+    def hold(self) -> None:
+        """The protocol that keeps replays exact (documentation of :meth:`_route`,
+        :meth:`checkpoint` and :meth:`release`).
+
+        A shard's outputs depend on its input log alone — a replay after a crash repeats
+        them, and their consumers (stage 2's sequence numbers, the join's applied offsets,
+        event ids) recognise the repeats — except where a shard acts on the wall clock: a
+        source idle for ``idle_close_seconds`` flushed, a source silent for
+        ``source_idle_seconds`` no longer waited for. A replay may take such a decision at
+        another place in the log, or not at all, and publish a partial under a sequence
+        number stage 2 has already taken with other content — dropped there as a repeat,
+        its records lost (seen: 120 outcomes of a slice, after a worker was killed). So the
+        outputs of a wall-clock decision, and every output of that shard after it, wait in
+        the shard's outbox, which is saved with its state; once a checkpoint holding them is
+        confirmed they are published (:meth:`release`), and a shard restored with an outbox
+        publishes it again first (repeats, recognised as such). The decision is then part
+        of the state every replay starts from."""
+
+    def release(self, written: Iterable[int]) -> list[Output]:
+        """A checkpoint of ``written`` was confirmed: the outbox items it covered, to
+        publish now, in order; a shard whose outbox is empty stops holding."""
+        out: list[Output] = []
+        for p in written:
+            n = self.covered.pop(p, 0)
+            svc = self.services.get(p)
+            if svc is None or not n:
+                continue
+            out += svc.outbox[:n]
+            del svc.outbox[:n]
+            self.dirty.add(p)  # the outbox changed: the next checkpoint saves it emptier
+            if not svc.outbox:
+                self.holding.discard(p)
         return out
 
     def handle_idle(self, sources: Iterable[tuple[str, int]] | None = None) -> list[Output]:
@@ -157,12 +212,15 @@ class Shards:
             if wanted is not None and p not in wanted:
                 continue
             before = svc.idle_closes
+            mine: list[Output] = []
             try:
-                out += svc.handle_idle(None if wanted is None else wanted[p])
+                mine = svc.handle_idle(None if wanted is None else wanted[p])
             except Exception:  # noqa: BLE001 - the last net, as in handle
                 log.exception("partition %d: closing idle slices failed", p)
-            if svc.idle_closes != before:
+            changed = svc.idle_closes != before
+            if changed:
                 self.dirty.add(p)
+            out += self._route(p, svc, mine, decided=changed and bool(mine))
         return out
 
     def tick(self) -> list[Output]:
@@ -171,9 +229,11 @@ class Shards:
         out: list[Output] = []
         for p, svc in list(self.services.items()):
             before = svc.idle_closes
-            out += svc.tick()
-            if svc.idle_closes != before:
+            mine = svc.tick()
+            changed = svc.idle_closes != before
+            if changed:
                 self.dirty.add(p)
+            out += self._route(p, svc, mine, decided=changed and bool(mine))
         return out
 
     def checkpoint(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
@@ -186,8 +246,9 @@ class Shards:
             if p not in self.services:
                 continue
             try:
-                written[p] = self.store.write(p, self.services[p].to_state(pending=False),
-                                              self.services[p].tables())
+                svc = self.services[p]
+                written[p] = self.store.write(p, svc.to_state(pending=False), svc.tables())
+                self.covered[p] = len(svc.outbox)
             except Exception:  # noqa: BLE001 - its messages stay held: replayed, never lost
                 self.failed_checkpoints += 1
                 log.exception("checkpoint of partition %d failed; its messages stay held", p)
