@@ -103,6 +103,7 @@ def canary(seed, cand_error, slices=300, per_slice=500, share=0.10, base_error=0
         if seq[0] is None:
             r.observe_outcomes("1", sid, errs_b * 1.0)
             r.observe_outcomes("2", sid, errs_c * 1.0)
+            r.advance(sid + 1, sid + 1)  # stage 2's clocks: this slice is final
             for d in r.evaluate():
                 seq = (d.verdict, d.samples["2"])
         nb, nc = nb + len(errs_b), nc + n_c

@@ -10,24 +10,11 @@ import pytest
 from test_events import check_events
 
 from driftwarden.config import load_settings
+from driftwarden.demo import ROLLOUTS
 from driftwarden.errors import ConfigError
 from driftwarden.stream.service import RawMessage, StreamService
 
-CONFIG = """
-[rollouts.churn-v2]
-model = "churn"
-baseline = "1"
-candidates = ["2"]
-strategy = "canary"
-min_samples = 200
-
-[rollouts.fraud-v2]
-model = "fraud"
-baseline = "1"
-candidates = ["2"]
-strategy = "shadow"
-min_samples = 200
-"""
+CONFIG = ROLLOUTS  # the demo's: churn-v2 a canary, fraud-v2 a shadow
 ENV = {"DRIFTWARDEN_DETECTION__SLICE_SECONDS": "1", "DRIFTWARDEN_DETECTION__SLICES": "3",
        "DRIFTWARDEN_DETECTION__ALLOWED_LATENESS": "0",
        "DRIFTWARDEN_DETECTION__CALIBRATION_SIMS": "30", "DRIFTWARDEN_DETECTION__WARMUP": "300"}

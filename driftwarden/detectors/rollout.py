@@ -4,11 +4,15 @@ live traffic, slice by slice, with decisions that stay valid however often they 
 A :class:`Rollout` is fed what stage 2 already merges per model version — each closed slice's
 input summary and its joined outcomes (:meth:`Rollout.observe_data`,
 :meth:`Rollout.observe_outcomes`), and in shadow mode the paired disagreements of the two
-versions on the same requests (:meth:`Rollout.observe_pairs`) — and folds a slice into its
-comparison only once every version of the rollout has passed it, and only if each of them
-served traffic in it: the versions are compared on **concurrent** traffic (the same event-time
-slices), so a daily cycle or an upstream change affects both sides. A slice one version had
-no traffic in is left out of the comparison (counted as ``unmatched_slices``).
+versions on the same requests (:meth:`Rollout.observe_pairs`) — and how far stage 2's clocks
+have passed (:meth:`Rollout.advance`: every slice before it is final for every version, in
+event time for inputs and in label time for outcomes). It folds the slices in order, each
+once both clocks have passed it, inputs and outcomes of that slice together, and decides
+after each: so a verdict, and the evidence it carries, depend on the merged slices alone —
+not on the order versions' slices closed in, nor on how the stream was cut. A slice is folded
+only if every version served traffic in it: the versions are compared on **concurrent**
+traffic (the same slices), so a daily cycle or an upstream change affects both sides. A slice
+one version had no traffic in is left out (counted as ``unmatched_slices``).
 
 Per candidate and at every folded slice:
 
@@ -43,6 +47,7 @@ merged slices alone — not on partitions, workers, batch sizes or restarts.
 >>> for sid in range(40):
 ...     r.observe_outcomes("1", sid, (rng.random(300) < 0.10).astype(float))
 ...     r.observe_outcomes("2", sid, (rng.random(30) < 0.20).astype(float))  # 10 % canary
+>>> r.advance(40, 40)   # stage 2's clocks have passed the 40 slices
 >>> d = r.evaluate()
 >>> [(x.candidate, x.verdict, x.signal) for x in d]
 [('2', 'rollback', 'performance')]
@@ -191,7 +196,9 @@ class Rollout:
         self.slice_seconds = float(slice_seconds)
         # kind -> slice -> version -> its payload, until every version has passed the slice
         self.pending: dict[str, dict[int, dict[str, Any]]] = {k: {} for k in KINDS}
-        self.passed: dict[str, dict[str, int]] = {k: {} for k in KINDS}  # newest slice seen
+        # kind -> the first slice stage 2's clock has not passed (every earlier one is final)
+        self.passed: dict[str, float] = {k: -math.inf for k in KINDS}
+        self.folded: int | None = None  # the newest slice folded (both kinds)
         self.sides: dict[str, _Side] = {v: _Side() for v in spec.versions}
         self.pairs: dict[str, RunningMean] = {c: RunningMean() for c in spec.candidates}
         self.first_slice: int | None = None  # the first slice compared
@@ -224,34 +231,31 @@ class Rollout:
             self.pairs[candidate].add(disagreements)
 
     def _observe(self, kind: str, version: str, sid: int, payload: Any) -> None:
-        passed = self.passed[kind]
-        if sid <= passed.get(version, -(1 << 62)) and sid not in self.pending[kind]:
-            return  # a slice already folded (replayed): taken once
+        if self.folded is not None and sid <= self.folded:
+            return  # a slice already folded (replayed, or late): taken once
         pending = self.pending[kind]
         pending.setdefault(sid, {})[version] = payload
-        passed[version] = max(passed.get(version, sid), sid)
-        while len(pending) > MAX_PENDING:  # a version without traffic for that long
+        while len(pending) > MAX_PENDING:  # a clock stuck that long: the oldest go
             self._fold(kind, min(pending), {})
             del pending[min(pending)]
 
-    def _ripe(self, kind: str) -> list[int]:
-        """Slices every version has passed, oldest first."""
-        passed = self.passed[kind]
-        if len(passed) < len(self.sides):
-            return []
-        edge = min(passed.values())
-        return sorted(s for s in self.pending[kind] if s <= edge)
+    def advance(self, data: float, outcomes: float) -> None:
+        """Stage 2's clocks: every slice before ``data`` (event time) and before ``outcomes``
+        (label time) is final for every version (+inf: every source idle)."""
+        self.passed["data"] = max(self.passed["data"], data)
+        self.passed["outcomes"] = max(self.passed["outcomes"], outcomes)
 
     # -- decisions -----------------------------------------------------------------------------
     def evaluate(self) -> list[Decision]:
         """Fold the slices every version has passed, in slice order, and decide after each;
         returns the candidates' new final decisions (each candidate's first final one)."""
         out: list[Decision] = []
-        ripe = {kind: set(self._ripe(kind)) for kind in KINDS}
-        for sid in sorted(ripe["data"] | ripe["outcomes"]):
+        edge = min(self.passed.values())
+        for sid in sorted({s for kind in KINDS for s in self.pending[kind] if s < edge}):
             for kind in KINDS:
-                if sid in ripe[kind]:
+                if sid in self.pending[kind]:
                     self._fold(kind, sid, self.pending[kind].pop(sid))
+            self.folded = sid
             out += self._decide(final=False)
         if not out and any(p.n for p in self.pairs.values()):
             out += self._decide(final=False)  # shadow pairs need no slice matching
@@ -291,9 +295,9 @@ class Rollout:
         return [d, *self._decide(final=True)]
 
     def elapsed(self) -> float:
-        if self.first_slice is None or self.last_slice is None:
+        if self.first_slice is None or self.folded is None:
             return 0.0
-        return (self.last_slice - self.first_slice + 1) * self.slice_seconds
+        return (self.folded - self.first_slice + 1) * self.slice_seconds
 
     def _decide(self, final: bool) -> list[Decision]:
         new: list[Decision] = []
@@ -366,9 +370,10 @@ class Rollout:
             verdict, signal = "inconclusive", "guard-rail"
             reason = (self.aborted if final and self.aborted else
                       f"max_seconds ({spec.max_seconds:g} s) reached without a decision")
-        ts = None if self.last_slice is None else (self.last_slice + 1) * self.slice_seconds
+        at = self.folded
+        ts = None if at is None else (at + 1) * self.slice_seconds
         return Decision(self.name, spec.model, spec.baseline, cand, spec.strategy, verdict,
-                        reason, signal, self.last_slice, ts, samples, evidence)
+                        reason, signal, at, ts, samples, evidence)
 
     @staticmethod
     def _looks_binary(side: _Side) -> bool:
@@ -415,7 +420,9 @@ class Rollout:
     def to_state(self) -> dict[str, Any]:
         return {"spec": msgspec.to_builtins(self.spec), "slice_seconds": self.slice_seconds,
                 "pending": {k: [[s, v] for s, v in p.items()] for k, p in self.pending.items()},
-                "passed": self.passed,
+                "passed": {k: (v if math.isfinite(v) else None if v < 0 else "inf")
+                           for k, v in self.passed.items()},
+                "folded": self.folded,
                 "sides": {v: s.to_state() for v, s in self.sides.items()},
                 "pairs": {c: [p.n, p.mean, p.m2] for c, p in self.pairs.items()},
                 "first_slice": self.first_slice, "last_slice": self.last_slice,
@@ -427,7 +434,9 @@ class Rollout:
         spec = msgspec.convert(state["spec"], RolloutSpec)
         r = cls(name, spec, slice_seconds=state["slice_seconds"])
         r.pending = {k: {int(s): v for s, v in p} for k, p in state["pending"].items()}
-        r.passed = {k: {v: int(s) for v, s in p.items()} for k, p in state["passed"].items()}
+        r.passed = {k: (-math.inf if v is None else math.inf if v == "inf" else float(v))
+                    for k, v in state["passed"].items()}
+        r.folded = state["folded"]
         r.sides = {v: _Side.from_state(s) for v, s in state["sides"].items()}
         r.pairs = {c: _rm(p) for c, p in state["pairs"].items()}
         r.first_slice, r.last_slice = state["first_slice"], state["last_slice"]

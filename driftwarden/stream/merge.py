@@ -243,7 +243,9 @@ class MergeStage:
             self.refused += 1
             return []
         self.last_partial[stage.key] = now
-        return stage.add(msg, now)
+        events = stage.add(msg, now)
+        self._judge_rollouts(now)
+        return events
 
     def stage(self, model: str, version: str, ts: float) -> ModelStage | None:
         """The stage of a model version, made when first seen (at event time ``ts``)."""
@@ -267,7 +269,28 @@ class MergeStage:
                 r.observe_data(version, sid, payload)
             else:
                 r.observe_outcomes(version, sid, payload)
+
+    def _judge_rollouts(self, now: float) -> None:
+        """Tell each rollout how far the clocks have passed for all its versions, and take
+        the verdicts that lets it reach."""
+        for r in self.rollouts.values():
+            passed = [self._passed(r.spec.model, r.spec.versions, k, now) for k in range(2)]
+            r.advance(*passed)
             self.decisions += r.evaluate()
+
+    def _passed(self, model: str, versions: list[str], kind: int, now: float) -> float:
+        """The first slice (of ``kind``: 0 data, 1 outcomes) not final for every version: the
+        clock's horizon, held back by a slice still open (not yet merged and observed)."""
+        out = math.inf
+        for v in versions:
+            stage = self.stages.get((model, v))
+            merger = None if stage is None else (stage.data, stage.outcomes)[kind]
+            h = self.clocks[kind].horizon(now, None if merger is None else merger.local)
+            edge = math.floor(h / self.slice_seconds) if math.isfinite(h) else h
+            if merger is not None and merger.open:
+                edge = min(edge, min(merger.open))
+            out = min(out, edge)
+        return out
 
     def rollout(self, name: str) -> Rollout:
         """The live comparison of a declared rollout, made at its first use."""
@@ -283,7 +306,9 @@ class MergeStage:
         return out
 
     def close(self, now: float) -> list[dict[str, Any]]:
-        return [e for s in list(self.stages.values()) for e in s.close(now)]
+        events = [e for s in list(self.stages.values()) for e in s.close(now)]
+        self._judge_rollouts(now)
+        return events
 
     def idle(self, now: float, quiet_before: float) -> list[dict[str, Any]]:
         """Close what the clocks allow at ``now``; then, for every model version whose data
@@ -305,6 +330,7 @@ class MergeStage:
             if m.baseline is not None and stage.data.fingerprint is None:
                 stage.data.fingerprint = fingerprint(m.baseline)
                 stage.fresh_baseline = True
+        self._judge_rollouts(now)
         return events
 
     def to_state(self) -> dict[str, Any]:

@@ -272,6 +272,8 @@ class Shards:
             for p in partitions:
                 self.services.pop(p, None)
                 self.dirty.discard(p)
+                self.holding.discard(p)  # its outbox is in its checkpoint: the next owner's
+                self.covered.pop(p, None)
                 self.drops[p] = self.drops.get(p, 0) + 1
                 if self.owned is not None:
                     self.owned.discard(p)
