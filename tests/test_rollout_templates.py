@@ -64,6 +64,31 @@ def test_argo_templates_are_valid_by_argo_rollouts_schema():
     assert "successCondition must be string" in err and "address must be string" in err
 
 
+FLAGGER = ROOT / ".ci" / "node" / "node_modules" / "@kubernetes-models" / "flagger"
+
+
+@pytest.mark.skipif(NODE is None or not FLAGGER.is_dir(),
+                    reason="@kubernetes-models/flagger (Flagger's CRD schema) is not on the npm "
+                           "registry this machine reaches; .ci/run installs it where it is")
+def test_flagger_template_is_valid_by_flaggers_crd_schema():
+    script = ROOT / ".ci" / "node" / "validate-flagger.mjs"
+    script.write_text(
+        'import { MetricTemplate } from "@kubernetes-models/flagger/flagger.app/v1beta1/'
+        'MetricTemplate";\nimport { readFileSync } from "node:fs";\n'
+        'const errors = [];\nfor (const d of JSON.parse(readFileSync(0, "utf8"))) {\n'
+        '  try { new MetricTemplate(d).validate(); } catch (e) { errors.push(String(e)); }\n}\n'
+        'console.log(JSON.stringify(errors));\n')
+    docs = [d for d in yaml.safe_load_all(
+        (ROOT / "deploy" / "rollouts" / "flagger-metric-template.yaml").read_text()) if d]
+    broken = json.loads(json.dumps(docs[0]))
+    broken["spec"]["provider"]["type"] = "nosuchprovider"
+    r = subprocess.run([NODE, str(script)], input=json.dumps(docs + [broken]),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    errors = json.loads(r.stdout)
+    assert len(errors) == 1 and "type" in errors[0]  # the template passes, the broken one not
+
+
 def test_flagger_template_has_the_fields_flagger_reads():
     """Flagger's CRD is not published to a registry this project's CI reaches (it ships in
     Flagger's chart and repository only), so this checks the fields Flagger's MetricTemplate

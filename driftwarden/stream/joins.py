@@ -92,7 +92,8 @@ class JoinStage:
     def __init__(self, detection: Detection, *, summaries: str, late: str, n_partitions: int,
                  tasks: Mapping[str, str] | None = None,
                  label_sources: Sequence[str] = (), now: float = 0.0,
-                 shadows: Mapping[str, Sequence[str]] | None = None) -> None:
+                 shadows: Mapping[str, Sequence[str]] | None = None,
+                 prediction_sources: Sequence[str] = ()) -> None:
         self.detection = detection
         # model -> its shadow candidate versions: they score the same requests as the
         # serving version, so a label joins each of them too (see _shadow_joiner)
@@ -107,9 +108,13 @@ class JoinStage:
         self.label_clock = SourceClock(detection.source_idle_seconds)
         for name in label_sources:
             self.label_clock.expect(name, now)
+        # the prediction partitions' event time (their data watermarks): a label waiting for
+        # its prediction holds its slice until every prediction partition is idle — never a
+        # wall-clock wait, which a prediction routed through a shard that is behind outlasts
+        self.prediction_clock = SourceClock(detection.source_idle_seconds)
+        for name in prediction_sources:
+            self.prediction_clock.expect(name, now)
         self.late_outcomes = 0
-        self.last_rows = -math.inf  # the caller's clock at the last rows message
-        self.quiet_after = detection.idle_close_seconds
         self.joiner = LabelJoiner(detection.label_ttl, detection.max_pending_labels,
                                   detection.label_grace)
         self.applied: dict[str, int] = {}  # source -> newest offset whose rows are applied
@@ -131,9 +136,10 @@ class JoinStage:
         here = f"{msg.topic}/{msg.partition}"
         if msg.value[:1] != b"{":
             mark = decode(msg.value)
-            if not isinstance(mark, Watermark) or mark.kind != "labels":
-                raise ValueError("not a join message nor a label watermark")
-            self.label_clock.see(mark.source, now, mark.watermark, mark.idle)
+            if not isinstance(mark, Watermark) or mark.kind not in ("labels", "data"):
+                raise ValueError("not a join message nor a label or data watermark")
+            clock = self.label_clock if mark.kind == "labels" else self.prediction_clock
+            clock.see(mark.source, now, mark.watermark, mark.idle)
             return self.tick(here, now)
         body = orjson.loads(msg.value)
         if not isinstance(body, dict) or body.get("format") != JOIN_FORMAT:
@@ -165,7 +171,6 @@ class JoinStage:
                 if o is not None:
                     joined.append((o, float(ts)))
         self.applied[source] = newest
-        self.last_rows = now
         if joined:
             ts = np.array([t for _, t in joined])
             # on time: not older than this partition's watermark (what the label partitions
@@ -204,10 +209,11 @@ class JoinStage:
             return self.late_outputs()
         # a label still waiting holds its slice open, idle label sources or not: its
         # prediction may be on its way through a shard that is behind — unless every label
-        # source is idle and no row has come for ``quiet_after`` (wall clock; ``force``: the
-        # input has ended), when its outcome would be late if it ever joined
-        quiet = now - self.last_rows >= self.quiet_after
-        if not (horizon == math.inf and (force or quiet)):
+        # source and every prediction source is idle (``force``: the input has ended), when
+        # its prediction will not come
+        done = self.prediction_clock.horizon(now) == math.inf or not (
+            self.prediction_clock.sources)
+        if not (horizon == math.inf and (force or done)):
             horizon = min(horizon, self.joiner.oldest_waiting())
         out = self.outcomes.advance(here, horizon, now, idle=horizon == math.inf)
         return out + self.late_outputs()
@@ -228,6 +234,7 @@ class JoinStage:
     def to_state(self, pending: bool = True) -> dict[str, Any]:
         return {"joiner": self.joiner.to_state(pending), "applied": dict(self.applied),
                 "label_clock": self.label_clock.to_state(), "late_outcomes": self.late_outcomes,
+                "prediction_clock": self.prediction_clock.to_state(),
                 "replayed_rows": self.replayed_rows, "outcomes": self.outcomes.to_state(),
                 # whole (the checkpoint keeps only the main pending tables as deltas)
                 "shadow": [[m, v, j.to_state(True)]
@@ -238,6 +245,8 @@ class JoinStage:
         self.joiner = LabelJoiner.from_state(state["joiner"])
         self.applied = {k: int(v) for k, v in state["applied"].items()}
         self.label_clock = SourceClock.from_state(state["label_clock"], now)
+        if "prediction_clock" in state:
+            self.prediction_clock = SourceClock.from_state(state["prediction_clock"], now)
         self.late_outcomes = int(state["late_outcomes"])
         self.replayed_rows = int(state["replayed_rows"])
         self.shadow_joiners = {(m, v): LabelJoiner.from_state(st)

@@ -137,7 +137,7 @@ class StreamService:
         self.data = Sources("data", slice_seconds=d.slice_seconds,
                             allowed_lateness=d.allowed_lateness,
                             n_partitions=self.n_partitions, topic=self.topics.summaries,
-                            new_builder=self._data_builder)
+                            new_builder=self._data_builder, mirror=self.topics.joins)
         self.router = JoinRouter(self.topics.joins, self.n_partitions)
         self.join = JoinStage(d, summaries=self.topics.summaries, late=self.topics.late,
                               n_partitions=self.n_partitions,
@@ -146,6 +146,10 @@ class StreamService:
                               shadows=shadow_versions(settings.rollouts),
                               label_sources=[] if loopback else [
                                   f"{self.topics.labels}/{p}"
+                                  for p in range(settings.kafka.partitions)],
+                              prediction_sources=[] if loopback else [
+                                  f"{t}/{p}" for t in (self.topics.predictions,
+                                                       self.topics.features)
                                   for p in range(settings.kafka.partitions)],
                               now=time.monotonic())
         # stage 1 of labels: each label partition's label time, sent to every joins partition

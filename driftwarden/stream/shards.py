@@ -156,8 +156,12 @@ class Shards:
         if decided:
             self.holding.add(p)
         if p in self.holding:
-            svc.outbox += outputs
-            return []
+            # only what the next stage takes by sequence number or source offset waits;
+            # drift and action events (deterministic ids, the store's outbox), dead letters
+            # and baselines go out as before
+            staged = (svc.topics.summaries, svc.topics.joins)
+            svc.outbox += [o for o in outputs if o.topic in staged]
+            return [o for o in outputs if o.topic not in staged]
         if svc.outbox:  # restored with its checkpoint: published again, before the rest
             outputs, svc.outbox = svc.outbox + outputs, []
             self.dirty.add(p)
@@ -175,8 +179,9 @@ class Shards:
         another place in the log, or not at all, and publish a partial under a sequence
         number stage 2 has already taken with other content — dropped there as a repeat,
         its records lost (seen: 120 outcomes of a slice, after a worker was killed). So the
-        outputs of a wall-clock decision, and every output of that shard after it, wait in
-        the shard's outbox, which is saved with its state; once a checkpoint holding them is
+        outputs of a wall-clock decision to the next stage (summaries, joins), and every such
+        output of that shard after it, wait in the shard's outbox, which is saved with its
+        state; once a checkpoint holding them is
         confirmed they are published (:meth:`release`), and a shard restored with an outbox
         publishes it again first (repeats, recognised as such). The decision is then part
         of the state every replay starts from."""

@@ -67,8 +67,12 @@ class Sources:
 
     def __init__(self, kind: str, *, slice_seconds: float, allowed_lateness: float,
                  n_partitions: int, topic: str,
-                 new_builder: Callable[[str, str, str, EventTime], Builder]) -> None:
+                 new_builder: Callable[[str, str, str, EventTime], Builder],
+                 mirror: str | None = None) -> None:
         self.kind = kind
+        # a second topic that gets every watermark too (data: the joins topic, whose join
+        # waits for the prediction partitions before it gives up on a label's prediction)
+        self.mirror = mirror
         self.slice_seconds = float(slice_seconds)
         self.allowed_lateness = float(allowed_lateness)
         self.n_partitions = n_partitions
@@ -190,7 +194,9 @@ class Sources:
         value = encode(Watermark(kind=self.kind, source=source,  # type: ignore[arg-type]
                                  watermark=wm if math.isfinite(wm) else -math.inf,
                                  idle=idle), binary=True)
-        return [Output(self.topic, None, value, partition=q) for q in range(self.n_partitions)]
+        topics = [self.topic] if self.mirror is None else [self.topic, self.mirror]
+        return [Output(t, None, value, partition=q) for t in topics
+                for q in range(self.n_partitions)]
 
     def to_state(self) -> dict[str, Any]:
         return {"times": {k: t.to_state() for k, t in self.times.items()},
