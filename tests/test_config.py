@@ -70,9 +70,13 @@ def test_the_readme_config_example_loads(tmp_path):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
-    p = tmp_path / "readme.toml"
-    p.write_text(block)
-    s = load_settings(p, env={})
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    loaded = []
+    for i, block in enumerate(blocks):  # every TOML example of the README loads
+        p = tmp_path / f"readme-{i}.toml"
+        p.write_text(block)
+        loaded.append(load_settings(p, env={}))
+    (s,) = [x for x in loaded if "iris" in x.models]  # the configuration reference
     assert s.models["iris"].feature_names[0] == "sepal_length"
     assert s.detection.policy() is not None
+    assert any("churn-v2" in x.rollouts for x in loaded)  # the rollouts example
