@@ -330,7 +330,6 @@ class MergeStage:
             if m.baseline is not None and stage.data.fingerprint is None:
                 stage.data.fingerprint = fingerprint(m.baseline)
                 stage.fresh_baseline = True
-        self._judge_rollouts(now)
         return events
 
     def to_state(self) -> dict[str, Any]:

@@ -171,7 +171,7 @@ class StreamService:
         # outputs held until a checkpoint covers them: those of a wall-clock decision (an
         # idle source flushed, a silent one no longer waited for) and every one after it —
         # saved with the state, so a replay after a crash never re-decides what consumers
-        # have seen differently (see Shards.hold)
+        # have seen differently (see driftwarden.stream.shards, "Held outputs")
         self.outbox: list[Output] = []
         self.feature_names = {m: c["feature_names"] for m, c in self.models.items()
                               if c.get("feature_names")}

@@ -9,6 +9,20 @@ assigns the same partition number of each to one worker, so shard *p* holds all 
 *p*: stage 1 of its input partitions, the join of its joins partition, stage 2 of the models
 whose summaries partition it is (see :mod:`driftwarden.stream.service`).
 
+**Held outputs** (:meth:`Shards._route`, :meth:`Shards.checkpoint`, :meth:`Shards.release`).
+A shard's outputs depend on its input log alone — a replay after a crash repeats them, and
+their consumers (stage 2's sequence numbers, the join's applied offsets, event ids) recognise
+the repeats — except where a shard acts on the wall clock: a source idle for
+``idle_close_seconds`` flushed, a source silent for ``source_idle_seconds`` no longer waited
+for. A replay may take such a decision at another place in the log, or not at all, and
+publish a partial under a sequence number stage 2 has already taken with other content —
+dropped there as a repeat, its records lost (seen: 120 outcomes of a slice, after a worker was
+killed). So what such a decision sends to the next stage (summaries, joins), and every such
+output of that shard after it, waits in the shard's outbox, which is saved with its state;
+once a checkpoint holding them is confirmed they are published, and a shard restored with an
+outbox publishes it again first (repeats, recognised as such). The decision is then part of
+the state every replay starts from.
+
 >>> from driftwarden.config import load_settings
 >>> from driftwarden.stream.service import RawMessage
 >>> settings = load_settings(env={})
@@ -149,8 +163,9 @@ class Shards:
 
     def _route(self, p: int, svc: StreamService, outputs: list[Output],
                decided: bool = False) -> list[Output]:
-        """A shard's outputs: out now, or into its outbox while it holds (see :meth:`hold`);
-        ``decided``: they come from a wall-clock decision, which starts holding."""
+        """A shard's outputs: out now, or into its outbox while it holds (see "Held outputs"
+        in the module docstring); ``decided``: they come from a wall-clock decision, which
+        starts holding."""
         if self.store is None:  # in process: no checkpoint, no replay
             return outputs
         if decided:
@@ -166,25 +181,6 @@ class Shards:
             outputs, svc.outbox = svc.outbox + outputs, []
             self.dirty.add(p)
         return outputs
-
-    def hold(self) -> None:
-        """The protocol that keeps replays exact (documentation of :meth:`_route`,
-        :meth:`checkpoint` and :meth:`release`).
-
-        A shard's outputs depend on its input log alone — a replay after a crash repeats
-        them, and their consumers (stage 2's sequence numbers, the join's applied offsets,
-        event ids) recognise the repeats — except where a shard acts on the wall clock: a
-        source idle for ``idle_close_seconds`` flushed, a source silent for
-        ``source_idle_seconds`` no longer waited for. A replay may take such a decision at
-        another place in the log, or not at all, and publish a partial under a sequence
-        number stage 2 has already taken with other content — dropped there as a repeat,
-        its records lost (seen: 120 outcomes of a slice, after a worker was killed). So the
-        outputs of a wall-clock decision to the next stage (summaries, joins), and every such
-        output of that shard after it, wait in the shard's outbox, which is saved with its
-        state; once a checkpoint holding them is
-        confirmed they are published (:meth:`release`), and a shard restored with an outbox
-        publishes it again first (repeats, recognised as such). The decision is then part
-        of the state every replay starts from."""
 
     def release(self, written: Iterable[int]) -> list[Output]:
         """A checkpoint of ``written`` was confirmed: the outbox items it covered, to
