@@ -37,23 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from driftwarden.detectors.rollout import as_numbers as _numeric
+from driftwarden.detectors.rollout import decisions as _decisions
 from driftwarden.detectors.sequential import paired
 from driftwarden.errors import InputError
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_CLASSIFICATION_MARGIN = 0.01
 DEFAULT_MAX_DISAGREEMENT = 0.05
-
-
-def _numeric(values: Any) -> np.ndarray | None:
-    """``values`` as float64 if every one is a number (None: not numeric)."""
-    arr = np.asarray(values)
-    if arr.dtype.kind in "fiub":
-        return arr.astype(np.float64)
-    try:
-        return np.asarray([float(v) for v in arr.tolist()], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
 
 
 def infer_task(*columns: np.ndarray | None) -> str:
@@ -67,14 +58,6 @@ def infer_task(*columns: np.ndarray | None) -> str:
                 finite == np.round(finite)):
             return "regression"
     return "classification"
-
-
-def _decisions(values: Any, numeric: np.ndarray | None) -> np.ndarray:
-    """A classifier's decision per example: a score in [0, 1] thresholded at 0.5, any other
-    value as it is."""
-    if numeric is not None and np.all((numeric >= 0.0) & (numeric <= 1.0) | ~np.isfinite(numeric)):
-        return np.where(np.isfinite(numeric), (numeric >= 0.5).astype(np.float64), np.nan)
-    return np.asarray(values).astype(str)
 
 
 def gate(columns: Mapping[str, Any], *, baseline: str, candidate: str, label: str | None = None,

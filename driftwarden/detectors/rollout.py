@@ -202,7 +202,6 @@ class Rollout:
         self.sides: dict[str, _Side] = {v: _Side() for v in spec.versions}
         self.pairs: dict[str, RunningMean] = {c: RunningMean() for c in spec.candidates}
         self.first_slice: int | None = None  # the first slice compared
-        self.last_slice: int | None = None   # the newest slice folded in
         self.unmatched_slices = 0
         self.decisions: dict[str, Decision] = {}  # candidate -> its final decision
         self.latest: dict[str, Decision] = {}     # candidate -> the decision at the last fold
@@ -272,7 +271,6 @@ class Rollout:
             else:
                 side.loss.merge(_rm(payload))
         self.first_slice = sid if self.first_slice is None else min(self.first_slice, sid)
-        self.last_slice = sid if self.last_slice is None else max(self.last_slice, sid)
 
     def finish(self, reason: str = "ended") -> list[Decision]:
         """The rollout ends now (aborted, or its traffic stopped): undecided candidates get
@@ -287,8 +285,7 @@ class Rollout:
         if candidate not in self.sides or candidate == self.spec.baseline or (
                 candidate in self.decisions):
             return []
-        alpha = self.spec.alpha / len(self.spec.candidates)
-        d = replace(self._judge(candidate, alpha, final=False), verdict="promote",
+        d = replace(self._judge(candidate, self.alpha, final=False), verdict="promote",
                     signal="by_hand", reason=reason)
         self.decisions[candidate] = self.latest[candidate] = d
         self.aborted = f"candidate {candidate} was promoted by hand"
@@ -299,13 +296,17 @@ class Rollout:
             return 0.0
         return (self.folded - self.first_slice + 1) * self.slice_seconds
 
+    @property
+    def alpha(self) -> float:
+        """Each candidate's share of the rollout's false-verdict budget."""
+        return self.spec.alpha / len(self.spec.candidates)
+
     def _decide(self, final: bool) -> list[Decision]:
         new: list[Decision] = []
-        alpha = self.spec.alpha / len(self.spec.candidates)
         for cand in self.spec.candidates:
             if cand in self.decisions:
                 continue
-            d = self._judge(cand, alpha, final)
+            d = self._judge(cand, self.alpha, final)
             self.latest[cand] = d
             if d.final:
                 self.decisions[cand] = d
@@ -425,7 +426,7 @@ class Rollout:
                 "folded": self.folded,
                 "sides": {v: s.to_state() for v, s in self.sides.items()},
                 "pairs": {c: [p.n, p.mean, p.m2] for c, p in self.pairs.items()},
-                "first_slice": self.first_slice, "last_slice": self.last_slice,
+                "first_slice": self.first_slice,
                 "unmatched_slices": self.unmatched_slices, "aborted": self.aborted,
                 "decisions": {c: d.to_dict() for c, d in self.decisions.items()}}
 
@@ -439,7 +440,7 @@ class Rollout:
         r.folded = state["folded"]
         r.sides = {v: _Side.from_state(s) for v, s in state["sides"].items()}
         r.pairs = {c: _rm(p) for c, p in state["pairs"].items()}
-        r.first_slice, r.last_slice = state["first_slice"], state["last_slice"]
+        r.first_slice = state["first_slice"]
         r.unmatched_slices = int(state["unmatched_slices"])
         r.aborted = state["aborted"]
         r.decisions = {c: _decision(d) for c, d in state["decisions"].items()}
@@ -462,24 +463,49 @@ def _num(x: float) -> float | None:
     return x if isinstance(x, float) and math.isfinite(x) else None
 
 
+def as_numbers(values: Any) -> np.ndarray | None:
+    """``values`` as float64 if every one is a number (None: not numeric).
+
+    >>> as_numbers([1, "2.5"]).tolist(), as_numbers(["cat"])
+    ([1.0, 2.5], None)
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fiub":
+        return arr.astype(np.float64)
+    try:
+        return np.asarray([float(v) for v in arr.tolist()], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def decisions(values: Any, numeric: np.ndarray | None) -> np.ndarray:
+    """A classifier's decision per prediction: a score in [0, 1] thresholded at 0.5, any
+    other value as it is (``numeric``: :func:`as_numbers` of ``values``)."""
+    if numeric is not None and np.all((numeric >= 0.0) & (numeric <= 1.0) | ~np.isfinite(numeric)):
+        return np.where(np.isfinite(numeric), (numeric >= 0.5).astype(np.float64), np.nan)
+    return np.asarray(values).astype(str)
+
+
 def pair_disagreements(baseline: Any, candidate: Any, tolerance: float | None = None
                        ) -> np.ndarray:
     """Shadow mode: 1.0 where the two versions' predictions of the same requests decide
-    differently — scores in [0, 1] on either side of 0.5, class labels unequal, or (with
-    ``tolerance``) numbers further apart than it.
+    differently (:func:`decisions`: scores in [0, 1] on either side of 0.5, other values
+    unequal) or, with ``tolerance``, numbers further apart than it.
 
     >>> pair_disagreements([0.2, 0.7, 0.55], [0.3, 0.4, 0.6]).tolist()
     [0.0, 1.0, 0.0]
     >>> pair_disagreements([10.0, 12.0], [10.5, 14.0], tolerance=1.0).tolist()
     [0.0, 1.0]
+    >>> pair_disagreements([0, 2, 3], [0, 3, 3]).tolist()     # class ids, not scores
+    [0.0, 1.0, 0.0]
     """
-    b, c = np.asarray(baseline), np.asarray(candidate)
     if tolerance is not None:
-        return (np.abs(c.astype(float) - b.astype(float)) > tolerance).astype(np.float64)
-    if b.dtype.kind in "fiu" and c.dtype.kind in "fiu":
-        return ((b >= 0.5) != (c >= 0.5)).astype(np.float64)
-    return (b.astype(str) != c.astype(str)).astype(np.float64)
+        b, c = np.asarray(baseline, dtype=float), np.asarray(candidate, dtype=float)
+        return (np.abs(c - b) > tolerance).astype(np.float64)
+    return (decisions(baseline, as_numbers(baseline))
+            != decisions(candidate, as_numbers(candidate))).astype(np.float64)
 
 
-__all__ = ["Decision", "Rollout", "RolloutSpec", "Strategy", "data_moments",
+__all__ = ["Decision", "Rollout", "RolloutSpec", "Strategy", "as_numbers", "data_moments",
+           "decisions",
            "pair_disagreements"]

@@ -92,12 +92,12 @@ class JoinStage:
     def __init__(self, detection: Detection, *, summaries: str, late: str, n_partitions: int,
                  tasks: Mapping[str, str] | None = None,
                  label_sources: Sequence[str] = (), now: float = 0.0,
-                 shadows: Mapping[str, Sequence[str]] | None = None,
                  prediction_sources: Sequence[str] = ()) -> None:
         self.detection = detection
         # model -> its shadow candidate versions: they score the same requests as the
-        # serving version, so a label joins each of them too (see _shadow_joiner)
-        self.shadows = {m: tuple(v) for m, v in (shadows or {}).items()}
+        # serving version, so a label joins each of them too (see _shadow_joiner; set by the
+        # service: StreamService.set_rollouts)
+        self.shadows: dict[str, tuple[str, ...]] = {}
         self.shadow_joiners: dict[tuple[str, str], LabelJoiner] = {}
         self.shadow_unjoined = 0  # labels copied to a shadow that never scored their request
         self.late_topic = late

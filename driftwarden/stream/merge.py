@@ -209,12 +209,12 @@ class MergeStage:
     def __init__(self, new_monitor: Callable[[str, str, float], ModelMonitor | None], *,
                  idle_seconds: float, expect: tuple[Iterable[str], Iterable[str]] = ((), ()),
                  now: float = 0.0, known: Callable[[str, str], Any] | None = None,
-                 rollouts: Mapping[str, RolloutSpec] | None = None,
                  slice_seconds: float = 1.0) -> None:
         self.new_monitor = new_monitor
         self.known = known  # (model, version) -> the baseline published for it, or None
         # the rollouts of the models whose partials land here, judged on their merged slices
-        self.rollout_specs = dict(rollouts or {})
+        # (set by the service: StreamService.set_rollouts)
+        self.rollout_specs: dict[str, RolloutSpec] = {}
         self.slice_seconds = slice_seconds
         self.rollouts: dict[str, Rollout] = {}
         self.decisions: list[Decision] = []  # new final verdicts, until taken

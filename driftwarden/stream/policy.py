@@ -157,10 +157,10 @@ def rollout_action(decision: Any, runbook_url: str) -> dict[str, Any]:
         features = [x["feature"] for x in flagged]
     else:
         comp, features = ev.get("performance") or {}, ["__error__"]
+    margin = comp.get("margin", comp.get("tolerance"))  # routing: the input's tolerance
     test = {"feature": features[0] if features else "__error__",
             "test": "confidence_sequence", "statistic": comp.get("estimate"),
-            "pvalue": None, "adjusted_pvalue": None,
-            "threshold": comp.get("margin", comp.get("tolerance")),
+            "pvalue": None, "adjusted_pvalue": None, "threshold": margin,
             "n_reference": int(d.samples.get(d.baseline, 0)),
             "n_current": int(d.samples.get(d.candidate, 0)),
             "decision": True, "rejected": d.verdict == "rollback"}
@@ -178,8 +178,7 @@ def rollout_action(decision: Any, runbook_url: str) -> dict[str, Any]:
         "rollout": {"rollout": d.rollout, "strategy": d.strategy, "baseline": d.baseline,
                     "candidate": d.candidate, "verdict": d.verdict, "signal": d.signal,
                     "estimate": comp.get("estimate"), "lower": comp.get("lower"),
-                    "upper": comp.get("upper"),
-                    "margin": comp.get("margin", comp.get("tolerance")),
+                    "upper": comp.get("upper"), "margin": margin,
                     "alpha": float(ev.get("alpha", 0.0)), "samples": dict(d.samples),
                     "slice": d.slice},
     }

@@ -143,7 +143,6 @@ class StreamService:
                               n_partitions=self.n_partitions,
                               tasks={m: c.get("task", "classification")
                                      for m, c in self.models.items()},
-                              shadows=shadow_versions(settings.rollouts),
                               label_sources=[] if loopback else [
                                   f"{self.topics.labels}/{p}"
                                   for p in range(settings.kafka.partitions)],
@@ -161,10 +160,9 @@ class StreamService:
                                 # expected from now (the worker's clock: monotonic)
                                 expect=self._expected_sources(), now=time.monotonic(),
                                 known=self._published_baseline,
-                                rollouts=settings.rollouts, slice_seconds=d.slice_seconds)
+                                slice_seconds=d.slice_seconds)
         self.policy = policy or ResponsePolicy(ModelPolicy(runbook_url=settings.runbook_base))
-        self.policy.rollouts.update({(r.model, c): name for name, r in settings.rollouts.items()
-                                     for c in r.candidates})
+        self.set_rollouts(settings.rollouts)  # the config's; the admin API's come later
         self.counts: Counter[str] = Counter()        # records by model/version/kind
         self.invalid: Counter[str] = Counter()       # rejections by reason
         self.actions: Counter[str] = Counter()

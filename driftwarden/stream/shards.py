@@ -73,7 +73,8 @@ class Shards:
         # a restore installs its shard from a thread, a revocation drops on the event loop:
         # the check that the partition is still ours and the install are one step
         self._install = threading.Lock()
-        # partitions whose outputs wait in their shard's outbox for a checkpoint (see hold),
+        # partitions whose outputs wait in their shard's outbox for a checkpoint (see "Held
+        # outputs" in the module docstring),
         # and how many outbox items the last checkpoint written of each covers
         self.holding: set[int] = set()
         self.covered: dict[int, int] = {}
