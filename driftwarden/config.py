@@ -199,7 +199,10 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ``min_seconds`` / ``max_seconds``: event time from the first compared slice before a
     promote / until the rollout ends inconclusive. ``input_tolerance``: the difference of a
     numeric input's mean (in baseline standard deviations) and ``share_tolerance`` of a
-    category's share beyond which the candidate is taken to get other traffic.
+    category's share beyond which the candidate is taken to get other traffic. Shadow mode:
+    ``pair_seconds``, how far apart in event time the two versions' predictions of one request
+    may be to pair; ``pair_tolerance``, a regressor's difference beyond which two paired
+    predictions disagree (None: a tenth of the baseline's prediction standard deviation).
     """
 
     model: str
@@ -214,6 +217,8 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     max_disagreement: float = 0.05
     input_tolerance: float = 0.25
     share_tolerance: float = 0.05
+    pair_seconds: float = 60.0
+    pair_tolerance: float | None = None
 
     def check(self) -> None:
         """Raise ValueError on a spec that cannot run."""
@@ -233,6 +238,9 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError("min_samples must be >= 1, max_seconds > 0, min_seconds >= 0")
         if self.input_tolerance <= 0 or self.share_tolerance <= 0:
             raise ValueError("input_tolerance and share_tolerance must be > 0")
+        if not self.pair_seconds >= 0 or (self.pair_tolerance is not None
+                                          and not self.pair_tolerance > 0):
+            raise ValueError("pair_seconds must be >= 0 and pair_tolerance > 0")
 
     @property
     def versions(self) -> list[str]:

@@ -143,6 +143,12 @@ DEFINITIONS = {d.name: d for d in (
     Definition("late_outcomes_total", "counter",
                "Joined outcomes not counted: their slice of label time had closed (a label "
                "that waited past its partition's watermark).", ()),
+    Definition("shadow_pairs_total", "counter",
+               "Shadow mode: the serving and shadow versions' predictions of the same request "
+               "id, by fate: paired, unpaired (no partner within pair_seconds), apart "
+               "(partner too far in event time), evicted (max_pending_labels), duplicate "
+               "(a version's second prediction of a request), late (its slice had closed).",
+               ("fate",)),
     Definition("source_lag_seconds", "gauge",
                "How far the slowest active source (input partition, device) is behind the most "
                "advanced one, in event time: a device catching up, a partition behind.",
@@ -251,6 +257,7 @@ class StateCollector(Collector):
         fates: dict[str, float] = {}
         dups: dict[str, float] = {}
         late_outcomes = 0
+        pairs: dict[str, float] = {}
         sources: dict[str, dict[str, Any]] = {}
         now = time.monotonic()  # the clock the worker's source clocks use
         for svc in list(self.services()):
@@ -273,6 +280,8 @@ class StateCollector(Collector):
                 _merge_samples(fam, merge, sources, now)
                 _rollout_samples(fam, svc.rollouts())
                 late_outcomes += svc.join.late_rows
+                for fate, n in {**svc.join.pairs.fates(), "late": svc.join.late_pairs}.items():
+                    pairs[fate] = pairs.get(fate, 0) + n
         for reason, n in sorted(invalid.items()):
             fam["invalid_events_total"].add_metric([reason], n)
         for k, n in sorted(counts.items()):
@@ -284,6 +293,8 @@ class StateCollector(Collector):
         for model, n in sorted(dups.items()):
             fam["duplicates_total"].add_metric([model], n)
         fam["late_outcomes_total"].add_metric([], late_outcomes)
+        for fate, n in sorted(pairs.items()):
+            fam["shadow_pairs_total"].add_metric([fate], n)
         _source_samples(fam, sources)
         if self.output_failures is not None:
             fam["output_failures_total"].add_metric([], self.output_failures())

@@ -16,7 +16,9 @@ Two kinds of partial:
 * ``outcomes`` — joined (prediction, label) pairs of a slice of *label* time: their count,
   their errors (a 0/1 count for a classifier, a histogram of absolute errors for a regressor)
   and the :class:`~driftwarden.detectors.summary.OutcomeSummary` (confusion counts, score
-  histograms, loss sums). Concept-drift detection runs on merged outcome slices.
+  histograms, loss sums). Concept-drift detection runs on merged outcome slices. A shadow
+  version's outcome partials may also carry ``pairs`` (:class:`PairCounts`: its predictions
+  paired with the serving version's on the same requests, timed by the serving prediction).
 
 Messages: :class:`Partial` and :class:`Watermark` (a source's event time without a partial,
 sent to every partition of the summaries topic, and its *idle* flag: the source has read its
@@ -69,6 +71,7 @@ import msgspec
 import numpy as np
 
 from driftwarden.detectors.baseline import Baseline
+from driftwarden.detectors.rollout import DIFF_EDGES, PairCounts
 from driftwarden.detectors.summary import PREDICTION, OutcomeSummary, Summary, plain_numbers
 from driftwarden.detectors.window import late_rows, take_rows
 from driftwarden.errors import ValidationError
@@ -77,7 +80,7 @@ FORMAT_VERSION = 1
 CHUNK_CELLS = 100_000  # values (records x columns) in one partial carrying records
 # absolute errors of a regressor, binned on a log scale (8 bins per decade, 1e-9 .. 1e9, plus
 # an underflow bin for exact zeros): what concept-drift detection replays from a merged slice
-ERROR_EDGES = np.concatenate([[0.0], np.logspace(-9, 9, 8 * 18 + 1)])
+ERROR_EDGES = DIFF_EDGES
 
 
 class Partial(msgspec.Struct, frozen=True, kw_only=True, tag="partial", tag_field="type"):
@@ -436,6 +439,7 @@ class _OutcomeSlice:
     n: int = 0              # outcomes with an error value
     errors: float = 0.0     # their sum
     hist: np.ndarray | None = None  # regression: absolute errors binned on ERROR_EDGES
+    pairs: PairCounts | None = None  # shadow mode: this version paired with its baseline
 
 
 class OutcomeBuilder(_Builder):
@@ -460,10 +464,22 @@ class OutcomeBuilder(_Builder):
                 "y": np.asarray(list(labels), dtype=object)}
         return self._add(cols, np.asarray(ts, dtype=np.float64))
 
+    def add_pairs(self, baseline: Sequence[Any], candidate: Sequence[Any],
+                  ts: Sequence[float]) -> list[Partial]:
+        """Shadow mode: this (candidate) version's predictions paired with the baseline
+        version's on the same requests, at the baseline prediction's event time."""
+        cols = {"b": np.asarray(list(baseline), dtype=object),
+                "c": np.asarray(list(candidate), dtype=object)}
+        return self._add(cols, np.asarray(ts, dtype=np.float64))
+
     def _take(self, sid: int, columns: Mapping[str, Any], ts: np.ndarray) -> None:
         acc = self.open.get(sid)
         if acc is None:
             acc = self.open[sid] = _OutcomeSlice(OutcomeSummary(self.task))
+        if "b" in columns:
+            pairs = PairCounts.of(list(columns["b"]), list(columns["c"]), self.task)
+            acc.pairs = pairs if acc.pairs is None else acc.pairs.merge(pairs)
+            return
         p, y = list(columns["p"]), list(columns["y"])
         errors = np.array([e for e in outcome_errors(p, y, self.task) if e is not None])
         acc.n += len(errors)
@@ -480,13 +496,18 @@ class OutcomeBuilder(_Builder):
         return [{"rows": acc.n, "summary": self._acc_state(acc)}]
 
     def _acc_state(self, acc: _OutcomeSlice) -> Any:
-        return {"n": acc.n, "errors": acc.errors, "outcomes": acc.summary.to_state(),
-                "hist": None if acc.hist is None else acc.hist.tolist()}
+        out = {"n": acc.n, "errors": acc.errors, "outcomes": acc.summary.to_state(),
+               "hist": None if acc.hist is None else acc.hist.tolist()}
+        if acc.pairs is not None:
+            out["pairs"] = acc.pairs.to_state()
+        return out
 
     def _acc_load(self, state: Any) -> _OutcomeSlice:
+        pairs = state.get("pairs")
         return _OutcomeSlice(OutcomeSummary.from_state(state["outcomes"]), state["n"],
                              state["errors"], None if state["hist"] is None
-                             else np.asarray(state["hist"], dtype=np.int64))
+                             else np.asarray(state["hist"], dtype=np.int64),
+                             None if pairs is None else PairCounts.from_state(pairs))
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], **kwargs: Any) -> OutcomeBuilder:
@@ -811,6 +832,17 @@ def merge_outcomes(partials: Sequence[Partial], task: str) -> tuple[OutcomeSumma
             h = np.asarray(s["hist"], dtype=np.int64)
             hist = h if hist is None else hist + h
     return summary, n, total, hist
+
+
+def merge_pairs(partials: Sequence[Partial]) -> PairCounts | None:
+    """The shadow pairs of a closed outcome slice (None: none)."""
+    out = None
+    for p in sorted(partials, key=lambda q: (q.source, q.seq)):
+        s = (p.summary or {}).get("pairs")
+        if s is not None:
+            c = PairCounts.from_state(s)
+            out = c if out is None else out.merge(c)
+    return out
 
 
 def replay_errors(n: int, errors: float, hist: np.ndarray | None) -> np.ndarray:

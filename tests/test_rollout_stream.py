@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_events import check_events
 
 from driftwarden.config import load_settings
@@ -101,6 +103,32 @@ def test_rollout_verdicts_do_not_depend_on_the_batching(runs):
     assert len(one) == 2 and one == verdicts(runs[500][1])
 
 
+@pytest.mark.parametrize("batch", [1, 500])
+def test_the_shadow_is_paired_with_its_baseline_request_by_request(runs, batch):
+    """Live shadow pairing: every fraud request scored by both versions is paired once in the
+    join (whatever the batching), and the disagreement the rollout holds is the one computed
+    independently from the traffic."""
+    from driftwarden.detectors.rollout import pair_disagreements
+
+    svc, _ = runs[batch]
+    by_id: dict[str, dict[str, float]] = {}
+    for kind, r in traffic():
+        if kind == "p" and r["model"] == "fraud":
+            by_id.setdefault(r["id"], {})[r["version"]] = r["prediction"]
+    base = [v["1"] for v in by_id.values()]
+    cand = [v["2"] for v in by_id.values()]
+    expected = pair_disagreements(base, cand)
+    pc = svc.merge.rollouts["fraud-v2"].pairs["2"]
+    assert (pc.n, pc.disagree) == (len(by_id), int(expected.sum()))
+    assert pc.diff_mean == pytest.approx(float(np.mean(np.subtract(cand, base))), abs=1e-9)
+    assert svc.join.pairs.pending == {} and svc.join.pairs.unpaired == 0
+    assert svc.join.late_pairs == 0
+    ev = svc.merge.rollouts["fraud-v2"].decisions["2"].evidence["pairs"]
+    assert 0.5 < ev["agreement"] < 1.0  # a better model decides differently on some
+    # the churn canary serves other requests: nothing of it is paired
+    assert svc.merge.rollouts["churn-v2"].pairs["2"].n == 0
+
+
 def test_a_rollout_that_cannot_run_is_one_line_at_load(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(CONFIG.replace('candidates = ["2"]\nstrategy = "canary"',
@@ -134,6 +162,9 @@ def test_rollout_metrics_agree_with_the_action_events(runs):
         for version, n in r["samples"].items():
             assert get("driftwarden_rollout_samples", {
                 "rollout": r["rollout"], "candidate": r["candidate"], "version": version}) == n
+    pairs = svc.merge.rollouts["fraud-v2"].pairs["2"].n
+    assert get("driftwarden_shadow_pairs_total", {"fate": "paired"}) == pairs > 1000
+    assert get("driftwarden_shadow_pairs_total", {"fate": "unpaired"}) == 0
 
 
 def test_a_rollout_started_then_aborted_or_promoted_by_hand_publishes_once():
@@ -176,3 +207,38 @@ def test_a_rollout_started_then_aborted_or_promoted_by_hand_publishes_once():
     again.restore(orjson.loads(orjson.dumps(svc.to_state())))
     assert again.end_rollout("fraud-v2", "again", promote="2") == []
     assert again.end_rollout("churn-v2", "again") == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.floats(0, 100), st.floats(-20, 20)),
+                max_size=40), st.randoms(use_true_random=False))
+def test_shadow_pairing_does_not_depend_on_the_arrival_order(requests, rnd):
+    """ShadowPairs against an independent rule: a request is paired iff both versions scored
+    it within the window, at the baseline's time — whatever order the predictions came in;
+    every other prediction is counted unpaired or apart, none is lost."""
+    from driftwarden.stream.joins import ShadowPairs
+
+    window = 5.0
+    roles = {"m": (window, {"2": "1"})}
+    preds = []
+    for i, (has_base, has_cand, t, dt) in enumerate(requests):
+        if has_base:
+            preds.append((f"r{i}", "1", i, t))
+        if has_cand:
+            preds.append((f"r{i}", "2", -i, t + dt))
+    rnd.shuffle(preds)
+    sp = ShadowPairs(max_pending=1000)
+    got = []
+    for rid, version, p, t in preds:
+        got += sp.add(roles, "m", rid, version, p, t)
+    sp.expire(float("inf"), window)
+    def near(t, dt):  # as the pairer sees it: the two event times' difference
+        return abs((t + dt) - t) <= window
+
+    expected = [("m", "2", i, -i, t) for i, (b, c, t, dt) in enumerate(requests)
+                if b and c and near(t, dt)]
+    assert sorted(got) == sorted(expected)
+    apart = sum(1 for b, c, t, dt in requests if b and c and not near(t, dt))
+    assert sp.apart == apart and sp.paired == len(expected)
+    assert sp.unpaired == sum(1 for b, c, _, _ in requests if b != c)
+    assert sp.pending == {} and sp.hold(window) == float("inf")

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -77,8 +77,11 @@ from driftwarden.detectors.sequential import (
 )
 
 ROLLOUT_NAMESPACE = uuid.UUID("6f1c64a2-4a3b-5f7e-9d43-2b8e1f0c7a15")
-KINDS = ("data", "outcomes")
+KINDS = ("data", "outcomes", "pairs")  # pairs: shadow pairs, by the outcome clock
 MAX_PENDING = 4096  # slices waiting for a version without traffic: the oldest are dropped
+# absolute differences (of paired predictions; a regressor's errors in the partials), binned
+# on a log scale: 8 bins per decade, 1e-9 .. 1e9, plus a bin for exact zeros
+DIFF_EDGES = np.concatenate([[0.0], np.logspace(-9, 9, 8 * 18 + 1)])
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,80 @@ class Decision:
                 "verdict": self.verdict, "reason": self.reason, "signal": self.signal,
                 "slice": self.slice, "ts": self.ts, "samples": dict(self.samples),
                 "evidence": self.evidence, "event_id": self.event_id}
+
+
+@dataclass
+class PairCounts:
+    """Shadow mode: a candidate version's predictions paired with its baseline version's on
+    the same requests — how many, how many decide differently (a classifier's; see
+    :func:`driftwarden.detectors.rollout.pair_disagreements`), and the difference candidate −
+    baseline of numeric predictions: its moments and its absolute value binned on
+    ``DIFF_EDGES`` (the distribution of differences, and a regressor's disagreement beyond a
+    tolerance). Mergeable by addition.
+
+    >>> c = PairCounts.of([0.2, 0.7, 0.9], [0.3, 0.4, 0.95], "classification")
+    >>> c.n, c.disagree, round(c.diff_mean, 3)
+    (3, 1, -0.05)
+    """
+
+    n: int = 0
+    disagree: int = 0
+    decided: bool = True  # disagree counts decisions (a classifier); a regressor's: see hist
+    diff_n: int = 0
+    diff_mean: float = 0.0
+    diff_m2: float = 0.0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(len(DIFF_EDGES) - 1, np.int64))
+
+    @classmethod
+    def of(cls, baseline: Sequence[Any], candidate: Sequence[Any], task: str) -> PairCounts:
+        out = cls(n=len(baseline), decided=task != "regression")
+        if task != "regression":
+            out.disagree = int(pair_disagreements(list(baseline), list(candidate)).sum())
+        b, c = as_numbers(list(baseline)), as_numbers(list(candidate))
+        if b is not None and c is not None:
+            d = (c - b)[np.isfinite(c - b)]
+            if len(d):
+                out.diff_n, out.diff_mean = len(d), float(d.mean())
+                out.diff_m2 = float(((d - out.diff_mean) ** 2).sum())
+                out.hist += np.histogram(np.minimum(np.abs(d), DIFF_EDGES[-1]), DIFF_EDGES)[0]
+        return out
+
+    def merge(self, other: PairCounts) -> PairCounts:
+        n = self.diff_n + other.diff_n
+        delta = other.diff_mean - self.diff_mean
+        mean = self.diff_mean + delta * other.diff_n / n if n else 0.0
+        m2 = self.diff_m2 + other.diff_m2 + (
+            delta * delta * self.diff_n * other.diff_n / n if n else 0.0)
+        return PairCounts(self.n + other.n, self.disagree + other.disagree,
+                          self.decided and other.decided, n, mean, m2, self.hist + other.hist)
+
+    def beyond(self, tolerance: float) -> int:
+        """Pairs whose predictions differ by more than ``tolerance`` (from the binned
+        differences: the bins wholly above it)."""
+        return int(self.hist[DIFF_EDGES[:-1] >= tolerance].sum())
+
+    def quantile(self, q: float) -> float | None:
+        """A quantile of the absolute difference (the upper edge of its bin)."""
+        total = int(self.hist.sum())
+        if not total:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.hist), q * total))
+        return float(DIFF_EDGES[min(i + 1, len(DIFF_EDGES) - 1)])
+
+    def to_state(self) -> dict[str, Any]:
+        nz = np.flatnonzero(self.hist)
+        return {"n": self.n, "disagree": self.disagree, "decided": self.decided,
+                "diff": [self.diff_n, self.diff_mean, self.diff_m2],
+                "hist": [[int(i), int(self.hist[i])] for i in nz]}  # sparse: bin, count
+
+    @classmethod
+    def from_state(cls, s: Mapping[str, Any]) -> PairCounts:
+        hist = np.zeros(len(DIFF_EDGES) - 1, np.int64)
+        for i, k in s["hist"]:
+            hist[int(i)] += int(k)
+        dn, dm, d2 = s["diff"]
+        return cls(int(s["n"]), int(s["disagree"]), bool(s["decided"]), int(dn), float(dm),
+                   float(d2), hist)
 
 
 def data_moments(summary: Any) -> dict[str, Any]:
@@ -200,7 +277,8 @@ class Rollout:
         self.passed: dict[str, float] = {k: -math.inf for k in KINDS}
         self.folded: int | None = None  # the newest slice folded (both kinds)
         self.sides: dict[str, _Side] = {v: _Side() for v in spec.versions}
-        self.pairs: dict[str, RunningMean] = {c: RunningMean() for c in spec.candidates}
+        self.pairs: dict[str, PairCounts] = {c: PairCounts() for c in spec.candidates}
+        self.direct_pairs = False  # observe_pairs was used (no slices: decide on every call)
         self.first_slice: int | None = None  # the first slice compared
         self.unmatched_slices = 0
         self.decisions: dict[str, Decision] = {}  # candidate -> its final decision
@@ -227,7 +305,17 @@ class Rollout:
         """Shadow mode: the candidate's and the baseline's decisions on the same requests,
         1.0 where they differ (already paired: no slice matching needed)."""
         if candidate in self.pairs:
-            self.pairs[candidate].add(disagreements)
+            d = np.asarray(disagreements, dtype=np.float64)
+            self.pairs[candidate] = self.pairs[candidate].merge(
+                PairCounts(n=len(d), disagree=int(d.sum())))
+            self.direct_pairs = True
+
+    def observe_slice_pairs(self, candidate: str, sid: int, pairs: PairCounts) -> None:
+        """Shadow mode, live: the candidate's predictions paired with the baseline's on the
+        same requests in slice ``sid`` (the join's :class:`PairCounts`), folded once the
+        outcome clock has passed the slice."""
+        if candidate in self.pairs:
+            self._observe("pairs", candidate, sid, pairs.to_state())
 
     def _observe(self, kind: str, version: str, sid: int, payload: Any) -> None:
         if self.folded is not None and sid <= self.folded:
@@ -243,6 +331,7 @@ class Rollout:
         (label time) is final for every version (+inf: every source idle)."""
         self.passed["data"] = max(self.passed["data"], data)
         self.passed["outcomes"] = max(self.passed["outcomes"], outcomes)
+        self.passed["pairs"] = self.passed["outcomes"]
 
     # -- decisions -----------------------------------------------------------------------------
     def evaluate(self) -> list[Decision]:
@@ -256,11 +345,15 @@ class Rollout:
                     self._fold(kind, sid, self.pending[kind].pop(sid))
             self.folded = sid
             out += self._decide(final=False)
-        if not out and any(p.n for p in self.pairs.values()):
-            out += self._decide(final=False)  # shadow pairs need no slice matching
+        if not out and self.direct_pairs:
+            out += self._decide(final=False)  # pairs given directly need no slice matching
         return out
 
     def _fold(self, kind: str, sid: int, by_version: dict[str, Any]) -> None:
+        if kind == "pairs":  # already paired request by request: no slice matching
+            for cand, state in by_version.items():
+                self.pairs[cand] = self.pairs[cand].merge(PairCounts.from_state(state))
+            return
         if len(by_version) < len(self.sides):
             self.unmatched_slices += 1  # a version without traffic in it: not concurrent
             return
@@ -331,7 +424,7 @@ class Rollout:
         perf = unpaired(mine.loss, base.loss, margin=margin, alpha=alpha)
         evidence["performance"] = {**perf.to_dict(), "baseline_loss": _num(base.loss.mean),
                                    "candidate_loss": _num(mine.loss.mean)}
-        pairs = self.pairs[cand]
+        pairs = self._disagreements(cand, base, evidence)
         dis: Comparison | None = None
         if pairs.n:
             r = radius(pairs.n, pairs.variance, alpha)
@@ -347,7 +440,11 @@ class Rollout:
         suspect = [r["feature"] for r in routing if not r["flagged"] and (
             abs(r["estimate"]) > r["tolerance"])]
         decisive = perf
-        if spec.strategy == "shadow" and perf.n < spec.min_samples and dis is not None:
+        # shadow: the versions' disagreement bounds their accuracy difference, so agreement
+        # within max_disagreement may promote before labels do; more disagreement rolls back
+        # only where no label is compared (else the labels say whether it is for the worse)
+        if spec.strategy == "shadow" and dis is not None and perf.n < spec.min_samples and (
+                dis.verdict == "promote" or (base.loss.n == 0 and mine.loss.n == 0)):
             decisive, signal = dis, "disagreement"
             samples = {spec.baseline: pairs.n, cand: pairs.n}
         elif perf.n:
@@ -375,6 +472,30 @@ class Rollout:
         ts = None if at is None else (at + 1) * self.slice_seconds
         return Decision(self.name, spec.model, spec.baseline, cand, spec.strategy, verdict,
                         reason, signal, at, ts, samples, evidence)
+
+    def _disagreements(self, cand: str, base: _Side, evidence: dict[str, Any]) -> RunningMean:
+        """The shadow pairs' disagreement as the running mean of its 0/1 indicator (a
+        regressor's: differences beyond ``pair_tolerance``, by default a tenth of the
+        baseline's prediction standard deviation); their description into ``evidence``."""
+        pc = self.pairs[cand]
+        if not pc.n:
+            return RunningMean()
+        k = pc.disagree
+        if not pc.decided:
+            tol = self.spec.pair_tolerance
+            if tol is None and base.prediction.n > 1 and base.prediction.variance > 0:
+                tol = 0.1 * math.sqrt(base.prediction.variance)
+            if tol is None:
+                return RunningMean()  # no scale yet to call two numbers different
+            k = pc.beyond(tol)
+            evidence["pair_tolerance"] = tol
+        evidence["pairs"] = {
+            "n": pc.n, "agreement": 1.0 - k / pc.n,
+            "difference_mean": _num(pc.diff_mean) if pc.diff_n else None,
+            "difference_std": _num(math.sqrt(pc.diff_m2 / (pc.diff_n - 1)))
+            if pc.diff_n > 1 else None,
+            **{f"abs_difference_p{q}": pc.quantile(q / 100) for q in (50, 90, 99)}}
+        return _share(k, pc.n)
 
     @staticmethod
     def _looks_binary(side: _Side) -> bool:
@@ -425,7 +546,8 @@ class Rollout:
                            for k, v in self.passed.items()},
                 "folded": self.folded,
                 "sides": {v: s.to_state() for v, s in self.sides.items()},
-                "pairs": {c: [p.n, p.mean, p.m2] for c, p in self.pairs.items()},
+                "pairs": {c: p.to_state() for c, p in self.pairs.items()},
+                "direct_pairs": self.direct_pairs,
                 "first_slice": self.first_slice,
                 "unmatched_slices": self.unmatched_slices, "aborted": self.aborted,
                 "decisions": {c: d.to_dict() for c, d in self.decisions.items()}}
@@ -434,12 +556,15 @@ class Rollout:
     def from_state(cls, name: str, state: Mapping[str, Any]) -> Rollout:
         spec = msgspec.convert(state["spec"], RolloutSpec)
         r = cls(name, spec, slice_seconds=state["slice_seconds"])
-        r.pending = {k: {int(s): v for s, v in p} for k, p in state["pending"].items()}
-        r.passed = {k: (-math.inf if v is None else math.inf if v == "inf" else float(v))
-                    for k, v in state["passed"].items()}
+        r.pending.update({k: {int(s): v for s, v in p} for k, p in state["pending"].items()})
+        r.passed.update({k: (-math.inf if v is None else math.inf if v == "inf" else float(v))
+                         for k, v in state["passed"].items()})
         r.folded = state["folded"]
         r.sides = {v: _Side.from_state(s) for v, s in state["sides"].items()}
-        r.pairs = {c: _rm(p) for c, p in state["pairs"].items()}
+        r.pairs = {c: PairCounts.from_state(p) if isinstance(p, Mapping)
+                   else PairCounts(n=int(p[0]), disagree=round(p[0] * p[1]))  # older state
+                   for c, p in state["pairs"].items()}
+        r.direct_pairs = bool(state.get("direct_pairs", False))
         r.first_slice = state["first_slice"]
         r.unmatched_slices = int(state["unmatched_slices"])
         r.aborted = state["aborted"]
@@ -506,6 +631,5 @@ def pair_disagreements(baseline: Any, candidate: Any, tolerance: float | None = 
             != decisions(candidate, as_numbers(candidate))).astype(np.float64)
 
 
-__all__ = ["Decision", "Rollout", "RolloutSpec", "Strategy", "as_numbers", "data_moments",
-           "decisions",
-           "pair_disagreements"]
+__all__ = ["DIFF_EDGES", "Decision", "PairCounts", "Rollout", "RolloutSpec", "Strategy",
+           "as_numbers", "data_moments", "decisions", "pair_disagreements"]

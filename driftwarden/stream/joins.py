@@ -24,6 +24,7 @@ source — so replays join nothing twice.
 
 from __future__ import annotations
 
+import heapq
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,118 @@ class JoinRouter:
         return out
 
 
+class ShadowPairs:
+    """Shadow mode, live: the serving (baseline) version's and each shadow version's
+    predictions of the same request id, paired where the join meets them (every prediction of
+    a request id lands in one joins partition, whatever the producers' keys).
+
+    ``roles``: model -> (window, {candidate: baseline}). Two predictions pair when their event
+    times are at most ``window`` seconds apart; the pair is timed at the baseline prediction's
+    event time. A request waits while the prediction partitions' clock (``horizon``, their
+    watermarks' minimum) has not passed its newest prediction by ``window``: any partner not
+    late at its source has arrived by then, so which predictions pair does not depend on the
+    order partitions were read in. Then it is dropped, its unpaired predictions counted
+    (``unpaired``); ``max_pending`` requests at most wait (the oldest go first, counted in
+    ``evicted`` — the one case where pairing depends on timing).
+
+    >>> sp = ShadowPairs(max_pending=100)
+    >>> roles = {"m": (5.0, {"2": "1"})}
+    >>> sp.add(roles, "m", "r1", "1", 0.9, 10.0), sp.add(roles, "m", "r1", "2", 0.2, 11.0)
+    ([], [('m', '2', 0.9, 0.2, 10.0)])
+    >>> sp.add(roles, "m", "r2", "1", 0.4, 12.0)   # its shadow never scores it
+    []
+    >>> sp.expire(17.5, window=5.0); sp.unpaired, sp.pending
+    (1, {})
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        # (model, request id) -> version -> [prediction, ts, paired]
+        self.pending: dict[tuple[str, str], dict[str, list[Any]]] = {}
+        self.heap: list[tuple[float, str, str]] = []  # (a prediction's ts, model, id), lazy
+        self.paired = 0     # pairs made
+        self.unpaired = 0   # predictions whose partner did not come within the window
+        self.evicted = 0    # requests dropped to keep max_pending
+        self.apart = 0      # partners further apart in event time than the window
+        self.duplicates = 0  # a version's second prediction of one request id: ignored
+
+    def add(self, roles: Mapping[str, tuple[float, Mapping[str, str]]], model: str, rid: str,
+            version: str, prediction: Any, ts: float) -> list[tuple[str, str, Any, Any, float]]:
+        """One prediction; the pairs it completes: (model, candidate, baseline's prediction,
+        candidate's prediction, baseline's event time)."""
+        window, pairs = roles[model]
+        if version not in pairs and version not in pairs.values():
+            return []
+        key = (model, rid)
+        entry = self.pending.get(key)
+        if entry is None:
+            entry = self.pending[key] = {}
+            while len(self.pending) > self.max_pending:
+                self.evicted += 1
+                self._drop(next(iter(self.pending)))
+        if version in entry:
+            self.duplicates += 1
+            return []
+        entry[version] = [prediction, ts, False]
+        heapq.heappush(self.heap, (ts, model, rid))
+        out = []
+        for cand, base in pairs.items():
+            if version not in (cand, base) or cand not in entry or base not in entry:
+                continue
+            b, c = entry[base], entry[cand]
+            if c[2]:
+                continue
+            c[2] = b[2] = True
+            if abs(b[1] - c[1]) <= window:
+                self.paired += 1
+                out.append((model, cand, b[0], c[0], b[1]))
+            else:
+                self.apart += 1
+        if all(v in entry for v in {*pairs, *pairs.values()}):
+            del self.pending[key]  # every version of the request is in: nothing to wait for
+        return out
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self.pending.pop(key)
+        self.unpaired += sum(1 for e in entry.values() if not e[2])
+
+    def expire(self, horizon: float, window: float = 0.0) -> None:
+        """The prediction partitions have passed ``horizon``: drop the requests whose newest
+        prediction is more than the window older (``window``: the largest of the roles')."""
+        while self.heap and self.heap[0][0] + window < horizon:
+            _, model, rid = heapq.heappop(self.heap)
+            entry = self.pending.get((model, rid))
+            if entry is not None and max(e[1] for e in entry.values()) + window < horizon:
+                self._drop((model, rid))
+
+    def hold(self, window: float) -> float:
+        """The oldest event time a pair still to come can have (+inf: none is waiting)."""
+        while self.heap and (self.heap[0][1], self.heap[0][2]) not in self.pending:
+            heapq.heappop(self.heap)
+        return self.heap[0][0] - window if self.heap else math.inf
+
+    def fates(self) -> dict[str, int]:
+        """What became of the predictions offered for pairing (the metric
+        ``driftwarden_shadow_pairs_total``)."""
+        return {"paired": self.paired, "unpaired": self.unpaired, "evicted": self.evicted,
+                "apart": self.apart, "duplicate": self.duplicates}
+
+    def to_state(self) -> dict[str, Any]:
+        return {"pending": [[m, r, e] for (m, r), e in self.pending.items()],
+                "counts": [self.paired, self.unpaired, self.evicted, self.apart,
+                           self.duplicates]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], max_pending: int) -> ShadowPairs:
+        sp = cls(max_pending)
+        sp.pending = {(m, r): {v: list(x) for v, x in e.items()} for m, r, e in state["pending"]}
+        sp.heap = [(float(x[1]), m, r) for (m, r), e in sp.pending.items() for x in e.values()]
+        heapq.heapify(sp.heap)
+        sp.paired, sp.unpaired, sp.evicted, sp.apart, sp.duplicates = (
+            int(x) for x in state["counts"])
+        return sp
+
+
 class JoinStage:
     """One joins partition's join and its outcome partials (see the module docstring)."""
 
@@ -100,6 +213,11 @@ class JoinStage:
         self.shadows: dict[str, tuple[str, ...]] = {}
         self.shadow_joiners: dict[tuple[str, str], LabelJoiner] = {}
         self.shadow_unjoined = 0  # labels copied to a shadow that never scored their request
+        # model -> (window, {candidate: baseline}): shadow versions paired live with their
+        # baseline on the same request ids (see ShadowPairs; set by StreamService.set_rollouts)
+        self.pair_roles: dict[str, tuple[float, dict[str, str]]] = {}
+        self.pairs = ShadowPairs(detection.max_pending_labels)
+        self.late_pairs = 0  # pairs timed before this partition's outcome watermark
         self.late_topic = late
         self.tasks = dict(tasks or {})
         # the label partitions' event time, from their Watermark messages: an outcome's time
@@ -147,6 +265,7 @@ class JoinStage:
         source = str(body["source"])
         done = self.applied.get(source, -1)
         joined: list[tuple[Outcome, float]] = []
+        paired: list[tuple[str, str, Any, Any, float]] = []
         newest = done
         for offset, model, version, rid, prediction, ts in body["p"]:
             newest = max(newest, offset)
@@ -158,6 +277,9 @@ class JoinStage:
             o = joiner.add_prediction(model, rid, version, prediction, float(ts))
             if o is not None:
                 joined.append((o, float(ts) + o.delay))
+            if model in self.pair_roles:
+                paired += self.pairs.add(self.pair_roles, model, rid, version, prediction,
+                                         float(ts))
         for offset, model, rid, label, ts in body["l"]:
             newest = max(newest, offset)
             if offset <= done:
@@ -184,7 +306,36 @@ class JoinStage:
             for (model, version), rows in by_key.items():
                 self.outcomes.add_outcomes(here, model, version, [o.prediction for o, _ in rows],
                                            [o.label for o, _ in rows], [t for _, t in rows])
+        if paired:
+            self._add_pairs(here, paired)
         return self.tick(here, now)
+
+    def _add_pairs(self, here: str, paired: list[tuple[str, str, Any, Any, float]]) -> None:
+        """Shadow pairs into the candidates' outcome partials, at the baseline's event time
+        (held open for them by :meth:`tick`: none is late unless max_pending evicted)."""
+        mark = self.outcomes.time(here).watermark
+        by_key: dict[tuple[str, str], list[tuple[Any, Any, float]]] = {}
+        for model, cand, b, c, t in paired:
+            if math.isfinite(t) and t >= mark:
+                by_key.setdefault((model, cand), []).append((b, c, t))
+            else:
+                self.late_pairs += 1
+        for (model, cand), rows in by_key.items():
+            self.outcomes.add_pairs(here, model, cand, [r[0] for r in rows],
+                                    [r[1] for r in rows], [r[2] for r in rows])
+
+    def _pair_hold(self, now: float, force: bool) -> float:
+        """How far outcome time may move for the shadow pairs still to come: the requests
+        waiting for a partner, and the prediction partitions' clock (a pair is timed by its
+        baseline prediction, which is not older than its partition's watermark)."""
+        if not self.pair_roles:
+            return math.inf
+        window = max(w for w, _ in self.pair_roles.values())
+        clock = self.prediction_clock.horizon(now) if self.prediction_clock.sources else math.inf
+        if force:
+            clock = math.inf
+        self.pairs.expire(clock, window)
+        return min(clock, self.pairs.hold(window))
 
     def _shadow_joiner(self, model: str, version: str) -> LabelJoiner:
         """The join of a shadow version's predictions: apart from the serving version's (the
@@ -215,6 +366,7 @@ class JoinStage:
             self.prediction_clock.sources)
         if not (horizon == math.inf and (force or done)):
             horizon = min(horizon, self.joiner.oldest_waiting())
+        horizon = min(horizon, self._pair_hold(now, force))
         out = self.outcomes.advance(here, horizon, now, idle=horizon == math.inf)
         return out + self.late_outputs()
 
@@ -239,7 +391,8 @@ class JoinStage:
                 # whole (the checkpoint keeps only the main pending tables as deltas)
                 "shadow": [[m, v, j.to_state(True)]
                            for (m, v), j in self.shadow_joiners.items()],
-                "shadow_unjoined": self.shadow_unjoined}
+                "shadow_unjoined": self.shadow_unjoined, "pairs": self.pairs.to_state(),
+                "late_pairs": self.late_pairs}
 
     def restore(self, state: Mapping[str, Any], now: float) -> None:
         self.joiner = LabelJoiner.from_state(state["joiner"])
@@ -252,6 +405,9 @@ class JoinStage:
         self.shadow_joiners = {(m, v): LabelJoiner.from_state(st)
                                for m, v, st in state.get("shadow", [])}
         self.shadow_unjoined = int(state.get("shadow_unjoined", 0))
+        if "pairs" in state:
+            self.pairs = ShadowPairs.from_state(state["pairs"], self.detection.max_pending_labels)
+            self.late_pairs = int(state["late_pairs"])
         self.outcomes.load(state["outcomes"], lambda s, m, v, t, st: OutcomeBuilder.from_state(
             st, model=m, version=v, source=s, slice_seconds=self.detection.slice_seconds,
             task=self.tasks.get(m, "classification"), time=t))

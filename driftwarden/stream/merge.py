@@ -57,6 +57,7 @@ from driftwarden.partials import (
     fingerprint,
     merge_data,
     merge_outcomes,
+    merge_pairs,
     merge_records,
     replay_errors,
     typed_columns,
@@ -175,6 +176,9 @@ class ModelStage:
             summary, n, total, hist = merge_outcomes(parts, self.monitor.task)
             errors = replay_errors(n, total, hist)
             self._observe("outcomes", sid, errors)
+            pairs = merge_pairs(parts)
+            if pairs is not None:
+                self._observe("pairs", sid, pairs)
             events += self.monitor.add_outcome_slice(sid, summary, errors)
         return events
 
@@ -267,6 +271,8 @@ class MergeStage:
             r = self.rollout(name)
             if kind == "data":
                 r.observe_data(version, sid, payload)
+            elif kind == "pairs":
+                r.observe_slice_pairs(version, sid, payload)
             else:
                 r.observe_outcomes(version, sid, payload)
 

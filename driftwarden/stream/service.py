@@ -107,6 +107,25 @@ def shadow_versions(specs: Mapping[str, RolloutSpec]) -> dict[str, tuple[str, ..
     return out
 
 
+def shadow_pairs(specs: Mapping[str, RolloutSpec]
+                 ) -> dict[str, tuple[float, dict[str, str]]]:
+    """model -> (pairing window, {candidate: baseline}) of its shadow rollouts: what
+    :class:`~driftwarden.stream.joins.ShadowPairs` pairs live.
+
+    >>> from driftwarden.config import RolloutSpec
+    >>> shadow_pairs({"a": RolloutSpec(model="m", baseline="1", candidates=["2"],
+    ...                                strategy="shadow")})
+    {'m': (60.0, {'2': '1'})}
+    """
+    out: dict[str, tuple[float, dict[str, str]]] = {}
+    for r in specs.values():
+        if r.strategy == "shadow":
+            window, pairs = out.get(r.model, (0.0, {}))
+            out[r.model] = (max(window, r.pair_seconds),
+                            {**pairs, **dict.fromkeys(r.candidates, r.baseline)})
+    return out
+
+
 class StreamService:
     """One shard's three roles; see the module docstring."""
 
@@ -714,6 +733,7 @@ class StreamService:
         self.policy.rollouts = {(r.model, c): name for name, r in specs.items()
                                 for c in r.candidates}
         self.join.shadows = shadow_versions(specs)
+        self.join.pair_roles = shadow_pairs(specs)
 
     def end_rollout(self, name: str, reason: str, promote: str | None = None
                     ) -> list[Output]:

@@ -133,6 +133,13 @@ class Sources:
         assert isinstance(b, OutcomeBuilder)
         b.add(predictions, labels, ts)
 
+    def add_pairs(self, source: str, model: str, version: str, baseline: list[Any],
+                  candidate: list[Any], ts: list[float]) -> None:
+        """Shadow mode: ``version``'s predictions paired with its baseline's (outcomes)."""
+        b = self.builder(source, model, version)
+        assert isinstance(b, OutcomeBuilder)
+        b.add_pairs(baseline, candidate, ts)
+
     def set_baseline(self, model: str, version: str, baseline: Baseline) -> None:
         """Data partials of ``model`` ``version`` are binned from now on (every source)."""
         for (_, m, v), b in self.builders.items():
