@@ -203,6 +203,9 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ``pair_seconds``, how far apart in event time the two versions' predictions of one request
     may be to pair; ``pair_tolerance``, a regressor's difference beyond which two paired
     predictions disagree (None: a tenth of the baseline's prediction standard deviation).
+    Guard-rails, off when None, each rolling back only: ``latency_margin``, how much slower
+    the candidate's mean request latency may be, relative to the baseline's (0.2: 20 %);
+    ``quality_margin``, how much larger its share of predictions missing or not valid values.
     """
 
     model: str
@@ -219,6 +222,8 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     share_tolerance: float = 0.05
     pair_seconds: float = 60.0
     pair_tolerance: float | None = None
+    latency_margin: float | None = None
+    quality_margin: float | None = None
 
     def check(self) -> None:
         """Raise ValueError on a spec that cannot run."""
@@ -241,6 +246,10 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         if not self.pair_seconds >= 0 or (self.pair_tolerance is not None
                                           and not self.pair_tolerance > 0):
             raise ValueError("pair_seconds must be >= 0 and pair_tolerance > 0")
+        for name in ("latency_margin", "quality_margin"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
 
     @property
     def versions(self) -> list[str]:

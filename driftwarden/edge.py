@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from driftwarden.detectors.baseline import Baseline
-from driftwarden.detectors.summary import PREDICTION
+from driftwarden.detectors.summary import LATENCY, PREDICTION
 from driftwarden.partials import Partial, PartialBuilder, decode, encode, typed_columns
 from driftwarden.stream.sources import summary_partition
 
@@ -74,20 +74,23 @@ class EdgeClient:
                                       source=self.source, slice_seconds=slice_seconds,
                                       allowed_lateness=allowed_lateness,
                                       seq=int(saved.get("seq", 0)))
-        self._rows: list[tuple[float, Mapping[str, Any], Any]] = []
+        self._rows: list[tuple[float, Mapping[str, Any], Any, float | None]] = []
 
     # -- records in ------------------------------------------------------------------------
     def log(self, features: Mapping[str, Any], prediction: Any = None,
-            ts: float | None = None) -> None:
-        """One record (``ts``: event time in seconds; now when omitted)."""
+            ts: float | None = None, latency_ms: float | None = None) -> None:
+        """One record (``ts``: event time in seconds; now when omitted; ``latency_ms``: how
+        long the prediction took, for rollouts' latency comparison)."""
         import time
 
-        self._rows.append((time.time() if ts is None else float(ts), features, prediction))
+        self._rows.append((time.time() if ts is None else float(ts), features, prediction,
+                           latency_ms))
         if len(self._rows) >= self.batch_rows:
             self._drain_rows()
 
     def add(self, columns: Mapping[str, Any], ts: Any) -> None:
-        """Records as columns (feature name -> values, ``__prediction__`` for outputs)."""
+        """Records as columns (feature name -> values, ``__prediction__`` for outputs,
+        ``__latency_ms__`` for request latencies)."""
         self._drain_rows()
         assert self.builder.baseline is not None
         self._keep(self.builder.add(typed_columns(self.builder.baseline, columns),
@@ -97,13 +100,15 @@ class EdgeClient:
         if not self._rows:
             return
         rows, self._rows = self._rows, []
-        names = sorted({n for _, f, _ in rows for n in f})
-        cols: dict[str, Any] = {n: [f.get(n) for _, f, _ in rows] for n in names}
-        if any(p is not None for _, _, p in rows):
-            cols[PREDICTION] = [p for _, _, p in rows]
+        names = sorted({n for _, f, _, _ in rows for n in f})
+        cols: dict[str, Any] = {n: [f.get(n) for _, f, _, _ in rows] for n in names}
+        if any(p is not None for _, _, p, _ in rows):
+            cols[PREDICTION] = [p for _, _, p, _ in rows]
+        if any(x is not None for *_, x in rows):
+            cols[LATENCY] = [x for *_, x in rows]
         assert self.builder.baseline is not None
         self._keep(self.builder.add(typed_columns(self.builder.baseline, cols),
-                                    np.array([t for t, _, _ in rows])))
+                                    np.array([t for t, _, _, _ in rows])))
 
     # -- partials out ---------------------------------------------------------------------
     def flush(self) -> int:

@@ -83,7 +83,7 @@ class RolloutEvidence(msgspec.Struct, frozen=True, kw_only=True):
     baseline: str
     candidate: str
     verdict: Literal["promote", "rollback", "inconclusive"]
-    signal: str  # performance | disagreement | routing | guard-rail | none
+    signal: str  # performance | disagreement | latency | quality | routing | guard-rail | …
     estimate: float | None
     lower: float | None
     upper: float | None

@@ -320,7 +320,7 @@ def _rollout_samples(fam: dict[str, Any], rollouts: Iterable[dict[str, Any]]) ->
                                                   float(d["verdict"] == v))
             for version, n in sorted(d["samples"].items()):
                 fam["rollout_samples"].add_metric([r["name"], cand, version], n)
-            for signal in ("performance", "disagreement"):
+            for signal in ("performance", "disagreement", "latency", "quality"):
                 comp = d["evidence"].get(signal)
                 if not comp or comp.get("n", 0) == 0:
                     continue

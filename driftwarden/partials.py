@@ -71,8 +71,14 @@ import msgspec
 import numpy as np
 
 from driftwarden.detectors.baseline import Baseline
-from driftwarden.detectors.rollout import DIFF_EDGES, PairCounts
-from driftwarden.detectors.summary import PREDICTION, OutcomeSummary, Summary, plain_numbers
+from driftwarden.detectors.rollout import PairCounts
+from driftwarden.detectors.summary import (
+    LOG_EDGES,
+    PREDICTION,
+    OutcomeSummary,
+    Summary,
+    plain_numbers,
+)
 from driftwarden.detectors.window import late_rows, take_rows
 from driftwarden.errors import ValidationError
 
@@ -80,7 +86,7 @@ FORMAT_VERSION = 1
 CHUNK_CELLS = 100_000  # values (records x columns) in one partial carrying records
 # absolute errors of a regressor, binned on a log scale (8 bins per decade, 1e-9 .. 1e9, plus
 # an underflow bin for exact zeros): what concept-drift detection replays from a merged slice
-ERROR_EDGES = DIFF_EDGES
+ERROR_EDGES = LOG_EDGES
 
 
 class Partial(msgspec.Struct, frozen=True, kw_only=True, tag="partial", tag_field="type"):

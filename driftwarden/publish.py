@@ -47,7 +47,7 @@ import numpy as np
 
 from driftwarden.config import Limits
 from driftwarden.detectors.baseline import Baseline
-from driftwarden.detectors.summary import PREDICTION
+from driftwarden.detectors.summary import LATENCY, PREDICTION
 from driftwarden.errors import InputError
 from driftwarden.partials import (
     Message,
@@ -129,11 +129,14 @@ def file_messages(groups: Groups, *, source: str, slice_seconds: float,
 
 
 def _columns(records: list[PredictionRecord]) -> dict[str, Any]:
-    """Feature name -> values (None where a row lacks it), and the predictions if any."""
+    """Feature name -> values (None where a row lacks it), and the predictions and request
+    latencies if any."""
     names = sorted({k for r in records for k in r.features})
     cols: dict[str, Any] = {n: [r.features.get(n) for r in records] for n in names}
     if any(r.prediction is not None for r in records):
         cols[PREDICTION] = [r.prediction for r in records]
+    if any(r.latency_ms is not None for r in records):
+        cols[LATENCY] = [r.latency_ms for r in records]
     return cols
 
 

@@ -99,6 +99,7 @@ class RecordBatch:
     features: Sequence[dict[str, Any]]  # a list, or MatrixRows
     predictions: list[Any]
     numeric: bool = False  # every feature value is a float (checked while decoding)
+    latencies: list[float | None] | None = None  # ``latency_ms`` per record (None: none carried)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -107,8 +108,10 @@ class RecordBatch:
     def of(cls, records: Sequence[PredictionRecord]) -> RecordBatch:
         """The batch of records that share one model and version."""
         first = records[0]
+        lat = [r.latency_ms for r in records]
         return cls(first.model, first.version, [r.id for r in records], [r.ts for r in records],
-                   [r.features for r in records], [r.prediction for r in records])
+                   [r.features for r in records], [r.prediction for r in records],
+                   latencies=lat if any(x is not None for x in lat) else None)
 
     @classmethod
     def concat(cls, batches: Sequence[RecordBatch]) -> RecordBatch:
@@ -121,13 +124,18 @@ class RecordBatch:
             features = MatrixRows(mats[0].names, np.concatenate([m.matrix for m in mats]))
         else:
             features = [f for b in batches for f in b.features]
+        lat = None
+        if any(b.latencies is not None for b in batches):
+            lat = [x for b in batches for x in (b.latencies or [None] * len(b))]
         return cls(first.model, first.version, [i for b in batches for i in b.ids],
                    [t for b in batches for t in b.ts], features,
-                   [p for b in batches for p in b.predictions], all(b.numeric for b in batches))
+                   [p for b in batches for p in b.predictions], all(b.numeric for b in batches),
+                   lat)
 
     def __getitem__(self, s: slice) -> RecordBatch:
         return RecordBatch(self.model, self.version, self.ids[s], self.ts[s], self.features[s],
-                           self.predictions[s], self.numeric)
+                           self.predictions[s], self.numeric,
+                           None if self.latencies is None else self.latencies[s])
 
     def without(self, drop: Sequence[int]) -> RecordBatch:
         """The batch less the records at the indexes ``drop``.
@@ -145,7 +153,8 @@ class RecordBatch:
             else [feats[i] for i in keep])
         return RecordBatch(self.model, self.version, [self.ids[i] for i in keep],
                            [self.ts[i] for i in keep], features,
-                           [self.predictions[i] for i in keep], self.numeric)
+                           [self.predictions[i] for i in keep], self.numeric,
+                           None if self.latencies is None else [self.latencies[i] for i in keep])
 
     def feature_names(self) -> Any:
         """Every feature name of the batch (a set, or the matrix's names)."""
@@ -154,8 +163,9 @@ class RecordBatch:
         return set().union(*self.features)
 
     def records(self) -> list[PredictionRecord]:
-        return [PredictionRecord(self.model, self.version, i, t, f, p)
-                for i, t, f, p in zip(self.ids, self.ts, self.features, self.predictions)]
+        lat = self.latencies or [None] * len(self)
+        return [PredictionRecord(self.model, self.version, i, t, f, p, x)
+                for i, t, f, p, x in zip(self.ids, self.ts, self.features, self.predictions, lat)]
 
     def columns(self) -> dict[str, Any]:
         """Feature columns (a field absent from a record is None there; a column with no value
@@ -621,7 +631,11 @@ def _fast_batch(value: bytes, now: float, max_ts: float, limits: Limits
         features = MatrixRows(shape.names, shape.matrix(features))
     elif numeric:
         codecs.learn_shape(features)
-    return RecordBatch(b.model, version, [r.id for r in recs], ts, features, preds, numeric)
+    lat = [r.latency_ms for r in recs]
+    if any(x is not None for x in lat):
+        lat = [x if x is None or math.isfinite(x) else None for x in lat]
+    return RecordBatch(b.model, version, [r.id for r in recs], ts, features, preds, numeric,
+                       lat if any(x is not None for x in lat) else None)
 
 
 def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:

@@ -201,3 +201,26 @@ def test_sources_idle_without_ever_sending_do_not_let_slices_close():
     assert clock.horizon(3.0) == 10.0  # joins/1 is idle: not waited for, but...
     clock.see("joins/1", 4.0, 8.0)  # ...once it speaks, it is
     assert clock.horizon(4.0) == 8.0
+
+
+def test_an_edge_device_ships_request_latencies_in_its_partials(tmp_path):
+    """EdgeClient.log(latency_ms=…): the partial's summary carries the latencies (count,
+    mean, histogram), never as a feature; a record without one counts nothing."""
+    from driftwarden.detectors.baseline import Baseline
+    from driftwarden.detectors.summary import Spread
+    from driftwarden.edge import EdgeClient
+    from driftwarden.partials import decode
+
+    sent: list[bytes] = []
+    base = Baseline.fit({"x": np.arange(100.0)})
+    dev = EdgeClient(base, model="m", version="2", device="d1", slice_seconds=10.0,
+                     buffer_dir=tmp_path, send=lambda msgs: sent.extend(v for _, v in msgs)
+                     or True)
+    lat = [5.0, 7.0, None, 30.0]
+    for i, x in enumerate(lat):
+        dev.log({"x": float(i)}, 0.5, ts=1.0 + i, latency_ms=x)
+    dev.close()
+    (p,) = [m for m in map(decode, sent) if getattr(m, "summary", None)]
+    assert set(p.summary["features"]) == {"x"}
+    s = Spread.from_state(p.summary["latency"], negative_invalid=True)
+    assert (s.n, s.mean, int(s.hist.sum()), s.n_invalid) == (3, 14.0, 3, 0)

@@ -238,3 +238,68 @@ def test_a_rollout_that_cannot_run_is_refused(bad):
     with pytest.raises(ValueError):
         Rollout("x", RolloutSpec(**{"model": "m", "baseline": "1", "candidates": ["2"],
                                     **bad}), slice_seconds=1.0)
+
+
+def _guarded(seed, *, slower=1.0, bad_share=0.0, spec=None):
+    """A canary whose errors equal the baseline's; its request latencies (log-normal, median
+    40 ms) ``slower`` times the baseline's and a share ``bad_share`` of its predictions null,
+    through real Summaries (data_moments) as stage 2 feeds them."""
+    from driftwarden.detectors.baseline import Baseline
+    from driftwarden.detectors.summary import LATENCY, PREDICTION
+
+    rng = np.random.default_rng(seed)
+    spec = spec or RolloutSpec(model="m", baseline="1", candidates=["2"], min_samples=300,
+                               latency_margin=0.2, quality_margin=0.01)
+    base = Baseline.fit({"x": rng.normal(size=500), PREDICTION: rng.random(500)},
+                        prediction=PREDICTION)
+    r = Rollout("g", spec, slice_seconds=SLICE)
+    decided = []
+    for sid in range(60):
+        for version, n in (("1", 450), ("2", 50)):
+            s = base.new_summary()
+            preds = rng.random(n).astype(object)
+            if version == "2":
+                preds[rng.random(n) < bad_share] = None
+            lat = rng.lognormal(np.log(40.0), 0.5, n) * (slower if version == "2" else 1.0)
+            s.update_columns({"x": rng.normal(size=n), PREDICTION: preds, LATENCY: lat})
+            r.observe_data(version, sid, s)
+            r.observe_outcomes(version, sid, (rng.random(n) < 0.1) * 1.0)
+        r.advance(sid + 1, sid + 1)
+        decided += r.evaluate()
+    return decided, r
+
+
+@pytest.mark.parametrize("slower,bad_share,signal", [(1.5, 0.0, "latency"),
+                                                     (1.0, 0.05, "quality")])
+def test_a_slower_or_broken_candidate_is_rolled_back_by_its_guard_rail(slower, bad_share,
+                                                                        signal):
+    """Guard-rails: a candidate 50 % slower (latency_margin 20 %) or returning 5 % null
+    predictions (quality_margin 1 point) is rolled back on that signal, with its evidence,
+    long before its equal error rate could decide anything."""
+    decided, r = _guarded(3, slower=slower, bad_share=bad_share)
+    (d,) = decided
+    assert (d.verdict, d.signal) == ("rollback", signal)
+    ev = d.evidence[signal]
+    assert ev["lower"] > ev["margin"]
+    if signal == "latency":
+        assert ev["candidate_mean"] / ev["baseline_mean"] == pytest.approx(1.5, rel=0.1)
+        assert ev["candidate_p50"] > ev["baseline_p50"]
+    else:
+        assert ev["candidate_bad_share"] == pytest.approx(0.05, abs=0.02)
+        assert ev["baseline_bad_share"] == 0.0
+    assert d.samples["2"] < 60 * 50
+
+
+def test_guard_rails_do_not_roll_back_an_equal_candidate():
+    """Equal latency and no bad prediction: over 40 rollouts no guard-rail fires, and the
+    latency evidence is there, enabled or not."""
+    fired = []
+    for seed in range(40):
+        decided, r = _guarded(100 + seed)
+        fired += [d for d in decided if d.signal in ("latency", "quality")]
+    assert not fired
+    spec = RolloutSpec(model="m", baseline="1", candidates=["2"], min_samples=300)
+    decided, r = _guarded(7, slower=3.0, spec=spec)  # not enabled: evidence only
+    assert all(d.signal != "latency" for d in decided)
+    assert r.latest["2"].evidence["latency"]["candidate_mean"] > 2 * (
+        r.latest["2"].evidence["latency"]["baseline_mean"])

@@ -39,11 +39,15 @@ def traffic(seconds=60, rate=200, seed=0):
         canary = rng.random() < 0.10
         p_churn = float(1 - p) if canary and rng.random() < 0.3 else p  # v2: 30 % inverted
         out.append(("p", {"model": "churn", "version": "2" if canary else "1", "id": f"c{i}",
-                          "ts": ts, "features": {"x": x}, "prediction": round(p_churn, 4)}))
+                          "ts": ts, "features": {"x": x}, "prediction": round(p_churn, 4),
+                          "latency_ms": round(float(rng.gamma(4.0, 5.0)), 3)}))
         noisy = float(np.clip(p + rng.normal(0, 0.35), 0, 1))
         for version, score in (("1", noisy), ("2", p)):
             out.append(("p", {"model": "fraud", "version": version, "id": f"f{i}", "ts": ts,
-                              "features": {"x": x}, "prediction": round(score, 4)}))
+                              "features": {"x": x}, "prediction": round(score, 4),
+                              # the shadow is slower: 30 ms against 20 ms on average
+                              "latency_ms": round(float(rng.gamma(4.0, 5.0 if version == "1"
+                                                                  else 7.5)), 3)}))
         labels.append((ts + 1.0, {"model": "churn", "id": f"c{i}", "label": truth,
                                   "ts": ts + 1.0}))
         labels.append((ts + 1.0, {"model": "fraud", "id": f"f{i}", "label": truth,
@@ -120,13 +124,30 @@ def test_the_shadow_is_paired_with_its_baseline_request_by_request(runs, batch):
     expected = pair_disagreements(base, cand)
     pc = svc.merge.rollouts["fraud-v2"].pairs["2"]
     assert (pc.n, pc.disagree) == (len(by_id), int(expected.sum()))
-    assert pc.diff_mean == pytest.approx(float(np.mean(np.subtract(cand, base))), abs=1e-9)
+    assert pc.diff.mean == pytest.approx(float(np.mean(np.subtract(cand, base))), abs=1e-9)
     assert svc.join.pairs.pending == {} and svc.join.pairs.unpaired == 0
     assert svc.join.late_pairs == 0
     ev = svc.merge.rollouts["fraud-v2"].decisions["2"].evidence["pairs"]
     assert 0.5 < ev["agreement"] < 1.0  # a better model decides differently on some
     # the churn canary serves other requests: nothing of it is paired
     assert svc.merge.rollouts["churn-v2"].pairs["2"].n == 0
+
+
+def test_request_latencies_reach_the_rollout_per_version_whatever_the_batching(runs):
+    """latency_ms travels in the partial summaries: each version's latencies in the rollout
+    are the same for single-record and batched input, and their means are the traffic's."""
+    sides = {b: runs[b][0].merge.rollouts["fraud-v2"].sides for b in (1, 500)}
+    for v in ("1", "2"):
+        one, many = sides[1][v].latency.to_state(), sides[500][v].latency.to_state()
+        # counts exact; moments to their last digits (merged in another grouping)
+        assert (one["n"], one["hist"]) == (many["n"], many["hist"])
+        assert one["mean"] == pytest.approx(many["mean"], rel=1e-12)
+        assert one["m2"] == pytest.approx(many["m2"], rel=1e-12)
+        assert sides[1][v].latency.n > 1000 and sides[1][v].latency.n_invalid == 0
+    assert sides[500]["1"].latency.mean == pytest.approx(20.0, rel=0.05)
+    assert sides[500]["2"].latency.mean == pytest.approx(30.0, rel=0.05)
+    ev = runs[500][0].merge.rollouts["fraud-v2"].latest["2"].evidence["latency"]
+    assert ev["candidate_p50"] > ev["baseline_p50"]
 
 
 def test_a_rollout_that_cannot_run_is_one_line_at_load(tmp_path):

@@ -75,13 +75,11 @@ from driftwarden.detectors.sequential import (
     radius,
     unpaired,
 )
+from driftwarden.detectors.summary import Spread, new_latency
 
 ROLLOUT_NAMESPACE = uuid.UUID("6f1c64a2-4a3b-5f7e-9d43-2b8e1f0c7a15")
 KINDS = ("data", "outcomes", "pairs")  # pairs: shadow pairs, by the outcome clock
 MAX_PENDING = 4096  # slices waiting for a version without traffic: the oldest are dropped
-# absolute differences (of paired predictions; a regressor's errors in the partials), binned
-# on a log scale: 8 bins per decade, 1e-9 .. 1e9, plus a bin for exact zeros
-DIFF_EDGES = np.concatenate([[0.0], np.logspace(-9, 9, 8 * 18 + 1)])
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ class Decision:
     strategy: str
     verdict: Verdict
     reason: str
-    signal: str  # performance | disagreement | routing | guard-rail | none
+    signal: str  # performance | disagreement | latency | quality | routing | guard-rail | none
     slice: int | None  # the last slice folded in
     ts: float | None   # its end (event time)
     samples: dict[str, int]  # labelled outcomes per version (shadow: pairs)
@@ -123,23 +121,20 @@ class Decision:
 class PairCounts:
     """Shadow mode: a candidate version's predictions paired with its baseline version's on
     the same requests — how many, how many decide differently (a classifier's; see
-    :func:`driftwarden.detectors.rollout.pair_disagreements`), and the difference candidate −
-    baseline of numeric predictions: its moments and its absolute value binned on
-    ``DIFF_EDGES`` (the distribution of differences, and a regressor's disagreement beyond a
+    :func:`pair_disagreements`), and the difference candidate − baseline of numeric
+    predictions (a :class:`~driftwarden.detectors.summary.Spread`: moments, and |difference|
+    binned — the distribution of differences, and a regressor's disagreement beyond a
     tolerance). Mergeable by addition.
 
     >>> c = PairCounts.of([0.2, 0.7, 0.9], [0.3, 0.4, 0.95], "classification")
-    >>> c.n, c.disagree, round(c.diff_mean, 3)
+    >>> c.n, c.disagree, round(c.diff.mean, 3)
     (3, 1, -0.05)
     """
 
     n: int = 0
     disagree: int = 0
-    decided: bool = True  # disagree counts decisions (a classifier); a regressor's: see hist
-    diff_n: int = 0
-    diff_mean: float = 0.0
-    diff_m2: float = 0.0
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(len(DIFF_EDGES) - 1, np.int64))
+    decided: bool = True  # disagree counts decisions (a classifier); a regressor's: diff
+    diff: Spread = field(default_factory=Spread)
 
     @classmethod
     def of(cls, baseline: Sequence[Any], candidate: Sequence[Any], task: str) -> PairCounts:
@@ -148,56 +143,31 @@ class PairCounts:
             out.disagree = int(pair_disagreements(list(baseline), list(candidate)).sum())
         b, c = as_numbers(list(baseline)), as_numbers(list(candidate))
         if b is not None and c is not None:
-            d = (c - b)[np.isfinite(c - b)]
-            if len(d):
-                out.diff_n, out.diff_mean = len(d), float(d.mean())
-                out.diff_m2 = float(((d - out.diff_mean) ** 2).sum())
-                out.hist += np.histogram(np.minimum(np.abs(d), DIFF_EDGES[-1]), DIFF_EDGES)[0]
+            with np.errstate(invalid="ignore", over="ignore"):
+                d = c - b
+            out.diff.update(d[np.isfinite(d)])
         return out
 
     def merge(self, other: PairCounts) -> PairCounts:
-        n = self.diff_n + other.diff_n
-        delta = other.diff_mean - self.diff_mean
-        mean = self.diff_mean + delta * other.diff_n / n if n else 0.0
-        m2 = self.diff_m2 + other.diff_m2 + (
-            delta * delta * self.diff_n * other.diff_n / n if n else 0.0)
         return PairCounts(self.n + other.n, self.disagree + other.disagree,
-                          self.decided and other.decided, n, mean, m2, self.hist + other.hist)
-
-    def beyond(self, tolerance: float) -> int:
-        """Pairs whose predictions differ by more than ``tolerance`` (from the binned
-        differences: the bins wholly above it)."""
-        return int(self.hist[DIFF_EDGES[:-1] >= tolerance].sum())
-
-    def quantile(self, q: float) -> float | None:
-        """A quantile of the absolute difference (the upper edge of its bin)."""
-        total = int(self.hist.sum())
-        if not total:
-            return None
-        i = int(np.searchsorted(np.cumsum(self.hist), q * total))
-        return float(DIFF_EDGES[min(i + 1, len(DIFF_EDGES) - 1)])
+                          self.decided and other.decided, self.diff.merge(other.diff))
 
     def to_state(self) -> dict[str, Any]:
-        nz = np.flatnonzero(self.hist)
         return {"n": self.n, "disagree": self.disagree, "decided": self.decided,
-                "diff": [self.diff_n, self.diff_mean, self.diff_m2],
-                "hist": [[int(i), int(self.hist[i])] for i in nz]}  # sparse: bin, count
+                "diff": self.diff.to_state()}
 
     @classmethod
     def from_state(cls, s: Mapping[str, Any]) -> PairCounts:
-        hist = np.zeros(len(DIFF_EDGES) - 1, np.int64)
-        for i, k in s["hist"]:
-            hist[int(i)] += int(k)
-        dn, dm, d2 = s["diff"]
-        return cls(int(s["n"]), int(s["disagree"]), bool(s["decided"]), int(dn), float(dm),
-                   float(d2), hist)
+        return cls(int(s["n"]), int(s["disagree"]), bool(s["decided"]),
+                   Spread.from_state(s["diff"]))
 
 
 def data_moments(summary: Any) -> dict[str, Any]:
     """What the routing and prediction-shift checks need of one merged input summary (a
     :class:`~driftwarden.detectors.summary.Summary`): per numeric feature (n, mean, sum of
     squared deviations), per categorical feature the count of each category by name, the
-    prediction's moments when numeric."""
+    prediction's moments when numeric, the predictions that are missing or not valid values
+    (``quality``: [bad, rows]) and the request latencies (``latency``: a Spread's state)."""
     out: dict[str, Any] = {"numeric": {}, "categorical": {}, "prediction": None}
     for name, fs in summary.features.items():
         if fs.spec.__class__.__name__ == "NumericSpec":
@@ -208,6 +178,12 @@ def data_moments(summary: Any) -> dict[str, Any]:
     p = summary.prediction
     if p is not None and p.spec.__class__.__name__ == "NumericSpec":
         out["prediction"] = _moments(p)
+    if p is not None and summary.n_rows:  # predictions missing, NaN, infinite or not a value
+        bad = p.n_missing + p.n_invalid + getattr(p, "n_nan", 0) + getattr(p, "n_inf", 0)
+        out["quality"] = [int(bad), int(summary.n_rows)]
+    lat = getattr(summary, "latency", None)
+    if lat is not None and lat.n:
+        out["latency"] = lat.to_state()
     return out
 
 
@@ -237,6 +213,9 @@ class _Side:
     prediction: RunningMean = field(default_factory=RunningMean)
     numeric: dict[str, RunningMean] = field(default_factory=dict)
     categorical: dict[str, dict[str, int]] = field(default_factory=dict)
+    latency: Spread = field(default_factory=new_latency)
+    bad_predictions: int = 0
+    rows: int = 0
 
     def fold_data(self, d: Mapping[str, Any]) -> None:
         for name, m in d["numeric"].items():
@@ -247,19 +226,30 @@ class _Side:
                 mine[c] = mine.get(c, 0) + int(k)
         if d.get("prediction"):
             self.prediction.merge(_rm(d["prediction"]))
+        if d.get("quality"):
+            self.bad_predictions += int(d["quality"][0])
+            self.rows += int(d["quality"][1])
+        if d.get("latency"):
+            self.latency = self.latency.merge(Spread.from_state(d["latency"],
+                                                                negative_invalid=True))
 
     def to_state(self) -> dict[str, Any]:
         def rm(r: RunningMean) -> list[float]:
             return [r.n, r.mean, r.m2]
         return {"loss": rm(self.loss), "prediction": rm(self.prediction),
                 "numeric": {k: rm(v) for k, v in self.numeric.items()},
-                "categorical": self.categorical}
+                "categorical": self.categorical, "latency": self.latency.to_state(),
+                "quality": [self.bad_predictions, self.rows]}
 
     @classmethod
     def from_state(cls, s: Mapping[str, Any]) -> _Side:
-        return cls(_rm(s["loss"]), _rm(s["prediction"]),
+        side = cls(_rm(s["loss"]), _rm(s["prediction"]),
                    {k: _rm(v) for k, v in s["numeric"].items()},
                    {k: dict(v) for k, v in s["categorical"].items()})
+        if "latency" in s:
+            side.latency = Spread.from_state(s["latency"], negative_invalid=True)
+            side.bad_predictions, side.rows = (int(x) for x in s["quality"])
+        return side
 
 
 class Rollout:
@@ -409,6 +399,8 @@ class Rollout:
     def _judge(self, cand: str, alpha: float, final: bool) -> Decision:
         spec = self.spec
         base, mine = self.sides[spec.baseline], self.sides[cand]
+        # the candidate's budget, split over the signals that may roll it back
+        alpha /= 1 + (spec.latency_margin is not None) + (spec.quality_margin is not None)
         evidence: dict[str, Any] = {"unmatched_slices": self.unmatched_slices,
                                     "elapsed_seconds": self.elapsed(), "alpha": alpha}
         routing = self._routing(base, mine, alpha)
@@ -421,6 +413,7 @@ class Rollout:
         if margin is None:
             margin = 0.01 if base.loss.n == 0 or self._looks_binary(base) else (
                 0.01 * base.loss.mean)
+        guards = self._guards(base, mine, alpha, evidence)
         perf = unpaired(mine.loss, base.loss, margin=margin, alpha=alpha)
         evidence["performance"] = {**perf.to_dict(), "baseline_loss": _num(base.loss.mean),
                                    "candidate_loss": _num(mine.loss.mean)}
@@ -455,6 +448,13 @@ class Rollout:
                       f"{spec.baseline} ({', '.join(flagged[:5])}) — not a model verdict")
         elif suspect and not final and self.elapsed() < spec.max_seconds:
             reason = f"inputs differ more than the tolerance so far ({', '.join(suspect[:5])})"
+        elif any(g.verdict == "rollback" for g in guards.values()):
+            signal, g = next((k, g) for k, g in guards.items() if g.verdict == "rollback")
+            verdict, samples = "rollback", {
+                spec.baseline: base.latency.n if signal == "latency" else base.rows,
+                cand: mine.latency.n if signal == "latency" else mine.rows}
+            reason = (f"{signal}: {cand} worse than {spec.baseline} by more than the margin "
+                      f"({g.lower:.4f} > {g.margin:.4f})")
         elif decisive.n >= spec.min_samples and decisive.verdict == "rollback":
             verdict = "rollback"
             reason = (f"{signal}: {cand} worse than {spec.baseline} by more than the margin "
@@ -487,15 +487,45 @@ class Rollout:
                 tol = 0.1 * math.sqrt(base.prediction.variance)
             if tol is None:
                 return RunningMean()  # no scale yet to call two numbers different
-            k = pc.beyond(tol)
+            k = pc.diff.beyond(tol)
             evidence["pair_tolerance"] = tol
         evidence["pairs"] = {
             "n": pc.n, "agreement": 1.0 - k / pc.n,
-            "difference_mean": _num(pc.diff_mean) if pc.diff_n else None,
-            "difference_std": _num(math.sqrt(pc.diff_m2 / (pc.diff_n - 1)))
-            if pc.diff_n > 1 else None,
-            **{f"abs_difference_p{q}": pc.quantile(q / 100) for q in (50, 90, 99)}}
+            "difference_mean": _num(pc.diff.mean) if pc.diff.n else None,
+            "difference_std": pc.diff.std,
+            **{f"abs_difference_p{q}": pc.diff.quantile(q / 100) for q in (50, 90, 99)}}
         return _share(k, pc.n)
+
+    def _guards(self, base: _Side, mine: _Side, alpha: float, evidence: dict[str, Any]
+                ) -> dict[str, Comparison]:
+        """The guard-rail signals the spec enables — ``latency`` (mean request latency, the
+        margin relative to the baseline's), ``quality`` (the share of predictions missing or
+        not valid) — each at ``alpha`` (the candidate's, split over them and the model
+        signal: see :meth:`_judge`); each only rolls back (``promote`` from them is no
+        verdict). Their description goes into ``evidence`` whether enabled or not."""
+        spec = self.spec
+        out: dict[str, Comparison] = {}
+        each = alpha
+        if base.latency.n and mine.latency.n:
+            evidence["latency"] = {f"{who}_{k}": v for who, side in (
+                ("baseline", base), ("candidate", mine)) for k, v in (
+                ("mean", side.latency.mean), ("p50", side.latency.quantile(0.5)),
+                ("p99", side.latency.quantile(0.99)))}
+            if spec.latency_margin is not None:
+                c = unpaired(_spread_mean(mine.latency), _spread_mean(base.latency),
+                             margin=spec.latency_margin * base.latency.mean, alpha=each)
+                out["latency"] = c
+                evidence["latency"].update(c.to_dict())
+        if base.rows and mine.rows:
+            evidence["quality"] = {"baseline_bad_share": base.bad_predictions / base.rows,
+                                   "candidate_bad_share": mine.bad_predictions / mine.rows}
+            if spec.quality_margin is not None:
+                c = unpaired(_share(mine.bad_predictions, mine.rows),
+                             _share(base.bad_predictions, base.rows),
+                             margin=spec.quality_margin, alpha=each)
+                out["quality"] = c
+                evidence["quality"].update(c.to_dict())
+        return {k: c for k, c in out.items() if c.n >= spec.min_samples}
 
     @staticmethod
     def _looks_binary(side: _Side) -> bool:
@@ -584,6 +614,10 @@ def _waiting(r: Rollout, cand: str) -> Decision:
                     {r.spec.baseline: 0, cand: 0}, {})
 
 
+def _spread_mean(s: Spread) -> RunningMean:
+    return RunningMean(s.n, s.mean, s.m2)
+
+
 def _num(x: float) -> float | None:
     return x if isinstance(x, float) and math.isfinite(x) else None
 
@@ -631,5 +665,5 @@ def pair_disagreements(baseline: Any, candidate: Any, tolerance: float | None = 
             != decisions(candidate, as_numbers(candidate))).astype(np.float64)
 
 
-__all__ = ["DIFF_EDGES", "Decision", "PairCounts", "Rollout", "RolloutSpec", "Strategy",
+__all__ = ["Decision", "PairCounts", "Rollout", "RolloutSpec", "Strategy",
            "as_numbers", "data_moments", "decisions", "pair_disagreements"]

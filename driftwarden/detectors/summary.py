@@ -842,6 +842,110 @@ PREDICTION = "__prediction__"
 MAX_NEW_FIELDS = 32
 
 
+# |values| binned on a log scale: 8 bins per decade from 1e-9 to 1e9, plus a bin for exact zeros
+LOG_EDGES = np.concatenate([[0.0], np.logspace(-9, 9, 8 * 18 + 1)])
+LATENCY = "__latency_ms__"  # the column of request latencies (``latency_ms``) in a batch
+
+
+class Spread:
+    """Count, mean and sum of squared deviations of a set of numbers, and their absolute
+    values binned on :data:`LOG_EDGES` (quantiles within a bin's width, about 33 %): request
+    latencies, differences of paired predictions. Mergeable and subtractable exactly for the
+    counts; values that are not finite numbers (or negative, with ``negative_invalid``) are
+    counted in ``n_invalid``, missing ones (None) nowhere.
+
+    >>> s = Spread(negative_invalid=True)
+    >>> s.update([10.0, 20.0, None, -1.0, 30.0])
+    >>> s.n, s.mean, s.n_invalid, s.quantile(0.5) is not None
+    (3, 20.0, 1, True)
+    >>> t = s.merge(s).subtract(s); (t.n, t.mean, round(t.m2, 9)) == (s.n, s.mean, round(s.m2, 9))
+    True
+    """
+
+    def __init__(self, *, negative_invalid: bool = False) -> None:
+        self.negative_invalid = negative_invalid
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.n_invalid = 0
+        self.hist = np.zeros(len(LOG_EDGES) - 1, dtype=np.int64)
+
+    def update(self, values: Any) -> None:
+        x, n_missing, n_bad = to_float_array(values)
+        ok = np.isfinite(x) & ((x >= 0.0) if self.negative_invalid else True)
+        self.n_invalid += n_bad + int((~ok).sum())  # a missing value is no value, not bad
+        x = x[ok]
+        if len(x):
+            mean = float(x.mean())
+            other = self._like()
+            other.n, other.mean, other.m2 = len(x), mean, float(((x - mean) ** 2).sum())
+            other.hist = np.histogram(np.minimum(np.abs(x), LOG_EDGES[-1]), LOG_EDGES)[0]
+            self._set(self.merge(other))
+
+    def _like(self) -> Spread:
+        return Spread(negative_invalid=self.negative_invalid)
+
+    def _set(self, other: Spread) -> None:
+        self.n, self.mean, self.m2 = other.n, other.mean, other.m2
+        self.n_invalid, self.hist = other.n_invalid, other.hist
+
+    def merge(self, other: Spread) -> Spread:
+        out = self._like()
+        out.n = n = self.n + other.n
+        delta = other.mean - self.mean
+        out.mean = self.mean + delta * other.n / n if n else 0.0
+        out.m2 = self.m2 + other.m2 + (delta * delta * self.n * other.n / n if n else 0.0)
+        out.n_invalid = self.n_invalid + other.n_invalid
+        out.hist = self.hist + other.hist
+        return out
+
+    def subtract(self, other: Spread) -> Spread:
+        """This set less ``other`` (a subset of it, merged earlier)."""
+        out = self._like()
+        out.n = n = self.n - other.n
+        out.n_invalid = self.n_invalid - other.n_invalid
+        out.hist = self.hist - other.hist
+        if n > 0:
+            out.mean = (self.n * self.mean - other.n * other.mean) / n
+            delta = other.mean - out.mean
+            out.m2 = max(0.0, self.m2 - other.m2 - delta * delta * n * other.n / self.n)
+        return out
+
+    @property
+    def std(self) -> float | None:
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else None
+
+    def quantile(self, q: float) -> float | None:
+        """A quantile of the absolute values: the upper edge of its bin (None: no value)."""
+        total = int(self.hist.sum())
+        if not total:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.hist), q * total))
+        return float(LOG_EDGES[min(i + 1, len(LOG_EDGES) - 1)])
+
+    def beyond(self, threshold: float) -> int:
+        """Values whose absolute value is surely above ``threshold`` (whole bins above it)."""
+        return int(self.hist[LOG_EDGES[:-1] >= threshold].sum())
+
+    def to_state(self) -> dict[str, Any]:
+        nz = np.flatnonzero(self.hist)
+        return {"n": self.n, "mean": self.mean, "m2": self.m2, "invalid": self.n_invalid,
+                "hist": [[int(i), int(self.hist[i])] for i in nz]}  # sparse: bin, count
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], *, negative_invalid: bool = False) -> Spread:
+        out = cls(negative_invalid=negative_invalid)
+        out.n, out.mean, out.m2 = int(state["n"]), float(state["mean"]), float(state["m2"])
+        out.n_invalid = int(state["invalid"])
+        for i, k in state["hist"]:
+            out.hist[int(i)] += int(k)
+        return out
+
+
+def new_latency() -> Spread:
+    return Spread(negative_invalid=True)
+
+
 class Summary:
     """Everything known about a set of rows of one model, against one baseline's specs.
 
@@ -864,6 +968,7 @@ class Summary:
         self.features = features
         self.prediction = prediction
         self.outcome = outcome
+        self.latency = new_latency()  # request latencies in ms (``latency_ms``), if carried
         self.n_rows = 0
         self.new_fields: dict[str, int] = {}
         self.t_min = math.inf
@@ -903,8 +1008,10 @@ class Summary:
                 self.prediction.n_missing += n_rows
             else:
                 self.prediction.update(col)
+        if LATENCY in columns:
+            self.latency.update(columns[LATENCY])
         for name, col in columns.items():
-            if name not in self.features and name != PREDICTION:
+            if name not in self.features and name not in (PREDICTION, LATENCY):
                 mask = None if missing is None else missing.get(name)
                 self._count_new_field(name, _present_count(col, mask))
         if ts is not None and len(ts):
@@ -930,6 +1037,7 @@ class Summary:
         if self.prediction is not None and other.prediction is not None:
             pred = getattr(self.prediction, op)(other.prediction, samples=samples)
         out = Summary(feats, pred, getattr(self.outcome, op)(other.outcome))
+        out.latency = getattr(self.latency, op)(other.latency)
         sign = 1 if op == "merge" else -1
         out.n_rows = self.n_rows + sign * other.n_rows
         out.new_fields = dict(self.new_fields)
@@ -970,6 +1078,9 @@ class Summary:
             "new_fields": dict(self.new_fields),
             "t_min": self.t_min if math.isfinite(self.t_min) else None,
             "t_max": self.t_max if math.isfinite(self.t_max) else None,
+            # only when carried: a summary without latencies keeps its size and form
+            **({"latency": self.latency.to_state()} if self.latency.n or
+               self.latency.n_invalid else {}),
         }
 
     @classmethod
@@ -986,6 +1097,8 @@ class Summary:
         out.new_fields = dict(state["new_fields"])
         out.t_min = math.inf if state["t_min"] is None else state["t_min"]
         out.t_max = -math.inf if state["t_max"] is None else state["t_max"]
+        if state.get("latency") is not None:
+            out.latency = Spread.from_state(state["latency"], negative_invalid=True)
         return out
 
 

@@ -55,6 +55,7 @@ from driftwarden.detectors.decide import (
 from driftwarden.detectors.online import OnlineDetector
 from driftwarden.detectors.quality import feature_quality, schema_change
 from driftwarden.detectors.summary import (
+    LATENCY,
     PREDICTION,
     OutcomeSummary,
     Summary,
@@ -212,12 +213,13 @@ class ModelMonitor:
         """Warm-up records of a closed slice, in a canonical order (see
         :func:`driftwarden.partials.merge_records`); once the warm-up holds ``warmup``
         records the baseline is fitted from them (the merge stage gives no more than that)."""
-        names = [n for n in columns if n != PREDICTION]
-        preds = columns.get(PREDICTION)
+        names = [n for n in columns if n not in (PREDICTION, LATENCY)]
+        preds, lat = columns.get(PREDICTION), columns.get(LATENCY)
         for i, t in enumerate(ts):
             feats = {n: columns[n][i] for n in names if columns[n][i] is not None}
             self._warm.append(PredictionRecord(self.model, self.version, None, float(t), feats,
-                                               None if preds is None else preds[i]))
+                                               None if preds is None else preds[i],
+                                               None if lat is None else lat[i]))
         self.n_records += len(ts)
         if self.baseline is None and len(self._warm) >= self.detection.warmup:
             self._fit_from_warmup()
@@ -553,11 +555,15 @@ def estimated_accuracy(prediction: Any) -> float | None:
     return float(np.maximum(x, 1.0 - x).mean())
 
 
-def batch_columns(batch: RecordBatch) -> dict[str, Any]:
-    """A batch's feature columns, and its predictions as the ``__prediction__`` column."""
+def batch_columns(batch: RecordBatch, *, latency: bool = False) -> dict[str, Any]:
+    """A batch's feature columns, and its predictions as the ``__prediction__`` column (and,
+    with ``latency``, its request latencies as ``__latency_ms__``: what a partial summary
+    carries for the rollouts; never a feature of a baseline)."""
     cols: dict[str, Any] = batch.columns()
     if any(p is not None for p in batch.predictions):
         cols[PREDICTION] = batch.predictions
+    if latency and batch.latencies is not None:
+        cols[LATENCY] = batch.latencies
     return cols
 
 

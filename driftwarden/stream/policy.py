@@ -138,7 +138,10 @@ class ResponsePolicy:
         self._open = {k: float(v) for k, v in state["open"].items()}
 
 
-_SIGNAL_KIND = {"performance": "concept", "disagreement": "prediction", "routing": "data"}
+_SIGNAL_KIND = {"performance": "concept", "disagreement": "prediction", "routing": "data",
+                "latency": "quality", "quality": "quality"}
+_SIGNAL_FEATURE = {"disagreement": "__prediction__", "quality": "__prediction__",
+                   "latency": "__latency_ms__"}
 
 
 def rollout_action(decision: Any, runbook_url: str) -> dict[str, Any]:
@@ -149,8 +152,8 @@ def rollout_action(decision: Any, runbook_url: str) -> dict[str, Any]:
     d = decision
     action = {"rollback": "rollback", "promote": "promote"}.get(d.verdict, "review")
     ev = d.evidence
-    if d.signal == "disagreement":
-        comp, features = ev.get("disagreement") or {}, ["__prediction__"]
+    if d.signal in _SIGNAL_FEATURE:
+        comp, features = ev.get(d.signal) or {}, [_SIGNAL_FEATURE[d.signal]]
     elif d.signal == "routing":
         flagged = [x for x in ev.get("inputs", []) if x["flagged"]]
         comp = flagged[0] if flagged else {}

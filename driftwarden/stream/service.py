@@ -404,7 +404,7 @@ class StreamService:
         source, model, version = key
         builder = self.data.builder(source, model, version)
         assert isinstance(builder, PartialBuilder)
-        cols = batch_columns(batch)
+        cols = batch_columns(batch, latency=True)
         if builder.baseline is not None:
             cols = typed_columns(builder.baseline, cols)
         self.data.add(source, model, version, cols, np.asarray(batch.ts, dtype=np.float64))
