@@ -186,6 +186,7 @@ def test_drift_reaches_alertmanager_and_survives_its_restart(stack):
         for d in dashboards.build_all():
             for expr in dashboards.expressions(d):
                 e = (expr.replace("$model", "fraud").replace("$version", "1")
+                     .replace("$rollout", "fraud-v2")
                      .replace("$__rate_interval", "1m").replace("$__range", "10m"))
                 if not query(prom_port, e):
                     empty.append(e)

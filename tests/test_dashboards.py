@@ -32,6 +32,15 @@ def test_stable_uids_variables_and_declared_metrics():
                 assert p["datasource"]["uid"] == "driftwarden-prometheus"
     # the per-model panels are filtered by the variables
     assert all('model="$model"' in e for e in expressions(model))
+    # the overview repeats a row, and its panels, for each rollout; they filter by it
+    rows = [p for p in overview["panels"] if p["type"] == "row"]
+    (repeated,) = [r for r in rows if r.get("repeat")]
+    assert repeated["repeat"] == "rollout" and "$rollout" in repeated["title"]
+    assert [v["name"] for v in overview["templating"]["list"]] == ["rollout"]
+    after = overview["panels"][overview["panels"].index(repeated) + 1:]
+    inside = after[:next(i for i, p in enumerate(after) if p["type"] == "row")]
+    assert len(inside) >= 3
+    assert all('rollout=~"$rollout"' in t["expr"] for p in inside for t in p["targets"])
 
 
 def test_provisioned_copies_are_what_the_code_builds(tmp_path):

@@ -1,7 +1,8 @@
 """Grafana dashboards, built with ``grafana-foundation-sdk`` from the metric definitions.
 
-Two dashboards with stable UIDs: an **overview** of all models and a **per-model** dashboard
-with ``model`` and ``version`` variables. Panels are assembled from the PromQL building blocks
+Two dashboards with stable UIDs: an **overview** of all models, with a row per rollout (a
+``rollout`` variable Grafana repeats the row for), and a **per-model** dashboard with ``model``
+and ``version`` variables. Panels are assembled from the PromQL building blocks
 of :mod:`driftwarden.promql` (shared with the alert rules) and the panel-only queries below.
 :func:`export` writes the JSON that Grafana's file provisioning loads;
 ``deploy/grafana/dashboards/`` holds committed copies that a test keeps equal to what this
@@ -83,16 +84,23 @@ def q_prediction_score() -> str:
     return f'{m("feature_drift_score")}{{{SEL}, feature="__prediction__"}}'
 
 
+ROLLOUT = 'rollout=~"$rollout"'  # a repeated row's one value (=~: "All" works unrepeated)
+
+
 def q_rollout_state() -> str:
-    """Each rollout candidate's verdict as one number (0: continue)."""
-    return " or ".join(f"({rollout_verdict(v)} == 1) * {k}" for k, v in (
+    """Each candidate's verdict of the row's rollout as one number (0: continue)."""
+    return " or ".join(f"({rollout_verdict(v, ROLLOUT)} == 1) * {k}" for k, v in (
         (1, "rollback"), (2, "promote"), (3, "inconclusive"))) + (
-        f" or ({rollout_verdict('continue')} == 1) * 0")
+        f" or ({rollout_verdict('continue', ROLLOUT)} == 1) * 0")
 
 
 def q_rollout_difference(bound: str) -> str:
-    return (f'max by (rollout, candidate) ({m("rollout_difference")}'
-            f'{{bound="{bound}"}})')
+    return (f'max by (candidate, signal) ({m("rollout_difference")}'
+            f'{{{ROLLOUT}, bound="{bound}"}})')
+
+
+def q_rollout_samples() -> str:
+    return f'max by (candidate, version) ({m("rollout_samples")}{{{ROLLOUT}}})'
 
 
 def q_window_fill() -> str:
@@ -136,20 +144,29 @@ def overview() -> Dashboard:
                           "{{model}} v{{version}} {{kind}}"))
         .with_panel(_ts("Actions emitted", "short",
                         _target(actions_increase("$__range"), "{{model}} {{action}}")))
-        .with_row(Row("Rollouts"))
-        .with_panel(_stat("Rollout verdicts (1: rollback, 2: promote, 3: inconclusive)",
-                          q_rollout_state(), "{{rollout}} v{{candidate}}"))
-        .with_panel(_ts("Rollout loss difference, candidate - baseline (bounds, margin)", "short",
-                        _target(q_rollout_difference("estimate"), "{{rollout}} v{{candidate}}"),
+        .with_variable(QueryVariable("rollout").label("Rollout").datasource(DATASOURCE)
+                       .query(f"label_values({m('rollout_verdict')}, rollout)")
+                       .multi(True).include_all(True)
+                       .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED))
+        # one row per rollout (Grafana repeats the row and its panels for each value)
+        .with_row(Row("Rollout $rollout").repeat("rollout"))
+        .with_panel(_stat("Verdict (1: rollback, 2: promote, 3: inconclusive, 0: continue)",
+                          q_rollout_state(), "v{{candidate}}"))
+        .with_panel(_ts("Difference candidate - baseline per signal (bounds, margin)", "short",
+                        _target(q_rollout_difference("estimate"), "v{{candidate}} {{signal}}"),
                         _target(q_rollout_difference("lower"),
-                                "{{rollout}} v{{candidate}} lower"),
+                                "v{{candidate}} {{signal}} lower"),
                         _target(q_rollout_difference("upper"),
-                                "{{rollout}} v{{candidate}} upper"),
+                                "v{{candidate}} {{signal}} upper"),
                         _target(q_rollout_difference("margin"),
-                                "{{rollout}} v{{candidate}} margin"),
-                        desc="Anytime-valid bounds of the decisive signal: rollback once the "
-                             "lower bound is above the margin, promote once the upper bound "
-                             "is below it."))
+                                "v{{candidate}} {{signal}} margin"),
+                        desc="Anytime-valid bounds of each signal (performance: loss; "
+                             "disagreement; latency and quality when enabled): rollback once "
+                             "a lower bound is above its margin, promote once the decisive "
+                             "signal's upper bound is below it."))
+        .with_panel(_ts("Samples compared per version", "short",
+                        _target(q_rollout_samples(), "v{{candidate}}: v{{version}}"),
+                        desc="Labelled outcomes (shadow without labels: paired requests)."))
         .with_row(Row("Traffic"))
         .with_panel(_ts("Predictions per second", "reqps",
                         _target(event_rate(RATE), "{{model}} v{{version}}")))
