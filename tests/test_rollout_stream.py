@@ -150,6 +150,26 @@ def test_request_latencies_reach_the_rollout_per_version_whatever_the_batching(r
     assert ev["candidate_p50"] > ev["baseline_p50"]
 
 
+def test_the_label_free_estimate_per_version_is_the_traffics(runs):
+    """CBPE per version: the accuracy each version's scores promise (mean of max(p, 1 - p))
+    over the records after its warm-up, as computed from the traffic — evidence only: the
+    noisy serving version's overconfident scores promise more than the better shadow's."""
+    svc, _ = runs[500]
+    warmup = svc.settings.detection.warmup
+    scores: dict[str, list[tuple[float, float]]] = {"1": [], "2": []}
+    for kind, r in traffic():
+        if kind == "p" and r["model"] == "fraud":
+            scores[r["version"]].append((r["ts"], r["prediction"]))
+    r = svc.merge.rollouts["fraud-v2"]
+    for version in ("1", "2"):
+        p = np.array([x for _, x in sorted(scores[version])[warmup:]])
+        assert r.sides[version].confidence.mean == pytest.approx(
+            float(np.maximum(p, 1 - p).mean()), abs=1e-9)
+    ev = r.latest["2"].evidence["estimated_performance"]  # at the promote
+    assert ev["baseline_accuracy"] > ev["candidate_accuracy"]
+    assert ev["lower"] <= ev["estimate"] <= ev["upper"]
+
+
 def test_a_rollout_that_cannot_run_is_one_line_at_load(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(CONFIG.replace('candidates = ["2"]\nstrategy = "canary"',

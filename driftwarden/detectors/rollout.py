@@ -167,7 +167,9 @@ def data_moments(summary: Any) -> dict[str, Any]:
     :class:`~driftwarden.detectors.summary.Summary`): per numeric feature (n, mean, sum of
     squared deviations), per categorical feature the count of each category by name, the
     prediction's moments when numeric, the predictions that are missing or not valid values
-    (``quality``: [bad, rows]) and the request latencies (``latency``: a Spread's state)."""
+    (``quality``: [bad, rows]), the request latencies (``latency``: a Spread's state) and, for
+    scores in [0, 1], the moments of max(p, 1 − p) over the slice's sample of predictions
+    (``confidence``: what CBPE expects the accuracy to be if the scores are calibrated)."""
     out: dict[str, Any] = {"numeric": {}, "categorical": {}, "prediction": None}
     for name, fs in summary.features.items():
         if fs.spec.__class__.__name__ == "NumericSpec":
@@ -178,6 +180,13 @@ def data_moments(summary: Any) -> dict[str, Any]:
     p = summary.prediction
     if p is not None and p.spec.__class__.__name__ == "NumericSpec":
         out["prediction"] = _moments(p)
+        sample = getattr(getattr(p, "reservoir", None), "values", None)
+        if sample is not None and len(sample):
+            x = np.asarray(sample, dtype=np.float64)
+            x = x[np.isfinite(x)]
+            if len(x) and x.min() >= 0.0 and x.max() <= 1.0:  # scores: CBPE's confidence
+                c = np.maximum(x, 1.0 - x)
+                out["confidence"] = [len(c), float(c.mean()), float(((c - c.mean()) ** 2).sum())]
     if p is not None and summary.n_rows:  # predictions missing, NaN, infinite or not a value
         bad = p.n_missing + p.n_invalid + getattr(p, "n_nan", 0) + getattr(p, "n_inf", 0)
         out["quality"] = [int(bad), int(summary.n_rows)]
@@ -214,6 +223,7 @@ class _Side:
     numeric: dict[str, RunningMean] = field(default_factory=dict)
     categorical: dict[str, dict[str, int]] = field(default_factory=dict)
     latency: Spread = field(default_factory=new_latency)
+    confidence: RunningMean = field(default_factory=RunningMean)
     bad_predictions: int = 0
     rows: int = 0
 
@@ -226,6 +236,8 @@ class _Side:
                 mine[c] = mine.get(c, 0) + int(k)
         if d.get("prediction"):
             self.prediction.merge(_rm(d["prediction"]))
+        if d.get("confidence"):
+            self.confidence.merge(_rm(d["confidence"]))
         if d.get("quality"):
             self.bad_predictions += int(d["quality"][0])
             self.rows += int(d["quality"][1])
@@ -239,7 +251,8 @@ class _Side:
         return {"loss": rm(self.loss), "prediction": rm(self.prediction),
                 "numeric": {k: rm(v) for k, v in self.numeric.items()},
                 "categorical": self.categorical, "latency": self.latency.to_state(),
-                "quality": [self.bad_predictions, self.rows]}
+                "quality": [self.bad_predictions, self.rows],
+                "confidence": rm(self.confidence)}
 
     @classmethod
     def from_state(cls, s: Mapping[str, Any]) -> _Side:
@@ -249,6 +262,8 @@ class _Side:
         if "latency" in s:
             side.latency = Spread.from_state(s["latency"], negative_invalid=True)
             side.bad_predictions, side.rows = (int(x) for x in s["quality"])
+        if "confidence" in s:
+            side.confidence = _rm(s["confidence"])
         return side
 
 
@@ -405,14 +420,19 @@ class Rollout:
                                     "elapsed_seconds": self.elapsed(), "alpha": alpha}
         routing = self._routing(base, mine, alpha)
         evidence["inputs"] = routing
+        if base.confidence.n and mine.confidence.n:
+            # label-free (CBPE): the accuracy each version's scores promise if calibrated —
+            # evidence, not a verdict (a new version's calibration is what is in question)
+            est = unpaired(_flip(mine.confidence), _flip(base.confidence), margin=margin_of(
+                spec, base), alpha=alpha)
+            evidence["estimated_performance"] = {
+                "baseline_accuracy": base.confidence.mean,
+                "candidate_accuracy": mine.confidence.mean, **est.to_dict()}
         if base.prediction.n and mine.prediction.n:
             evidence["prediction_shift"] = {
                 "baseline_mean": base.prediction.mean, "candidate_mean": mine.prediction.mean,
                 "difference": mine.prediction.mean - base.prediction.mean}
-        margin = spec.margin
-        if margin is None:
-            margin = 0.01 if base.loss.n == 0 or self._looks_binary(base) else (
-                0.01 * base.loss.mean)
+        margin = margin_of(spec, base)
         guards = self._guards(base, mine, alpha, evidence)
         perf = unpaired(mine.loss, base.loss, margin=margin, alpha=alpha)
         evidence["performance"] = {**perf.to_dict(), "baseline_loss": _num(base.loss.mean),
@@ -612,6 +632,18 @@ def _waiting(r: Rollout, cand: str) -> Decision:
     return Decision(r.name, r.spec.model, r.spec.baseline, cand, r.spec.strategy, "continue",
                     "no concurrent slice yet", "none", None, None,
                     {r.spec.baseline: 0, cand: 0}, {})
+
+
+def _flip(confidence: RunningMean) -> RunningMean:
+    """Expected accuracy as expected loss (1 − confidence), as the performance signal is."""
+    return RunningMean(confidence.n, 1.0 - confidence.mean, confidence.m2)
+
+
+def margin_of(spec: RolloutSpec, base: _Side) -> float:
+    """The non-inferiority margin in loss units (see :class:`RolloutSpec`)."""
+    if spec.margin is not None:
+        return spec.margin
+    return 0.01 if base.loss.n == 0 or Rollout._looks_binary(base) else 0.01 * base.loss.mean
 
 
 def _spread_mean(s: Spread) -> RunningMean:
