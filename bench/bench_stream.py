@@ -7,7 +7,9 @@ In one run, on the same broker and the same messages (20 numeric features per re
 (a) the ceiling: aiokafka ``getmany`` + orjson decoding of every message;
 (b) a bare Faust agent that only decodes (``take_events`` + orjson), in its own process;
 (c) driftwarden's worker (``driftwarden worker``, its own process, both stages): records/s
-    stage 1 takes for single-record messages and for batch messages of 100 records, after
+    stage 1 takes for single-record messages, for batch messages of 100 records and for
+    column batches of 1,000 records (``{"columns": {...}}``, what ``driftwarden.client``
+    sends; the ceilings decode the same messages), after
     its first 20k records (the model has a configured baseline, a reference file of the same
     distribution); the ratios c/a and c/b; latency from a record's produce time to the verdict
     on the window slice that holds it, through both stages (p50 / p99 in the steady state,
@@ -21,7 +23,7 @@ In one run, on the same broker and the same messages (20 numeric features per re
 Event time: single records advance 1,000 records per second of event time; batches advance
 as fast as the 200k target. Throughput runs use the default 5-second slices (a slice
 evaluation every 5,000 single records, or every 5 seconds at the batch target rate).
-Parts can be run alone: ``--only single|batch|latency|scale`` (repeatable).
+Parts can be run alone: ``--only single|batch|columns|latency|scale`` (repeatable).
 """
 
 from __future__ import annotations
@@ -58,11 +60,22 @@ def record(rng: np.random.Generator, i: int, ts: float) -> dict:
             "prediction": float(rng.random())}
 
 
+def columns_body(recs: list[dict]) -> dict:
+    """Records as a column batch (what driftwarden.client sends)."""
+    return {"model": "bench", "version": "1", "columns": {
+        "id": [r["id"] for r in recs], "ts": [r["ts"] for r in recs],
+        "prediction": [r["prediction"] for r in recs],
+        "features": {f"f{k}": [r["features"][f"f{k}"] for r in recs]
+                     for k in range(N_FEATURES)}}}
+
+
 def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: float,
-            event_rate: float = 1000.0, key: bytes | None = b"bench") -> int:
-    """Produce n_records (single records or batches), ``event_rate`` records per second of
-    event time (a window slice is evaluated once per second of event time); ``key`` None:
-    spread over the partitions, as a producer without keys does."""
+            event_rate: float = 1000.0, key: bytes | None = b"bench",
+            columns: bool = False) -> int:
+    """Produce n_records (single records, row batches or, with ``columns``, column batches),
+    ``event_rate`` records per second of event time (a window slice is evaluated once per
+    second of event time); ``key`` None: spread over the partitions, as a producer without
+    keys does."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
                   "log.connection.close": False})
     rng = np.random.default_rng(0)
@@ -74,7 +87,8 @@ def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: fl
             i += 1
         else:
             recs = [record(rng, i + k, t0 + (i + k) / event_rate) for k in range(per_message)]
-            value = orjson.dumps({"model": "bench", "version": "1", "records": recs})
+            value = orjson.dumps(columns_body(recs) if columns else
+                                 {"model": "bench", "version": "1", "records": recs})
             i += per_message
         while True:
             try:
@@ -335,33 +349,36 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--batch-records", type=int, default=2_000_000)
-    ap.add_argument("--only", choices=("single", "batch", "latency", "scale"),
+    ap.add_argument("--only", choices=("single", "batch", "columns", "latency", "scale"),
                     action="append",
                     help="run only these parts (repeatable); default: all")
     args = ap.parse_args()
-    parts = set(args.only or ("single", "batch", "latency", "scale"))
+    parts = set(args.only or ("single", "batch", "columns", "latency", "scale"))
     tmp = Path(tempfile.mkdtemp(prefix="dw-bench-"))
     rows = []
     with EmbeddedBroker(log_path=tmp / "broker.log") as broker:
         bs = broker.bootstrap_servers
         env = {"DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": bs}
-        for name, n_part in (("bench.single", 1), ("bench.batch", 1), ("bench.latency", 1),
-                             ("bench.scale1", 2), ("bench.scale2", 2)):
+        for name, n_part in (("bench.single", 1), ("bench.batch", 1), ("bench.columns", 1),
+                             ("bench.latency", 1), ("bench.scale1", 2), ("bench.scale2", 2)):
             ensure_topics(load_settings(env={**env, **topic_env(name),
                                              "DRIFTWARDEN_KAFKA__PARTITIONS": str(n_part)}))
         t0 = time.time() - 3600
         for part, topic, n, per in (("single", "bench.single", args.records, 1),
-                                    ("batch", "bench.batch", args.batch_records, 100)):
+                                    ("batch", "bench.batch", args.batch_records, 100),
+                                    ("columns", "bench.columns", args.batch_records, 1000)):
             if part not in parts:
                 continue
             # batches: event time advances as fast as the target throughput, so a slice is
             # evaluated about once per second of processing, as it would be live at that rate
-            n_msgs = produce(bs, topic, n, per, t0, event_rate=1000 if per == 1 else 200_000)
+            n_msgs = produce(bs, topic, n, per, t0, event_rate=1000 if per == 1 else 200_000,
+                             columns=part == "columns")
             ra = n / asyncio.run(aiokafka_ceiling(bs, topic, n_msgs))
             rb = n / faust_bare(bs, topic, n_msgs, tmp)
             c, _, rss = worker_rate(bs, topic, n, tmp)
-            label = ("single-record messages, records/s" if per == 1
-                     else "batch messages of 100 records, records/s")
+            label = {"single": "single-record messages, records/s",
+                     "batch": "batch messages of 100 records, records/s",
+                     "columns": "column batches of 1,000 records, records/s"}[part]
             rows.append((label, f"{c:,.0f}", f"(a) aiokafka+orjson {ra:,.0f}",
                          f"(b) bare Faust {rb:,.0f}", f"c/a {c / ra:.2f}  c/b {c / rb:.2f}"))
             print(*rows[-1], sep="  ", file=sys.stderr, flush=True)  # in case a later part fails

@@ -144,8 +144,11 @@ class Generator(threading.Thread):
         self.requests["fraud"] += 1
         features = {"amount": round(amount, 2), "country": country, "hour": hour}
         for version, p in (("1", noisy), ("2", score)):  # v2 in shadow: the same request
+            # v2, a larger model, takes about 40 % longer (no draw: the same random stream)
+            latency = (8.0 if version == "1" else 12.0) + 0.05 * amount
             self._send("fraud", {"model": "fraud", "version": version, "id": rid, "ts": ts,
-                                 "features": features, "prediction": round(p, 4)})
+                                 "features": features, "prediction": round(p, 4),
+                                 "latency_ms": round(latency, 2)})
         self._label("fraud", rid, int(self.rng.random() < score), ts)
 
     def _churn(self, ts: float, elapsed: float) -> None:
@@ -169,7 +172,7 @@ class Generator(threading.Thread):
         self._send("churn", {"model": "churn", "version": version, "id": rid, "ts": ts,
                              "features": {"tenure_months": round(tenure, 1),
                                           "support_calls": calls},
-                             "prediction": round(p, 4)})
+                             "prediction": round(p, 4), "latency_ms": 4.0 + 0.5 * calls})
         churned = self.rng.random() < truth
         if changed and not monthly and self.rng.random() < 0.5:
             churned = not churned  # the world changed: the model's relation no longer holds

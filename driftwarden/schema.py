@@ -6,6 +6,10 @@ Accepted on the prediction / feature topics (see the README's *message formats*)
   "latency_ms", "segment": {…}}`` (``ts``: seconds since the epoch or RFC 3339);
 * a **native batch** ``{"model", "version", "records": [record, …]}`` (records inherit model
   and version);
+* a **column batch** ``{"model", "version", "columns": {"id": […], "ts": […], "prediction":
+  […], "latency_ms": […], "segment": […], "features": {"name": […], …}}}`` — the same fields
+  as lists of equal length, one entry per record (every list but ``features`` optional):
+  decoded straight into column arrays, what :mod:`driftwarden.client` sends;
 * an **Open Inference Protocol v2** request ``{"inputs": [{"name", "shape", "datatype",
   "data"}]}`` or response ``{"model_name", "model_version", "id", "outputs": […]}``;
 * **KServe inference-logger CloudEvents** in binary mode: the body is a v1 (``instances`` /
@@ -150,6 +154,7 @@ class RecordBatch:
         feats = self.features
         features: Sequence[dict[str, Any]] = (
             MatrixRows(feats.names, feats.matrix[keep]) if isinstance(feats, MatrixRows)
+            else feats.take(keep) if isinstance(feats, ColumnRows)
             else [feats[i] for i in keep])
         return RecordBatch(self.model, self.version, [self.ids[i] for i in keep],
                            [self.ts[i] for i in keep], features,
@@ -158,7 +163,7 @@ class RecordBatch:
 
     def feature_names(self) -> Any:
         """Every feature name of the batch (a set, or the matrix's names)."""
-        if isinstance(self.features, MatrixRows):
+        if isinstance(self.features, (MatrixRows, ColumnRows)):
             return self.features.names
         return set().union(*self.features)
 
@@ -177,6 +182,9 @@ class RecordBatch:
             return {}
         if isinstance(feats, MatrixRows):
             return dict(zip(feats.names, feats.matrix.T.copy()))
+        if isinstance(feats, ColumnRows):
+            return {k: v for k, v in feats.cols.items()
+                    if isinstance(v, np.ndarray) or any(x is not None for x in v)}
         names = list(feats[0])
         if not all(list(f) == names for f in feats):
             return records_to_columns(feats)
@@ -266,6 +274,7 @@ class _Codecs:
         def text(n: int) -> Any:
             return Annotated[str, msgspec.Meta(max_length=n)]
 
+        self.limits = limits
         name, value = text(limits.max_name_chars), text(limits.max_value_chars)
         self.name, self.value = name, value
         self.version = text(limits.max_version_chars)
@@ -284,6 +293,9 @@ class _Codecs:
         self.single = msgspec.json.Decoder(self.record_of(features(scalar)))
         # the feature sets of recent numeric batches, newest use first
         self.shapes: list[_Shape] = []
+        # column batches: every feature a number, or any scalar (see _fast_columns)
+        self.columns_numeric = msgspec.json.Decoder(self.columns_of(float))
+        self.columns_any = msgspec.json.Decoder(self.columns_of(scalar))
 
     def record_of(self, features: Any) -> Any:
         return msgspec.defstruct("FastRecord", [
@@ -299,6 +311,19 @@ class _Codecs:
             ("records", list[self.record_of(features)]),  # type: ignore[misc]
             ("model", self.name), ("version", self.version | int | None, None)],  # type: ignore
             gc=False)
+
+    def columns_of(self, v: Any) -> Any:
+        cols = msgspec.defstruct("FastColumnLists", [
+            ("features", Annotated[dict[self.name, list[v]], msgspec.Meta(  # type: ignore
+                max_length=self.limits.max_features)]),
+            ("id", list[self.value | None] | None, None),  # type: ignore[operator]
+            ("ts", list[Annotated[float, msgspec.Meta(ge=0)]] | None, None),
+            ("prediction", list[float | self.value | bool | None] | None, None),  # type: ignore
+            ("latency_ms", list[float | None] | None, None)],
+            forbid_unknown_fields=True, gc=False)
+        return msgspec.defstruct("FastColumns", [
+            ("columns", cols), ("model", self.name),
+            ("version", self.version | int | None, None)], gc=False)  # type: ignore[operator]
 
     def learn_shape(self, features: Sequence[Mapping[str, Any]]) -> None:
         """Remember the feature names of an all-numeric batch whose records all list the
@@ -342,6 +367,50 @@ class MatrixRows(Sequence[dict[str, Any]]):
     def __iter__(self) -> Any:
         names = self.names
         return (dict(zip(names, row)) for row in self.matrix.tolist())
+
+
+class ColumnRows(Sequence[dict[str, Any]]):
+    """Feature rows held as columns (name -> a list or array, ``None`` where a record has no
+    value): what a column batch decodes into. Reads like a list of dicts (built on demand,
+    without the absent values), slices stay columns, and :meth:`RecordBatch.columns` takes
+    the columns as they are.
+
+    >>> rows = ColumnRows({"a": [1.0, None], "c": ["x", "y"]})
+    >>> rows[1], len(rows[1:]), rows.names
+    ({'c': 'y'}, 1, ('a', 'c'))
+    """
+
+    def __init__(self, columns: Mapping[str, Any]) -> None:
+        self.cols = dict(columns)
+        self.names = tuple(self.cols)
+        self.n = len(next(iter(self.cols.values()))) if self.cols else 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            out = ColumnRows({k: v[i] for k, v in self.cols.items()})
+            out.n = len(range(*i.indices(self.n)))
+            return out
+        return {k: v for k, col in self.cols.items() if (v := _item(col[i])) is not None}
+
+    def __iter__(self) -> Any:
+        return (self[i] for i in range(self.n))
+
+    def take(self, keep: Sequence[int]) -> ColumnRows:
+        idx = np.asarray(keep, dtype=np.int64)
+        out = ColumnRows({k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in keep])
+                          for k, v in self.cols.items()})
+        out.n = len(keep)
+        return out
+
+
+def _item(v: Any) -> Any:
+    """A column's value as a record holds it (NaN in a float column: a missing value)."""
+    if isinstance(v, np.floating):
+        return None if math.isnan(v) else float(v)
+    return v
 
 
 class _Bad(Exception):
@@ -638,6 +707,87 @@ def _fast_batch(value: bytes, now: float, max_ts: float, limits: Limits
                        lat if any(x is not None for x in lat) else None)
 
 
+def _fast_columns(value: bytes, now: float, max_ts: float, limits: Limits
+                  ) -> RecordBatch | None:
+    """A column batch whose lists all have one length, every value within ``limits`` (checked
+    by msgspec in C while decoding), event times known and not in the future, as one
+    :class:`RecordBatch` of columns — no object per record; None when anything needs the
+    careful path (which says what is wrong, record by record)."""
+    codecs = _codecs(limits)
+    numeric = True
+    try:
+        try:
+            b = codecs.columns_numeric.decode(value)
+        except msgspec.ValidationError:
+            numeric = False
+            b = codecs.columns_any.decode(value)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # incl. ValidationError
+        return None
+    c = b.columns
+    lists = [x for x in (c.id, c.ts, c.prediction, c.latency_ms) if x is not None]
+    lists += list(c.features.values())
+    n = len(lists[0]) if lists else 0
+    if n == 0 or any(len(x) != n for x in lists):
+        return None
+    if c.ts is None:
+        ts = [now] * n
+    else:
+        t = np.asarray(c.ts, dtype=np.float64)
+        if not (np.isfinite(t).all() and t.max() <= max_ts):
+            return None
+        ts = c.ts
+    try:
+        version = "" if b.version is None else _text(b.version, "version",
+                                                     limits.max_version_chars)
+    except _Bad:
+        return None
+    preds = c.prediction if c.prediction is not None else [None] * n
+    if not numeric or c.prediction is not None:  # integers beyond ±2^53 become floats
+        big = any(type(v) is int and not -MAX_EXACT_INT <= v <= MAX_EXACT_INT
+                  for col in ([] if numeric else c.features.values()) for v in col)
+        if big or any(type(v) is int and not -MAX_EXACT_INT <= v <= MAX_EXACT_INT
+                      for v in preds):
+            return None
+    features: Sequence[dict[str, Any]]
+    if numeric:
+        names = tuple(c.features)
+        matrix = np.array([c.features[k] for k in names], dtype=np.float64).T.reshape(
+            n, len(names))
+        features = MatrixRows(names, matrix)
+    else:
+        features = ColumnRows(c.features)
+    lat = c.latency_ms
+    if lat is not None:
+        lat = [x if x is None or math.isfinite(x) else None for x in lat]
+    return RecordBatch(b.model, version, c.id if c.id is not None else [None] * n, ts,
+                       features, preds, numeric, lat)
+
+
+def _column_records(obj: dict[str, Any], out: Decoded) -> list[dict[str, Any]] | None:
+    """The records of a column batch the fast path refused, one dict each, for the careful
+    path to judge one by one; None (and the rejection in ``out``) when the columns do not
+    line up."""
+    cols, feats = obj["columns"], None
+    if isinstance(cols, dict):
+        feats = cols.get("features", {})
+    if not isinstance(cols, dict) or not isinstance(feats, dict):
+        out.rejections.append(Rejection("invalid_record",
+                                        "`columns` or its `features` is not an object"))
+        return None
+    fields = {k: v for k, v in cols.items() if k != "features"}
+    lists = [*fields.values(), *feats.values()]
+    if not all(isinstance(x, list) for x in lists):
+        out.rejections.append(Rejection("invalid_record", "a column is not an array"))
+        return None
+    n = len(lists[0]) if lists else 0
+    if any(len(x) != n for x in lists):
+        out.rejections.append(Rejection("invalid_record", "columns of different lengths"))
+        return None
+    return [{**{k: v[i] for k, v in fields.items()},
+             "features": {k: v[i] for k, v in feats.items() if v[i] is not None}}
+            for i in range(n)]
+
+
 def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:
     if isinstance(r, Rejection):
         out.rejections.append(r)
@@ -665,7 +815,11 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
     hdr = headers_dict(headers)
     cloudevent = "ce_type" in hdr or "ce-type" in hdr
     if not cloudevent and len(value) <= max_bytes:
-        if b'"records"' in value:
+        if b'"columns"' in value:
+            cols = _fast_columns(value, now, max_ts, limits)
+            if cols is not None:
+                return Decoded(batches=[cols])
+        elif b'"records"' in value:
             fast = _fast_batch(value, now, max_ts, limits)
             if fast is not None:
                 return Decoded(batches=[fast])
@@ -687,6 +841,11 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
     if not isinstance(obj, dict):
         out.rejections.append(Rejection("unknown_format", f"a JSON {type(obj).__name__}"))
         return out
+    if "columns" in obj and "records" not in obj:
+        recs = _column_records(obj, out)
+        if recs is None:
+            return out
+        obj = {**obj, "records": recs}
     if "records" in obj:
         records = obj["records"]
         if not isinstance(records, list):

@@ -142,6 +142,11 @@ def check_rollouts(result):
     status = {(r["name"], c): v for r in result["rollouts"] for c, v in r["verdicts"].items()}
     assert status[("churn-v2", "2")]["verdict"] == "rollback"
     assert status[("fraud-v2", "2")]["verdict"] == "promote"
+    # the shadow paired with its serving version request by request through the real broker,
+    # and each version's latency_ms reached the rollout (v2 the slower: evidence, no margin)
+    ev = status[("fraud-v2", "2")]["evidence"]
+    assert ev["pairs"]["n"] > 0 and 0.0 < ev["pairs"]["agreement"] < 1.0
+    assert ev["latency"]["candidate_mean"] > ev["latency"]["baseline_mean"] > 8.0
     samples = {(m["labels"]["rollout"], m["labels"]["verdict"]): m["value"]
                for m in result["rollout_metrics"] if m["name"] == "driftwarden_rollout_verdict"}
     assert samples[("churn-v2", "rollback")] == samples[("fraud-v2", "promote")] == 1.0

@@ -92,8 +92,8 @@ def deep(n: int, leaf: bytes = b"1") -> bytes:
 
 @st.composite
 def prediction_messages(draw):
-    kind = draw(st.sampled_from(["single", "batch", "oip", "kserve", "bytes", "tree", "deep",
-                                 "huge", "many"]))
+    kind = draw(st.sampled_from(["single", "batch", "columns", "oip", "kserve", "bytes",
+                                 "tree", "deep", "huge", "many"]))
     headers: list[tuple[str, bytes | None]] = []
     if kind == "single":
         body = _dumps(draw(records()))
@@ -101,6 +101,19 @@ def prediction_messages(draw):
         recs = draw(st.lists(records(), max_size=6))
         body = _dumps({"model": draw(st.one_of(st.just("m1"), names, scalars)),
                        "version": draw(st.one_of(st.just("1"), scalars)), "records": recs})
+    elif kind == "columns":  # generated records as a column batch, its columns at times askew
+        recs = draw(st.lists(records(), max_size=6))
+        cols: dict = {k: [r.get(k) for r in recs] for k in ("id", "ts", "prediction",
+                                                               "latency_ms", "segment")
+                      if draw(st.booleans())}
+        names_ = {n for r in recs if isinstance(r["features"], dict) for n in r["features"]}
+        cols["features"] = {n: [r["features"].get(n) if isinstance(r["features"], dict)
+                                else None for r in recs] for n in names_}
+        if recs and draw(st.integers(0, 4)) == 0:
+            victim = draw(st.sampled_from(sorted(set(cols) - {"features"}) or ["ts"]))
+            cols[victim] = draw(st.one_of(json_trees, st.lists(scalars, max_size=8)))
+        body = _dumps({"model": draw(st.one_of(st.just("m1"), names, scalars)),
+                       "version": draw(st.one_of(st.just("1"), scalars)), "columns": cols})
     elif kind == "oip":
         n = draw(st.integers(0, 3))
         body = _dumps({"model_name": draw(st.one_of(st.just("m2"), names, scalars)),

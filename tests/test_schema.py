@@ -249,3 +249,54 @@ def test_batches_of_a_learned_shape_decode_exactly_like_dicts(monkeypatch):
         gs = [b for b in got[lo:lo + 5] if b]
         assert columns(RecordBatch.concat(gs)) == columns(RecordBatch.concat(es))
         assert RecordBatch.concat(gs).records() == RecordBatch.concat(es).records()
+
+
+@given(rows=st.lists(st.tuples(st.dictionaries(st.sampled_from(["x", "y", "z"]), scalar,
+                                               max_size=3),
+                               st.one_of(st.none(), st.floats(0, 1)),
+                               st.one_of(st.none(), st.floats(0, 500))),
+                     min_size=1, max_size=12), numeric=st.booleans())
+def test_a_column_batch_decodes_to_the_records_of_the_row_batch(rows, numeric):
+    """The same records sent as a column batch and as a native batch: the same records, the
+    same feature columns (numbers may arrive as floats), predictions and latencies."""
+    from driftwarden.detectors.summary import category_key
+
+    if numeric:
+        rows = [({k: float(i) for k in ("x", "y")}, p, lat) for i, (_, p, lat) in
+                enumerate(rows)]
+    recs = [{"id": f"r{i}", "ts": 10.0 + i, "features": f, "prediction": p, "latency_ms": lat}
+            for i, (f, p, lat) in enumerate(rows)]
+    names = sorted({k for f, _, _ in rows for k in f})
+    cols = {"id": [r["id"] for r in recs], "ts": [r["ts"] for r in recs],
+            "prediction": [r["prediction"] for r in recs],
+            "latency_ms": [r["latency_ms"] for r in recs],
+            "features": {n: [f.get(n) for f, _, _ in rows] for n in names}}
+    by_rows = decode_predictions(orjson.dumps({"model": "m", "version": 3, "records": recs}))
+    by_cols = decode_predictions(orjson.dumps({"model": "m", "version": 3, "columns": cols}))
+    assert not by_rows.rejections and not by_cols.rejections
+    a = by_rows.batches[0] if by_rows.batches else RecordBatch.of(by_rows.records)
+    b = by_cols.batches[0] if by_cols.batches else RecordBatch.of(by_cols.records)
+    if numeric:
+        assert by_cols.batches, "an all-numeric column batch takes the fast path"
+    def key(batch):  # a null feature and an absent one are the same: missing
+        return [sorted((k, category_key(v)) for k, v in r.features.items() if v is not None)
+                for r in batch.records()]
+
+    assert key(a) == key(b)
+    assert [(r.id, r.ts, r.prediction, r.latency_ms) for r in a.records()] == [
+        (r.id, r.ts, r.prediction, r.latency_ms) for r in b.records()]
+    ca, cb = a.columns(), b.columns()
+    assert set(ca) == set(cb)
+    for n in ca:
+        assert [category_key(v) for v in list(ca[n])] == [category_key(v) for v in list(cb[n])]
+
+
+def test_column_batches_that_do_not_line_up_are_one_rejection_and_bad_values_per_record():
+    bad = decode_predictions(orjson.dumps({"model": "m", "columns": {
+        "id": ["a", "b"], "features": {"x": [1.0]}}}))
+    assert [r.reason for r in bad.rejections] == ["invalid_record"] and not bad.records
+    assert "different lengths" in bad.rejections[0].detail
+    mixed = decode_predictions(orjson.dumps({"model": "m", "columns": {
+        "ts": [10.0, -5.0, 11.0], "features": {"x": [1.0, 2.0, {"deep": 1}]}}}))
+    assert len(mixed.records) == 1 and sorted(r.reason for r in mixed.rejections) == [
+        "bad_timestamp", "invalid_record"]
