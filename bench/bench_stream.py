@@ -163,7 +163,8 @@ FAUST_BARE = textwrap.dedent('''
 def faust_bare(bootstrap: str, topic: str, n_messages: int, tmp: Path) -> float:
     script = tmp / "bare.py"
     script.write_text(FAUST_BARE)
-    out = tmp / "bare.out"
+    out = tmp / f"bare-{topic}.out"
+    out.unlink(missing_ok=True)  # a previous part's result is not this one's
     proc = subprocess.Popen([sys.executable, str(script), bootstrap, topic, str(n_messages),
                              str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve()

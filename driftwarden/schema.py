@@ -316,7 +316,7 @@ class _Codecs:
         cols = msgspec.defstruct("FastColumnLists", [
             ("features", Annotated[dict[self.name, list[v]], msgspec.Meta(  # type: ignore
                 max_length=self.limits.max_features)]),
-            ("id", list[self.value | None] | None, None),  # type: ignore[operator]
+            ("id", list[self.value | None] | None, None),  # type: ignore
             ("ts", list[Annotated[float, msgspec.Meta(ge=0)]] | None, None),
             ("prediction", list[float | self.value | bool | None] | None, None),  # type: ignore
             ("latency_ms", list[float | None] | None, None)],

@@ -69,9 +69,16 @@ class JoinRouter:
     def predictions(self, source: str, offset: int, model: str, version: str,
                     ids: Sequence[str | None], predictions: Sequence[Any],
                     ts: Sequence[float]) -> None:
+        """A batch's predictions (the per-record work of :meth:`prediction`, inlined: this
+        runs for every record of every batch)."""
+        rows, n, crc = self.rows, max(1, self.n_partitions), zlib.crc32
         for i, p, t in zip(ids, predictions, ts):
             if i is not None and p is not None:
-                self.prediction(source, offset, model, version, i, p, t)
+                key = (crc(i.encode("utf-8", "surrogatepass")) % n, source)
+                dest = rows.get(key)
+                if dest is None:
+                    dest = rows[key] = {"p": [], "l": []}
+                dest["p"].append([offset, model, version, i, p, t])
 
     def label(self, source: str, offset: int, model: str, request_id: str, label: Any,
               ts: float) -> None:
