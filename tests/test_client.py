@@ -119,3 +119,43 @@ def test_a_batch_over_the_message_limit_is_split():
     assert len(values) > 1 and all(len(v) <= 2_000 for v in values)
     ids = [i for v in values for i in orjson.loads(v)["columns"]["id"]]
     assert ids == [str(i) for i in range(200)]
+
+
+def test_the_fastapi_example_logs_each_request_it_serves(monkeypatch):
+    """examples/client_fastapi.py served by FastAPI's test client: each request answered and
+    logged with its id, features, score and latency (the sender not started: no broker)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("DRIFTWARDEN_CLIENT_START", "0")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    sys.modules.pop("client_fastapi", None)
+    example = importlib.import_module("client_fastapi")
+    with TestClient(example.app) as http:
+        for i in range(5):
+            r = http.post("/predict", json={"id": f"t{i}", "amount": 10.0 * i,
+                                            "country": "DE"})
+            assert r.status_code == 200 and r.json()["id"] == f"t{i}"
+        logged = example.dw.take()
+    assert [r[1] for r in logged] == [f"t{i}" for i in range(5)]
+    assert all(r[2] == "7" and r[3]["country"] == "DE" and 0 < r[4] < 1 and r[5] >= 0
+               for r in logged)
+
+
+def test_the_kserve_example_logs_each_instance_with_a_request_id(monkeypatch):
+    import importlib
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    sys.modules.pop("client_kserve", None)
+    example = importlib.import_module("client_kserve")
+    dw = Client("127.0.0.1:1", model="fraud", start=False)
+    out = example.FraudPredictor("fraud", dw).predict({"instances": [[50, 3], [150, 4]]},
+                                                      {"ce-id": "ev-1"})
+    assert out == {"predictions": [0.5, 1.0]}
+    assert [(r[1], r[3], r[4]) for r in dw.take()] == [
+        ("ev-1/0", {"amount": 50, "hour": 3}, 0.5), ("ev-1/1", {"amount": 150, "hour": 4}, 1.0)]
