@@ -274,7 +274,23 @@ class JoinStage:
         joined: list[tuple[Outcome, float]] = []
         paired: list[tuple[str, str, Any, Any, float]] = []
         newest = done
-        for offset, model, version, rid, prediction, ts in body["p"]:
+        rows = body["p"]
+        if rows and rows[-1][0] > done and not self.joiner.waiting and not self.shadows and (
+                not self.pair_roles) and rows[0][0] > done:
+            # the common case — nothing waits for these predictions, no shadow, no replayed
+            # row: into the pending table in runs of one model version (one bulk insert and
+            # one trim a run, not one a row; in order, so the eviction order is the same)
+            newest = max(newest, max(r[0] for r in rows))
+            start = 0
+            for i in range(1, len(rows) + 1):
+                if i == len(rows) or rows[i][1:3] != rows[start][1:3]:
+                    run = rows[start:i]
+                    self.joiner.add_predictions(run[0][1], run[0][2], [r[3] for r in run],
+                                                [r[4] for r in run],
+                                                [float(r[5]) for r in run])
+                    start = i
+            rows = []
+        for offset, model, version, rid, prediction, ts in rows:
             newest = max(newest, offset)
             if offset <= done:
                 self.replayed_rows += 1

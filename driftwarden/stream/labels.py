@@ -87,6 +87,11 @@ class LabelJoiner:
     def __len__(self) -> int:
         return len(self._pending)
 
+    @property
+    def waiting(self) -> int:
+        """Labels waiting for their prediction."""
+        return len(self._waiting)
+
     def add_prediction(self, model: str, id: str, version: str, prediction: Any,
                        ts: float) -> Outcome | None:
         """Remember a prediction until its label arrives; the outcome if it was waiting."""
