@@ -283,3 +283,17 @@ def test_shadow_pairing_does_not_depend_on_the_arrival_order(requests, rnd):
     assert sp.apart == apart and sp.paired == len(expected)
     assert sp.unpaired == sum(1 for b, c, _, _ in requests if b != c)
     assert sp.pending == {} and sp.hold(window) == float("inf")
+
+
+def test_a_rollout_checkpointed_before_a_spec_field_existed_goes_on_after_an_upgrade(runs):
+    """A checkpoint whose rollout spec lacks fields added since (their defaults) restores the
+    rollout with its evidence instead of starting it afresh."""
+    svc, _ = runs[500]
+    state = orjson.loads(orjson.dumps(svc.to_state()))
+    saved = state["merge"]["rollouts"]["fraud-v2"]["spec"]
+    for field in ("pair_seconds", "pair_tolerance", "latency_margin", "quality_margin"):
+        saved.pop(field)
+    again = StreamService(svc.settings)
+    again.set_rollouts(svc.merge.rollout_specs)
+    again.restore(state)
+    assert again.merge.rollouts["fraud-v2"].decisions["2"].verdict == "promote"

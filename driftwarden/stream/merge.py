@@ -355,8 +355,17 @@ class MergeStage:
             stage.observe = self._observe
             self.stages[stage.key] = stage
             self.last_partial[stage.key] = now
-        # a rollout no longer declared is dropped; one declared since starts afresh
+        # a rollout no longer declared is dropped; one declared since starts afresh (a spec
+        # saved before a field was added compares with that field's default)
         self.rollouts = {k: Rollout.from_state(k, st)
                          for k, st in state.get("rollouts", {}).items()
-                         if k in self.rollout_specs
-                         and msgspec.to_builtins(self.rollout_specs[k]) == st["spec"]}
+                         if k in self.rollout_specs and _same_spec(st["spec"],
+                                                                   self.rollout_specs[k])}
+
+
+def _same_spec(saved: Any, spec: RolloutSpec) -> bool:
+    """Whether a checkpointed rollout spec is ``spec`` (False when it no longer reads)."""
+    try:
+        return msgspec.convert(saved, RolloutSpec) == spec
+    except msgspec.ValidationError:
+        return False
