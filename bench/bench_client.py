@@ -14,6 +14,11 @@ an id, a latency):
 Each is timed over ``--calls`` calls, best of 5 repetitions (microseconds per call), and
 ``client / naive`` is the ratio that carries across machines. The sender's throughput (records
 delivered per second while the calls run) is printed too.
+
+(encoding) the choice of the column batch's encoding, in process: a batch of 1,000 such
+records as column JSON (what the client sends; decoded by the worker's ``decode_predictions``
+into a RecordBatch) against Arrow IPC (pyarrow: the ids as Python strings, the features as
+one float64 matrix) — bytes, and microseconds per record to encode and to decode.
 """
 
 from __future__ import annotations
@@ -51,6 +56,50 @@ def per_call(fn, feats: list[dict], reps: int = 5) -> float:
             fn(i, f)
         best = min(best, (time.perf_counter() - t) / len(feats))
     return best * 1e6
+
+
+def encodings() -> list[tuple[str, str, str]]:
+    """Column JSON against Arrow IPC for one batch of 1,000 records (see the docstring)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from driftwarden.schema import decode_predictions
+
+    feats = records(1000)
+    cols = {"id": [f"r{i}" for i in range(1000)], "ts": [1.7e9 + i for i in range(1000)],
+            "prediction": [0.5] * 1000,
+            "features": {f"f{k}": [f[f"f{k}"] for f in feats] for k in range(N_FEATURES)}}
+    body = {"model": "m", "version": "1", "columns": cols}
+
+    def arrow_table():
+        return pa.table({"id": cols["id"], "ts": cols["ts"], "prediction": cols["prediction"],
+                         **cols["features"]})
+
+    def arrow_encode():
+        sink = pa.BufferOutputStream()
+        table = arrow_table()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    ipc, js = arrow_encode(), orjson.dumps(body)
+
+    def arrow_decode():
+        t = pa.ipc.open_stream(ipc).read_all()
+        return t.column("id").to_pylist(), np.column_stack(
+            [t.column(f"f{k}").to_numpy() for k in range(N_FEATURES)])
+
+    def per_record(fn) -> float:
+        return per_call(lambda i, f: fn(), [{}] * 200) / 1000
+
+    dec_j = per_record(lambda: decode_predictions(js, now=0.0, clock=2e9))
+    dec_a = per_record(arrow_decode)
+    return [("column JSON: bytes / encode / decode per record",
+             f"{len(js) / 1000:.0f} B", f"{per_record(lambda: orjson.dumps(body)):.2f} µs / "
+             f"{dec_j:.2f} µs"),
+            ("Arrow IPC: bytes / encode / decode per record", f"{len(ipc) / 1000:.0f} B",
+             f"{per_record(arrow_encode):.2f} µs / {dec_a:.2f} µs  (decode JSON / Arrow "
+             f"{dec_j / dec_a:.1f})")]
 
 
 def main() -> None:
@@ -94,6 +143,7 @@ def main() -> None:
     rows.append(("records delivered by the client", f"{stats['sent']:,}",
                  f"{stats['sent'] / took:,.0f} records/s incl. close; dropped "
                  f"{stats['dropped']:,}, failed {stats['failed']:,}"))
+    rows += encodings()
     print(f"driftwarden client benchmark — {N_FEATURES} features per record, {args.calls:,} "
           f"calls × 5, Tansu broker, {os.cpu_count()} cores")
     for r in rows:

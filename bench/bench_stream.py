@@ -4,8 +4,9 @@
 
 In one run, on the same broker and the same messages (20 numeric features per record):
 
-(a) the ceiling: aiokafka ``getmany`` + orjson decoding of every message;
-(b) a bare Faust agent that only decodes (``take_events`` + orjson), in its own process;
+(a) the ceiling: aiokafka ``getmany`` + orjson decoding of every message (pyarrow for Arrow);
+(b) a bare Faust agent that only decodes (``take_events`` + orjson / pyarrow), in its own
+    process;
 (c) driftwarden's worker (``driftwarden worker``, its own process, both stages): records/s
     stage 1 takes for single-record messages, for batch messages of 100 records and for
     column batches of 1,000 records (``{"columns": {...}}``, what ``driftwarden.client``
@@ -23,7 +24,8 @@ In one run, on the same broker and the same messages (20 numeric features per re
 Event time: single records advance 1,000 records per second of event time; batches advance
 as fast as the 200k target. Throughput runs use the default 5-second slices (a slice
 evaluation every 5,000 single records, or every 5 seconds at the batch target rate).
-Parts can be run alone: ``--only single|batch|columns|latency|scale`` (repeatable).
+Parts can be run alone: ``--only single|batch|columns|arrow|latency|scale`` (repeatable);
+``arrow``: the column batches as Arrow IPC streams (``Client(encoding="arrow")``).
 """
 
 from __future__ import annotations
@@ -69,9 +71,22 @@ def columns_body(recs: list[dict]) -> dict:
                      for k in range(N_FEATURES)}}}
 
 
+def arrow_body(recs: list[dict]) -> bytes:
+    """Records as an Arrow IPC column batch (``Client(encoding="arrow")``)."""
+    import pyarrow as pa
+
+    from driftwarden.arrow import encode_table
+
+    cols = columns_body(recs)["columns"]
+    t = pa.table({"id": cols["id"], "ts": cols["ts"], "prediction": cols["prediction"],
+                  **cols["features"]})
+    return encode_table(t.replace_schema_metadata({"driftwarden.model": "bench",
+                                                   "driftwarden.version": "1"}))
+
+
 def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: float,
             event_rate: float = 1000.0, key: bytes | None = b"bench",
-            columns: bool = False) -> int:
+            columns: bool | str = False) -> int:
     """Produce n_records (single records, row batches or, with ``columns``, column batches),
     ``event_rate`` records per second of event time (a window slice is evaluated once per
     second of event time); ``key`` None: spread over the partitions, as a producer without
@@ -87,8 +102,9 @@ def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: fl
             i += 1
         else:
             recs = [record(rng, i + k, t0 + (i + k) / event_rate) for k in range(per_message)]
-            value = orjson.dumps(columns_body(recs) if columns else
-                                 {"model": "bench", "version": "1", "records": recs})
+            value = arrow_body(recs) if columns == "arrow" else orjson.dumps(
+                columns_body(recs) if columns else
+                {"model": "bench", "version": "1", "records": recs})
             i += per_message
         while True:
             try:
@@ -101,6 +117,15 @@ def produce(bootstrap: str, topic: str, n_records: int, per_message: int, t0: fl
             p.poll(0)
     p.flush(60)
     return sent
+
+
+def decode_any(value: bytes) -> object:
+    """What the ceilings do with a message: orjson, or pyarrow for an Arrow IPC stream."""
+    if value[:4] == b"\xff\xff\xff\xff":
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(value).read_all()
+    return orjson.loads(value)
 
 
 async def aiokafka_ceiling(bootstrap: str, topic: str, n_messages: int) -> float:
@@ -119,7 +144,7 @@ async def aiokafka_ceiling(bootstrap: str, topic: str, n_messages: int) -> float
                 if start is None:
                     start = time.perf_counter()
                 for m in msgs:
-                    orjson.loads(m.value)
+                    decode_any(m.value)
                 got += sum(len(v) for v in batches.values())
     finally:
         await c.stop()
@@ -128,6 +153,7 @@ async def aiokafka_ceiling(bootstrap: str, topic: str, n_messages: int) -> float
 
 FAUST_BARE = textwrap.dedent('''
     import sys, time, orjson, faust
+    import pyarrow as pa
     bootstrap, topic, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     # the same consumer and GC tuning as the worker's (fetch size, fetch wait, batches of
     # 2,000 messages or 1 MB, GC thresholds), so (b) isolates what driftwarden adds
@@ -149,7 +175,11 @@ FAUST_BARE = textwrap.dedent('''
             if state["start"] is None:
                 state["start"] = time.perf_counter()
             for e in events:
-                orjson.loads(e.message.value)
+                v = e.message.value
+                if v[:4] == b"\\xff\\xff\\xff\\xff":
+                    pa.ipc.open_stream(v).read_all()
+                else:
+                    orjson.loads(v)
             state["n"] += len(events)
             if state["n"] >= n:
                 open(out, "w").write(str(time.perf_counter() - state["start"]))
@@ -350,36 +380,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--batch-records", type=int, default=2_000_000)
-    ap.add_argument("--only", choices=("single", "batch", "columns", "latency", "scale"),
+    ap.add_argument("--only", choices=("single", "batch", "columns", "arrow", "latency",
+                                       "scale"),
                     action="append",
                     help="run only these parts (repeatable); default: all")
     args = ap.parse_args()
-    parts = set(args.only or ("single", "batch", "columns", "latency", "scale"))
+    parts = set(args.only or ("single", "batch", "columns", "arrow", "latency", "scale"))
     tmp = Path(tempfile.mkdtemp(prefix="dw-bench-"))
     rows = []
     with EmbeddedBroker(log_path=tmp / "broker.log") as broker:
         bs = broker.bootstrap_servers
         env = {"DRIFTWARDEN_KAFKA__BOOTSTRAP_SERVERS": bs}
         for name, n_part in (("bench.single", 1), ("bench.batch", 1), ("bench.columns", 1),
+                             ("bench.arrow", 1),
                              ("bench.latency", 1), ("bench.scale1", 2), ("bench.scale2", 2)):
             ensure_topics(load_settings(env={**env, **topic_env(name),
                                              "DRIFTWARDEN_KAFKA__PARTITIONS": str(n_part)}))
         t0 = time.time() - 3600
         for part, topic, n, per in (("single", "bench.single", args.records, 1),
                                     ("batch", "bench.batch", args.batch_records, 100),
-                                    ("columns", "bench.columns", args.batch_records, 1000)):
+                                    ("columns", "bench.columns", args.batch_records, 1000),
+                                    ("arrow", "bench.arrow", args.batch_records, 1000)):
             if part not in parts:
                 continue
             # batches: event time advances as fast as the target throughput, so a slice is
             # evaluated about once per second of processing, as it would be live at that rate
             n_msgs = produce(bs, topic, n, per, t0, event_rate=1000 if per == 1 else 200_000,
-                             columns=part == "columns")
+                             columns="arrow" if part == "arrow" else part == "columns")
             ra = n / asyncio.run(aiokafka_ceiling(bs, topic, n_msgs))
             rb = n / faust_bare(bs, topic, n_msgs, tmp)
             c, _, rss = worker_rate(bs, topic, n, tmp)
             label = {"single": "single-record messages, records/s",
                      "batch": "batch messages of 100 records, records/s",
-                     "columns": "column batches of 1,000 records, records/s"}[part]
+                     "columns": "column batches of 1,000 records, records/s",
+                     "arrow": "Arrow IPC column batches of 1,000, records/s"}[part]
             rows.append((label, f"{c:,.0f}", f"(a) aiokafka+orjson {ra:,.0f}",
                          f"(b) bare Faust {rb:,.0f}", f"c/a {c / ra:.2f}  c/b {c / rb:.2f}"))
             print(*rows[-1], sep="  ", file=sys.stderr, flush=True)  # in case a later part fails

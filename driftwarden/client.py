@@ -26,7 +26,9 @@ registered with :mod:`atexit`) sends what is left, waiting at most ``timeout`` s
 
 ``log`` neither awaits nor blocks, so an asyncio server calls it directly from its handlers;
 :meth:`Client.aclose` closes from a coroutine without blocking the loop. Examples for a
-FastAPI endpoint and a KServe custom predictor are in ``examples/``.
+FastAPI endpoint and a KServe custom predictor are in ``examples/``. ``encoding="arrow"``
+sends Arrow IPC streams instead (2.2× smaller, decoded ~9× faster by the worker, ~1.5× the
+encoding cost in the sender; no ``segment``): see ``bench/bench_client.py``.
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ class Client:
                  topic: str = "driftwarden.predictions", batch_records: int = 1000,
                  linger_seconds: float = 0.5, max_buffered: int = 100_000,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 producer_config: Mapping[str, Any] | None = None, start: bool = True) -> None:
+                 producer_config: Mapping[str, Any] | None = None, start: bool = True,
+                 encoding: str = "json") -> None:
+        if encoding not in ("json", "arrow"):
+            raise ValueError(f"encoding must be json or arrow, got {encoding!r}")
+        self.encoding = encoding
         if batch_records < 1 or max_buffered < batch_records or linger_seconds <= 0:
             raise ValueError("batch_records >= 1, max_buffered >= batch_records and "
                              "linger_seconds > 0 are needed")
@@ -139,12 +145,30 @@ class Client:
             col = [r[i] for r in recs]
             if any(v is not None for v in col):
                 cols[key] = col
-        value = orjson.dumps({"model": self.model, "version": version, "columns": cols},
-                             default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+        if self.encoding == "arrow":
+            value = self._arrow(version, cols)
+        else:
+            value = orjson.dumps({"model": self.model, "version": version, "columns": cols},
+                                 default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
         if len(value) <= self.max_message_bytes or len(recs) == 1:
             return [(value, len(recs))]
         half = len(recs) // 2
         return self._encode(version, recs[:half]) + self._encode(version, recs[half:])
+
+    def _arrow(self, version: str, cols: dict[str, Any]) -> bytes:
+        """The columns as an Arrow IPC stream (see :mod:`driftwarden.arrow`); segments do
+        not travel in Arrow batches."""
+        import pyarrow as pa
+
+        from driftwarden.arrow import MODEL_KEY, VERSION_KEY, encode_table
+
+        data = {k: v for k, v in cols.items() if k not in ("features", "segment")}
+        clash = set(data) & set(cols["features"])
+        if clash:
+            raise ValueError(f"features named like a record field: {sorted(clash)}")
+        table = pa.table({**data, **cols["features"]}).replace_schema_metadata(
+            {MODEL_KEY: self.model.encode(), VERSION_KEY: version.encode()})
+        return encode_table(table)
 
     # -- the sender thread --------------------------------------------------------------------
     def _run(self) -> None:

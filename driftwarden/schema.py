@@ -10,6 +10,7 @@ Accepted on the prediction / feature topics (see the README's *message formats*)
   […], "latency_ms": […], "segment": […], "features": {"name": […], …}}}`` — the same fields
   as lists of equal length, one entry per record (every list but ``features`` optional):
   decoded straight into column arrays, what :mod:`driftwarden.client` sends;
+* a column batch as an **Arrow IPC stream** (see :mod:`driftwarden.arrow`);
 * an **Open Inference Protocol v2** request ``{"inputs": [{"name", "shape", "datatype",
   "data"}]}`` or response ``{"model_name", "model_version", "id", "outputs": […]}``;
 * **KServe inference-logger CloudEvents** in binary mode: the body is a v1 (``instances`` /
@@ -407,10 +408,8 @@ class ColumnRows(Sequence[dict[str, Any]]):
 
 
 def _item(v: Any) -> Any:
-    """A column's value as a record holds it (NaN in a float column: a missing value)."""
-    if isinstance(v, np.floating):
-        return None if math.isnan(v) else float(v)
-    return v
+    """A column's value as a record holds it (a numpy number as a Python one)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 class _Bad(Exception):
@@ -814,6 +813,13 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
     max_ts = (time.time() if clock is None else clock) + limits.max_future_seconds
     hdr = headers_dict(headers)
     cloudevent = "ce_type" in hdr or "ce-type" in hdr
+    if not cloudevent and value[:4] == b"\xff\xff\xff\xff":  # an Arrow IPC column batch
+        if len(value) > max_bytes:
+            return Decoded(rejections=[Rejection("oversized",
+                                                 f"{len(value)} bytes > limit {max_bytes}")])
+        from driftwarden.arrow import decode_arrow  # pyarrow: only Arrow messages load it
+
+        return decode_arrow(value, now=now, max_ts=max_ts, limits=limits)
     if not cloudevent and len(value) <= max_bytes:
         if b'"columns"' in value:
             cols = _fast_columns(value, now, max_ts, limits)

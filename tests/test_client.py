@@ -159,3 +159,18 @@ def test_the_kserve_example_logs_each_instance_with_a_request_id(monkeypatch):
     assert out == {"predictions": [0.5, 1.0]}
     assert [(r[1], r[3], r[4]) for r in dw.take()] == [
         ("ev-1/0", {"amount": 50, "hour": 3}, 0.5), ("ev-1/1", {"amount": 150, "hour": 4}, 1.0)]
+
+
+def test_arrow_encoded_batches_arrive_as_the_same_records(broker):
+    topic = new_topic(broker.bootstrap_servers)
+    dw = Client(broker.bootstrap_servers, model="fraud", version="7", topic=topic,
+                batch_records=50, linger_seconds=0.1, encoding="arrow")
+    sent = []
+    for i in range(120):
+        feats = {"amount": float(i), "country": ["DE", "FR"][i % 2]}
+        dw.log(feats, i / 120, id=f"r{i}", latency_ms=float(i), ts=1.7e9 + i)
+        sent.append((f"r{i}", feats, i / 120, float(i)))
+    assert dw.close(timeout=30)["sent"] == 120
+    values, records = consume(broker.bootstrap_servers, topic, 120)
+    assert all(v[:4] == b"\xff\xff\xff\xff" for v in values)
+    assert sorted((r.id, r.features, r.prediction, r.latency_ms) for r in records) == sorted(sent)

@@ -1,24 +1,39 @@
 """Column batches through the stream service (in process): the same records sent as native
 row batches and as column batches give the same counts, the same drift and action events and
-the same rollout verdicts — the columnar decoder is an encoding, not another behaviour."""
+the same rollout verdicts — column JSON or Arrow IPC: an encoding, not another behaviour."""
 
 from __future__ import annotations
 
 import orjson
+import pytest
 from test_rollout_stream import CONFIG, ENV, traffic
 
 from driftwarden.config import load_settings
 from driftwarden.stream.service import RawMessage, StreamService
 
 
-def batches(columns: bool, size: int = 100):
-    """The traffic's predictions in messages of ``size`` records per model version (rows or
-    columns), its labels one per message, in producer order."""
+def batches(columns: bool | str, size: int = 100):
+    """The traffic's predictions in messages of ``size`` records per model version (rows,
+    column JSON, or ``columns="arrow"``: Arrow IPC), its labels one per message, in producer
+    order."""
     out, pending = [], {}
 
     def flush(key):
         recs = pending.pop(key)
         model, version = key
+        if columns == "arrow":
+            import pyarrow as pa
+
+            from driftwarden.arrow import encode_table
+
+            names = sorted({n for r in recs for n in r["features"]})
+            t = pa.table({"id": [r["id"] for r in recs], "ts": [r["ts"] for r in recs],
+                          "prediction": [r["prediction"] for r in recs],
+                          "latency_ms": [r["latency_ms"] for r in recs],
+                          **{n: [r["features"].get(n) for r in recs] for n in names}})
+            out.append(("p", encode_table(t.replace_schema_metadata({
+                "driftwarden.model": model, "driftwarden.version": version})), recs[-1]["ts"]))
+            return
         if columns:
             names = sorted({n for r in recs for n in r["features"]})
             body = {"model": model, "version": version, "columns": {
@@ -45,7 +60,7 @@ def batches(columns: bool, size: int = 100):
     return out
 
 
-def run(tmp_path, columns: bool):
+def run(tmp_path, columns: bool | str):
     path = tmp_path / "rollouts.toml"
     path.write_text(CONFIG)
     svc = StreamService(load_settings(path, env=ENV))
@@ -57,8 +72,9 @@ def run(tmp_path, columns: bool):
     return svc, outs
 
 
-def test_column_batches_give_what_row_batches_give(tmp_path):
-    rows, cols = run(tmp_path, False), run(tmp_path, True)
+@pytest.mark.parametrize("encoding", [True, "arrow"])
+def test_column_batches_give_what_row_batches_give(tmp_path, encoding):
+    rows, cols = run(tmp_path, False), run(tmp_path, encoding)
     (a, out_a), (b, out_b) = rows, cols
     assert dict(a.counts) == dict(b.counts) and sum(a.counts.values()) > 10_000
     assert dict(a.invalid) == dict(b.invalid) == {}

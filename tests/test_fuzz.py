@@ -92,8 +92,8 @@ def deep(n: int, leaf: bytes = b"1") -> bytes:
 
 @st.composite
 def prediction_messages(draw):
-    kind = draw(st.sampled_from(["single", "batch", "columns", "oip", "kserve", "bytes",
-                                 "tree", "deep", "huge", "many"]))
+    kind = draw(st.sampled_from(["single", "batch", "columns", "arrow", "oip", "kserve",
+                                 "bytes", "tree", "deep", "huge", "many"]))
     headers: list[tuple[str, bytes | None]] = []
     if kind == "single":
         body = _dumps(draw(records()))
@@ -114,6 +114,24 @@ def prediction_messages(draw):
             cols[victim] = draw(st.one_of(json_trees, st.lists(scalars, max_size=8)))
         body = _dumps({"model": draw(st.one_of(st.just("m1"), names, scalars)),
                        "version": draw(st.one_of(st.just("1"), scalars)), "columns": cols})
+    elif kind == "arrow":  # an Arrow IPC column batch, sometimes with bytes changed
+        import pyarrow as pa
+
+        from driftwarden.arrow import encode_table
+
+        n = draw(st.integers(1, 6))
+        cols = {"id": [f"a{i}" for i in range(n)],
+                "ts": draw(st.lists(st.one_of(st.floats(NOW - 100, NOW + 100), st.just(-1.0),
+                                              st.just(1e18)), min_size=n, max_size=n)),
+                "a": draw(st.lists(st.floats(-5, 5), min_size=n, max_size=n)),
+                "c": draw(st.lists(st.one_of(st.none(), st.text(max_size=300)), min_size=n,
+                                   max_size=n))}
+        meta = {"driftwarden.model": draw(st.sampled_from(["m1", "m2", "x" * 80])),
+                "driftwarden.version": "1"}
+        body = bytearray(encode_table(pa.table(cols).replace_schema_metadata(meta)))
+        for _ in range(draw(st.integers(0, 3))):
+            body[draw(st.integers(0, len(body) - 1))] = draw(st.integers(0, 255))
+        body = bytes(body)
     elif kind == "oip":
         n = draw(st.integers(0, 3))
         body = _dumps({"model_name": draw(st.one_of(st.just("m2"), names, scalars)),
