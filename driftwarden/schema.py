@@ -57,7 +57,7 @@ REASONS = (
     "oversized",        # body larger than the configured limit
     "bad_utf8",         # body is not UTF-8
     "bad_json",         # body is not JSON
-    "unknown_format",   # JSON, but none of the accepted shapes
+    "unknown_format",   # JSON, but none of the accepted shapes (or Arrow outside its bounds)
     "invalid_record",   # a field has the wrong type or a required field is missing
     "bad_timestamp",    # ts is neither a number of seconds nor RFC 3339
     "bad_label",        # label missing, NaN / inf, or not a number, bool or string
