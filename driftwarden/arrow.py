@@ -163,10 +163,11 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
     model = meta.get(MODEL_KEY, b"").decode("utf-8", "replace") or None
     version = meta.get(VERSION_KEY, b"").decode("utf-8", "replace")
     n = table.num_rows
-    names = [c for c in table.column_names if c not in RESERVED]
+    present = dict.fromkeys(table.column_names)
+    names = [c for c in present if c not in RESERVED]
 
     def column(name: str) -> Any:
-        return table.column(name) if name in table.column_names else None
+        return table.column(name) if name in present else None
 
     def strings_fit(col: Any) -> bool:
         if col is None or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
@@ -195,7 +196,10 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
         col = column(name)
         return [None] * n if col is None else col.to_pylist()
 
-    ids = [None if v is None else str(v) for v in values("id")]
+    id_col = column("id")
+    ids = (values("id") if id_col is None or pa.types.is_string(id_col.type)
+           or pa.types.is_large_string(id_col.type)
+           else [None if v is None else str(v) for v in values("id")])
     if not fast:  # record by record, each judged (and dead-lettered) on its own
         out = Decoded()
         feats = {c: values(c) for c in names}
