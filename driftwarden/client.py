@@ -20,7 +20,7 @@ worker decodes a column batch straight into column arrays.
 
 Bounded everywhere: a record logged while the buffer holds ``max_buffered`` is dropped and
 counted (``dropped``) — the request path never waits for the broker; confluent-kafka's own
-queue is capped at the same size, and a batch it cannot take or deliver (broker down past
+queue is capped at 64 MiB of batches, and a batch it cannot take or deliver (broker down past
 ``message.timeout.ms``) is counted in ``failed`` with its records. :meth:`Client.close` (also
 registered with :mod:`atexit`) sends what is left, waiting at most ``timeout`` seconds.
 
@@ -76,7 +76,9 @@ class Client:
         self.batch_records, self.linger = batch_records, linger_seconds
         self.max_buffered, self.max_message_bytes = max_buffered, max_message_bytes
         self.config = {"bootstrap.servers": bootstrap_servers, "linger.ms": 20,
-                       "queue.buffering.max.messages": max_buffered,
+                       # librdkafka's own queue, bounded too: 64 MiB of batches at most
+                       "queue.buffering.max.messages": 10_000,
+                       "queue.buffering.max.kbytes": 65_536,
                        "message.max.bytes": max_message_bytes + 64_000,
                        "log.connection.close": False, **dict(producer_config or {})}
         self._buf: deque[Record] = deque()

@@ -525,7 +525,6 @@ class Rollout:
         verdict). Their description goes into ``evidence`` whether enabled or not."""
         spec = self.spec
         out: dict[str, Comparison] = {}
-        each = alpha
         if base.latency.n and mine.latency.n:
             evidence["latency"] = {f"{who}_{k}": v for who, side in (
                 ("baseline", base), ("candidate", mine)) for k, v in (
@@ -533,7 +532,7 @@ class Rollout:
                 ("p99", side.latency.quantile(0.99)))}
             if spec.latency_margin is not None:
                 c = unpaired(_spread_mean(mine.latency), _spread_mean(base.latency),
-                             margin=spec.latency_margin * base.latency.mean, alpha=each)
+                             margin=spec.latency_margin * base.latency.mean, alpha=alpha)
                 out["latency"] = c
                 evidence["latency"].update(c.to_dict())
         if base.rows and mine.rows:
@@ -542,7 +541,7 @@ class Rollout:
             if spec.quality_margin is not None:
                 c = unpaired(_share(mine.bad_predictions, mine.rows),
                              _share(base.bad_predictions, base.rows),
-                             margin=spec.quality_margin, alpha=each)
+                             margin=spec.quality_margin, alpha=alpha)
                 out["quality"] = c
                 evidence["quality"].update(c.to_dict())
         return {k: c for k, c in out.items() if c.n >= spec.min_samples}

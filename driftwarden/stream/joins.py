@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,14 +115,15 @@ class ShadowPairs:
     ([], [('m', '2', 0.9, 0.2, 10.0)])
     >>> sp.add(roles, "m", "r2", "1", 0.4, 12.0)   # its shadow never scores it
     []
-    >>> sp.expire(17.5, window=5.0); sp.unpaired, sp.pending
-    (1, {})
+    >>> sp.expire(17.5, window=5.0); sp.unpaired, len(sp.pending)
+    (1, 0)
     """
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
-        # (model, request id) -> version -> [prediction, ts, paired]
-        self.pending: dict[tuple[str, str], dict[str, list[Any]]] = {}
+        # (model, request id) -> version -> [prediction, ts, paired]; oldest first (an
+        # OrderedDict: evicting the oldest stays O(1) however many went before)
+        self.pending: OrderedDict[tuple[str, str], dict[str, list[Any]]] = OrderedDict()
         self.heap: list[tuple[float, str, str]] = []  # (a prediction's ts, model, id), lazy
         self.paired = 0     # pairs made
         self.unpaired = 0   # predictions whose partner did not come within the window
@@ -148,6 +150,10 @@ class ShadowPairs:
             return []
         entry[version] = [prediction, ts, False]
         heapq.heappush(self.heap, (ts, model, rid))
+        if len(self.heap) > 4 * len(self.pending) + 1024:  # entries of requests gone: rebuild
+            self.heap = [(x[1], m, r) for (m, r), e in self.pending.items()
+                         for x in e.values()]
+            heapq.heapify(self.heap)
         out = []
         for cand, base in pairs.items():
             if version not in (cand, base) or cand not in entry or base not in entry:
@@ -198,7 +204,8 @@ class ShadowPairs:
     @classmethod
     def from_state(cls, state: Mapping[str, Any], max_pending: int) -> ShadowPairs:
         sp = cls(max_pending)
-        sp.pending = {(m, r): {v: list(x) for v, x in e.items()} for m, r, e in state["pending"]}
+        sp.pending = OrderedDict(((m, r), {v: list(x) for v, x in e.items()})
+                                 for m, r, e in state["pending"])
         sp.heap = [(float(x[1]), m, r) for (m, r), e in sp.pending.items() for x in e.values()]
         heapq.heapify(sp.heap)
         sp.paired, sp.unpaired, sp.evicted, sp.apart, sp.duplicates = (
