@@ -155,8 +155,8 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
         Decoded,
         MatrixRows,
         RecordBatch,
-        Rejection,
-        _record,
+        column_records,
+        judged_records,
     )
 
     meta = table.schema.metadata or {}
@@ -201,21 +201,11 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
            or pa.types.is_large_string(id_col.type)
            else [None if v is None else str(v) for v in values("id")])
     if not fast:  # record by record, each judged (and dead-lettered) on its own
-        out = Decoded()
-        feats = {c: values(c) for c in names}
-        pred, lat = values("prediction"), values("latency_ms")
-        tss = [None] * n if ts_col is None else ts_col.to_pylist()  # None: the message's time
-        for i in range(n):
-            rec = {"features": {c: v[i] for c, v in feats.items() if v[i] is not None},
-                   "id": ids[i], "prediction": pred[i], "latency_ms": lat[i]}
-            if tss[i] is not None:
-                rec["ts"] = tss[i]
-            r = _record(rec, model, version, now, max_ts, limits, i if n > 1 else None)
-            if isinstance(r, Rejection):
-                out.rejections.append(r)
-            else:
-                out.records.append(r)
-        return out
+        fields = {"id": ids, "prediction": values("prediction"),
+                  "latency_ms": values("latency_ms"),  # ts None: the message's time
+                  "ts": [None] * n if ts_col is None else ts_col.to_pylist()}
+        return judged_records(column_records(fields, {c: values(c) for c in names}, n),
+                              model, version, now=now, max_ts=max_ts, limits=limits)
     numeric = all(pa.types.is_floating(table.column(c).type) or
                   pa.types.is_integer(table.column(c).type) for c in names) and all(
         table.column(c).null_count == 0 for c in names)

@@ -782,9 +782,29 @@ def _column_records(obj: dict[str, Any], out: Decoded) -> list[dict[str, Any]] |
     if any(len(x) != n for x in lists):
         out.rejections.append(Rejection("invalid_record", "columns of different lengths"))
         return None
+    return column_records(fields, feats, n)
+
+
+def column_records(fields: Mapping[str, Sequence[Any]], features: Mapping[str, Sequence[Any]],
+                   n: int) -> list[dict[str, Any]]:
+    """The ``n`` records of a column batch as native records (a feature whose value is None
+    is absent), for the careful path (JSON and Arrow column batches alike).
+
+    >>> column_records({"id": ["a", "b"]}, {"x": [1.0, None]}, 2)
+    [{'id': 'a', 'features': {'x': 1.0}}, {'id': 'b', 'features': {}}]
+    """
     return [{**{k: v[i] for k, v in fields.items()},
-             "features": {k: v[i] for k, v in feats.items() if v[i] is not None}}
+             "features": {k: v[i] for k, v in features.items() if v[i] is not None}}
             for i in range(n)]
+
+
+def judged_records(records: Sequence[Any], model: Any, version: Any, *, now: float,
+                   max_ts: float, limits: Limits) -> Decoded:
+    """Each native record of a batch judged on its own: used, or rejected with its index."""
+    out = Decoded()
+    for i, rec in enumerate(records):
+        _sort(out, _record(rec, model, version, now, max_ts, limits, i))
+    return out
 
 
 def _sort(out: Decoded, r: PredictionRecord | Rejection) -> None:
@@ -861,9 +881,7 @@ def decode_predictions(value: bytes, headers: Headers = None, *,
         if model is not None and not isinstance(model, str):
             out.rejections.append(Rejection("invalid_record", "`model` is not a string"))
             return out
-        for i, rec in enumerate(records):
-            _sort(out, _record(rec, model, version, now, max_ts, limits, i))
-        return out
+        return judged_records(records, model, version, now=now, max_ts=max_ts, limits=limits)
     if "inputs" in obj or "outputs" in obj:
         model = obj.get("model_name")
         if not isinstance(model, str):
