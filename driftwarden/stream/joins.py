@@ -222,13 +222,13 @@ class JoinStage:
                  prediction_sources: Sequence[str] = ()) -> None:
         self.detection = detection
         # model -> its shadow candidate versions: they score the same requests as the
-        # serving version, so a label joins each of them too (see _shadow_joiner; set by the
-        # service: StreamService.set_rollouts)
+        # serving version, so a label joins each of them too (see _shadow_joiner; set with
+        # pair_roles by set_shadows)
         self.shadows: dict[str, tuple[str, ...]] = {}
         self.shadow_joiners: dict[tuple[str, str], LabelJoiner] = {}
         self.shadow_unjoined = 0  # labels copied to a shadow that never scored their request
         # model -> (window, {candidate: baseline}): shadow versions paired live with their
-        # baseline on the same request ids (see ShadowPairs; set by StreamService.set_rollouts)
+        # baseline on the same request ids (see ShadowPairs and set_shadows)
         self.pair_roles: dict[str, tuple[float, dict[str, str]]] = {}
         self.pairs = ShadowPairs(detection.max_pending_labels)
         self.late_pairs = 0  # pairs timed before this partition's outcome watermark
@@ -256,6 +256,13 @@ class JoinStage:
             # the watermark follows the label partitions' (see handle): no further lateness
             allowed_lateness=0.0,
             n_partitions=n_partitions, topic=summaries, new_builder=self._builder)
+
+    def set_shadows(self, roles: Mapping[str, tuple[float, Mapping[str, str]]]) -> None:
+        """The shadow rollouts' versions (``roles``: model -> (pairing window, {candidate:
+        baseline}); see :func:`driftwarden.stream.service.shadow_pairs`): their predictions
+        are paired with the serving version's, and each label joins them too."""
+        self.pair_roles = {m: (w, dict(p)) for m, (w, p) in roles.items()}
+        self.shadows = {m: tuple(p) for m, (_, p) in self.pair_roles.items()}
 
     def _builder(self, source: str, model: str, version: str, time: Any) -> OutcomeBuilder:
         return OutcomeBuilder(model=model, version=version, source=source,

@@ -92,21 +92,6 @@ def output_from_state(x: Sequence[Any]) -> Output:
                   [(k, raw(v) or b"") for k, v in x[3]], x[4])
 
 
-def shadow_versions(specs: Mapping[str, RolloutSpec]) -> dict[str, tuple[str, ...]]:
-    """model -> the candidate versions its shadow rollouts run.
-
-    >>> from driftwarden.config import RolloutSpec
-    >>> shadow_versions({"a": RolloutSpec(model="m", baseline="1", candidates=["2"],
-    ...                                   strategy="shadow")})
-    {'m': ('2',)}
-    """
-    out: dict[str, tuple[str, ...]] = {}
-    for r in specs.values():
-        if r.strategy == "shadow":
-            out[r.model] = tuple(dict.fromkeys([*out.get(r.model, ()), *r.candidates]))
-    return out
-
-
 def shadow_pairs(specs: Mapping[str, RolloutSpec]
                  ) -> dict[str, tuple[float, dict[str, str]]]:
     """model -> (pairing window, {candidate: baseline}) of its shadow rollouts: what
@@ -732,8 +717,7 @@ class StreamService:
         self.merge.rollout_specs = dict(specs)
         self.policy.rollouts = {(r.model, c): name for name, r in specs.items()
                                 for c in r.candidates}
-        self.join.shadows = shadow_versions(specs)
-        self.join.pair_roles = shadow_pairs(specs)
+        self.join.set_shadows(shadow_pairs(specs))
 
     def end_rollout(self, name: str, reason: str, promote: str | None = None
                     ) -> list[Output]:
