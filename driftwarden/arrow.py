@@ -155,10 +155,14 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
         Decoded,
         MatrixRows,
         RecordBatch,
+        Rejection,
         column_records,
         judged_records,
     )
 
+    if table.num_rows == 0:
+        return Decoded(rejections=[Rejection("invalid_record",
+                                             "an Arrow column batch holding no record")])
     meta = table.schema.metadata or {}
     model = meta.get(MODEL_KEY, b"").decode("utf-8", "replace") or None
     version = meta.get(VERSION_KEY, b"").decode("utf-8", "replace")
