@@ -93,8 +93,10 @@ def _read(value: bytes) -> Any:
         rows += n
     if rows > len(value):
         raise _Refused(f"{rows} rows declared in {len(value)} bytes")
-    try:
-        table = pa.ipc.open_stream(pa.py_buffer(value)).read_all()
+    try:  # from the messages already read: the stream is not parsed twice
+        schema = pa.ipc.read_schema(messages[0])
+        table = pa.Table.from_batches(
+            [pa.ipc.read_record_batch(m, schema) for m in messages[1:]], schema)
         table.validate(full=True)
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise _Refused(f"unreadable ({str(exc)[:120]})") from None
