@@ -160,6 +160,7 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
         Rejection,
         column_records,
         judged_records,
+        latency_column,
     )
 
     if table.num_rows == 0:
@@ -175,8 +176,11 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
     def column(name: str) -> Any:
         return table.column(name) if name in present else None
 
+    def is_text(col: Any) -> bool:
+        return pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+
     def strings_fit(col: Any) -> bool:
-        if col is None or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        if col is None or not is_text(col):
             return True
         longest = pc.max(pc.utf8_length(col)).as_py()
         return longest is None or longest <= limits.max_value_chars
@@ -187,7 +191,7 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
             pa.float64()), 1e6)
     ts = None if ts_col is None else ts_col.to_numpy(zero_copy_only=False).astype(np.float64)
     fast = (model is not None and len(model) <= limits.max_name_chars
-            and len(version) <= limits.max_version_chars and n > 0
+            and len(version) <= limits.max_version_chars
             and len(names) <= limits.max_features
             and all(len(c) <= limits.max_name_chars for c in names)
             and all(strings_fit(column(c)) for c in [*names, "id", "prediction"])
@@ -203,8 +207,7 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
         return [None] * n if col is None else col.to_pylist()
 
     id_col = column("id")
-    ids = (values("id") if id_col is None or pa.types.is_string(id_col.type)
-           or pa.types.is_large_string(id_col.type)
+    ids = (values("id") if id_col is None or is_text(id_col)
            else [None if v is None else str(v) for v in values("id")])
     if not fast:  # record by record, each judged (and dead-lettered) on its own
         fields = {"id": ids, "prediction": values("prediction"),
@@ -223,10 +226,7 @@ def _decode(table: Any, now: float, max_ts: float, limits: Limits) -> Any:
         features = MatrixRows(tuple(names), matrix)
     else:
         features = ColumnRows({c: values(c) for c in names})
-    latencies: list[float | None] | None = None
-    if column("latency_ms") is not None:
-        latencies = [None if x is None or not isinstance(x, (int, float)) or x != x else float(x)
-               for x in values("latency_ms")]
+    latencies = latency_column(values("latency_ms"))
     assert model is not None  # (fast)
     return Decoded(batches=[RecordBatch(model, version, ids,
                                         [now] * n if ts is None else ts.tolist(), features,

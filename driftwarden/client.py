@@ -162,10 +162,10 @@ class Client:
         not travel in Arrow batches."""
         import pyarrow as pa
 
-        from driftwarden.arrow import MODEL_KEY, VERSION_KEY, encode_table
+        from driftwarden.arrow import MODEL_KEY, RESERVED, VERSION_KEY, encode_table
 
         data = {k: v for k, v in cols.items() if k not in ("features", "segment")}
-        clash = set(data) & set(cols["features"])
+        clash = set(RESERVED) & set(cols["features"])  # the reader would take them as fields
         if clash:
             raise ValueError(f"features named like a record field: {sorted(clash)}")
         table = pa.table({**data, **cols["features"]}).replace_schema_metadata(

@@ -699,11 +699,24 @@ def _fast_batch(value: bytes, now: float, max_ts: float, limits: Limits
         features = MatrixRows(shape.names, shape.matrix(features))
     elif numeric:
         codecs.learn_shape(features)
-    lat = [r.latency_ms for r in recs]
-    if any(x is not None for x in lat):
-        lat = [x if x is None or math.isfinite(x) else None for x in lat]
     return RecordBatch(b.model, version, [r.id for r in recs], ts, features, preds, numeric,
-                       lat if any(x is not None for x in lat) else None)
+                       latency_column([r.latency_ms for r in recs]))
+
+
+def latency_column(values: Sequence[Any]) -> list[float | None] | None:
+    """A batch's ``latency_ms`` values as the careful path keeps them (a number as a float,
+    anything else None), for every fast path alike; None when no record carries one.
+
+    >>> latency_column([1, None, "x", True]), latency_column([None])
+    ([1.0, None, None, 1.0], None)
+    """
+    out = [float(x) if isinstance(x, (int, float)) else None for x in values]
+    return out if any(x is not None for x in out) else None
+
+
+def _beyond_doubles(values: Sequence[Any]) -> bool:
+    """An integer outside ±2^53 among ``values`` (the careful path turns it into a float)."""
+    return any(type(v) is int and not -MAX_EXACT_INT <= v <= MAX_EXACT_INT for v in values)
 
 
 def _fast_columns(value: bytes, now: float, max_ts: float, limits: Limits
@@ -741,12 +754,9 @@ def _fast_columns(value: bytes, now: float, max_ts: float, limits: Limits
     except _Bad:
         return None
     preds = c.prediction if c.prediction is not None else [None] * n
-    if not numeric or c.prediction is not None:  # integers beyond ±2^53 become floats
-        big = any(type(v) is int and not -MAX_EXACT_INT <= v <= MAX_EXACT_INT
-                  for col in ([] if numeric else c.features.values()) for v in col)
-        if big or any(type(v) is int and not -MAX_EXACT_INT <= v <= MAX_EXACT_INT
-                      for v in preds):
-            return None
+    # integers beyond ±2^53: the careful path makes them floats (numeric features are already)
+    if any(map(_beyond_doubles, [preds, *([] if numeric else c.features.values())])):
+        return None
     features: Sequence[dict[str, Any]]
     if numeric:
         names = tuple(c.features)
@@ -755,11 +765,8 @@ def _fast_columns(value: bytes, now: float, max_ts: float, limits: Limits
         features = MatrixRows(names, matrix)
     else:
         features = ColumnRows(c.features)
-    lat = c.latency_ms
-    if lat is not None:
-        lat = [x if x is None or math.isfinite(x) else None for x in lat]
     return RecordBatch(b.model, version, c.id if c.id is not None else [None] * n, ts,
-                       features, preds, numeric, lat)
+                       features, preds, numeric, latency_column(c.latency_ms or []))
 
 
 def _column_records(obj: dict[str, Any], out: Decoded) -> list[dict[str, Any]] | None:

@@ -177,3 +177,14 @@ def test_arrow_encoded_batches_arrive_as_the_same_records(broker):
     values, records = consume(broker.bootstrap_servers, topic, 120)
     assert all(v[:4] == b"\xff\xff\xff\xff" for v in values)
     assert sorted((r.id, r.features, r.prediction, r.latency_ms) for r in records) == sorted(sent)
+
+
+def test_an_arrow_batch_refuses_a_feature_named_like_a_record_field():
+    """A feature called ``latency_ms`` (or ``id``, ``ts``, ``prediction``) would be read as that
+    field from an Arrow batch: the client refuses to encode it rather than send it wrong."""
+    import pytest
+
+    dw = Client("127.0.0.1:1", model="m", start=False, encoding="arrow")
+    dw.log({"latency_ms": 1.0, "x": 2.0}, 0.5, ts=1.0)
+    with pytest.raises(ValueError, match="latency_ms"):
+        dw.encode(dw.take())

@@ -300,3 +300,36 @@ def test_column_batches_that_do_not_line_up_are_one_rejection_and_bad_values_per
         "ts": [10.0, -5.0, 11.0], "features": {"x": [1.0, 2.0, {"deep": 1}]}}}))
     assert len(mixed.records) == 1 and sorted(r.reason for r in mixed.rejections) == [
         "bad_timestamp", "invalid_record"]
+
+
+def test_every_path_keeps_latencies_as_the_careful_path_does():
+    """latency_ms in a row batch, a column batch and an Arrow batch (the fast paths) is what
+    the careful path keeps: a number as a float (an infinite one too — only Arrow can carry
+    it; the rollout's latency summary counts it invalid), missing as None."""
+    import pyarrow as pa
+
+    from driftwarden.arrow import encode_table
+    from driftwarden.config import Limits
+    from driftwarden.schema import _record
+
+    def careful(values):
+        return [_record({"id": f"r{i}", "ts": 10, "features": {"x": 1.0}, "latency_ms": v},
+                        "m", "1", 0.0, 1e12, Limits(), i).latency_ms
+                for i, v in enumerate(values)]
+
+    rows = (b'{"model":"m","version":"1","records":[' + b",".join(
+        b'{"id":"r%d","ts":10,"features":{"x":1.0},"latency_ms":%s}' % (i, v)
+        for i, v in enumerate([b"3", b"2.5", b"null"])) + b"]}")
+    cols = (b'{"model":"m","version":"1","columns":{"id":["r0","r1","r2"],"ts":[10,10,10],'
+            b'"latency_ms":[3,2.5,null],"features":{"x":[1.0,1.0,1.0]}}}')
+    arrow = encode_table(pa.table({"id": ["r0", "r1", "r2"], "ts": [10.0] * 3,
+                                   "latency_ms": [3.0, float("inf"), None], "x": [1.0] * 3})
+                         .replace_schema_metadata({"driftwarden.model": "m",
+                                                   "driftwarden.version": "1"}))
+    for body, values in ((rows, [3, 2.5, None]), (cols, [3, 2.5, None]),
+                         (arrow, [3.0, float("inf"), None])):
+        out = decode_predictions(body, now=20.0, clock=20.0)
+        assert out.batches, body[:20]
+        want = careful(values)
+        assert [r.latency_ms for r in out.batches[0].records()] == want
+        assert all(x is None or isinstance(x, float) for x in want)

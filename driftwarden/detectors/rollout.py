@@ -531,7 +531,7 @@ class Rollout:
                 ("mean", side.latency.mean), ("p50", side.latency.quantile(0.5)),
                 ("p99", side.latency.quantile(0.99)))}
             if spec.latency_margin is not None:
-                c = unpaired(_spread_mean(mine.latency), _spread_mean(base.latency),
+                c = unpaired(mine.latency.moments(), base.latency.moments(),
                              margin=spec.latency_margin * base.latency.mean, alpha=alpha)
                 out["latency"] = c
                 evidence["latency"].update(c.to_dict())
@@ -643,10 +643,6 @@ def margin_of(spec: RolloutSpec, base: _Side) -> float:
     if spec.margin is not None:
         return spec.margin
     return 0.01 if base.loss.n == 0 or Rollout._looks_binary(base) else 0.01 * base.loss.mean
-
-
-def _spread_mean(s: Spread) -> RunningMean:
-    return RunningMean(s.n, s.mean, s.m2)
 
 
 def _num(x: float) -> float | None:

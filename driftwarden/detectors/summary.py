@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from driftwarden.detectors.sequential import RunningMean
 from driftwarden.errors import ValidationError
 
 MISSING_KEY = None
@@ -889,12 +890,15 @@ class Spread:
         self.n, self.mean, self.m2 = other.n, other.mean, other.m2
         self.n_invalid, self.hist = other.n_invalid, other.hist
 
+    def moments(self) -> RunningMean:
+        """Count, mean and sum of squared deviations, as the sequential tests take them."""
+        return RunningMean(self.n, self.mean, self.m2)
+
     def merge(self, other: Spread) -> Spread:
         out = self._like()
-        out.n = n = self.n + other.n
-        delta = other.mean - self.mean
-        out.mean = self.mean + delta * other.n / n if n else 0.0
-        out.m2 = self.m2 + other.m2 + (delta * delta * self.n * other.n / n if n else 0.0)
+        m = self.moments()
+        m.merge(other.moments())
+        out.n, out.mean, out.m2 = m.n, m.mean, m.m2
         out.n_invalid = self.n_invalid + other.n_invalid
         out.hist = self.hist + other.hist
         return out
